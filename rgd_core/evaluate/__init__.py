@@ -1,0 +1,1 @@
+"""Evaluation: class accuracy (UA/RA), Frechet distance, grids and plots."""

@@ -1,0 +1,296 @@
+"""The unlearning loop: forget gradient, retain gradient, update rule, optimizer step, record.
+
+One step, top to bottom (Ko et al. 2024, section 3 and Algorithm 1):
+
+1. forget loss on a forget batch, truncated; backward of its *negation*, so the gradient is g_f = grad L_f with
+   L_f = -(denoising loss): minimising L_f is ascent on the forget set;
+2. retain loss on a retain batch; backward gives g_r;
+3. the update rule (restricted gradient or GradDiff) turns (g_f, g_r) into d, written into ``.grad``;
+4. the optimizer (Adam, lr 1e-5 by default, as in the paper) steps along -d.
+
+All randomness of step k (batches, noise, timesteps, dropout) comes from a generator seeded by (seed, k), so a
+run resumed from a checkpoint at step k repeats the uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import NonFiniteError, RGDInputError, UnlearningCancelled
+from .io import save_safetensors_atomic
+from .losses import Truncation
+from .update_rules import UPDATE_RULES, gradient_stats
+
+# loss(model, generator) -> per-element squared error of one batch drawn with ``generator``.
+LossFn = Callable[[nn.Module, torch.Generator], Tensor]
+Callback = Callable[[dict], None]
+
+CHECKPOINT_FORMAT = "rgd-unlearner-checkpoint-1"
+
+
+@dataclass
+class UnlearnConfig:
+    """One run's settings. Defaults are the paper's where it has one (Adam, lr 1e-5)."""
+
+    method: str = "rgd"  # "rgd" (restricted gradient) or "graddiff"
+    steps: int = 100
+    retain_weight: float = 1.0  # lambda
+    lr: float = 1e-5
+    optimizer: str = "adam"  # "adam" or "sgd"
+    truncation: str = "none"  # "none", "skip" (SD: skip ascent above m) or "elementwise" (EDM: min(err, alpha))
+    truncation_threshold: float = math.inf  # m for "skip", alpha for "elementwise"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in UPDATE_RULES:
+            raise RGDInputError(f"method must be one of {sorted(UPDATE_RULES)}, got {self.method!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise RGDInputError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.steps < 0 or self.lr <= 0 or self.retain_weight < 0:
+            raise RGDInputError("steps must be >= 0, lr > 0 and retain_weight >= 0")
+        try:
+            Truncation(self.truncation, self.truncation_threshold)
+        except ValueError as error:
+            raise RGDInputError(str(error)) from None
+
+
+@dataclass
+class UnlearnResult:
+    model: nn.Module
+    records: list[dict] = field(default_factory=list)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A well-mixed 63-bit seed per (run seed, step): neighbouring steps get unrelated streams."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class Unlearner:
+    """Runs RGD (or GradDiff) on a model's trainable parameters.
+
+    ``trainable(name, parameter) -> bool`` picks the parameters to edit (default: all of them). Unless
+    ``in_place`` is set, the model passed in is deep-copied first and never changed, whatever happens.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        forget_loss: LossFn,
+        retain_loss: LossFn,
+        config: UnlearnConfig | None = None,
+        trainable: Callable[[str, nn.Parameter], bool] | None = None,
+        in_place: bool = False,
+    ) -> None:
+        self.config = config or UnlearnConfig()
+        self.model = model if in_place else copy.deepcopy(model)
+        self.forget_loss = forget_loss
+        self.retain_loss = retain_loss
+        self.truncation = Truncation(self.config.truncation, self.config.truncation_threshold)
+        self.update_rule = UPDATE_RULES[self.config.method]
+        named = [(n, p) for n, p in self.model.named_parameters() if trainable is None or trainable(n, p)]
+        if not named:
+            raise RGDInputError("no trainable parameters selected; check the scope or the `trainable` filter")
+        self.param_names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self._saved_requires_grad = {n: p.requires_grad for n, p in self.model.named_parameters()}
+        self.optimizer = self._make_optimizer()
+        self.records: list[dict] = []
+        self.completed_steps = 0
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        if self.config.optimizer == "sgd":
+            return torch.optim.SGD(self.params, lr=self.config.lr)
+        return torch.optim.Adam(self.params, lr=self.config.lr)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        callbacks: Iterable[Callback] = (),
+        should_stop: Callable[[], bool] | None = None,
+        checkpoint_path: str | Path | None = None,
+        checkpoint_every: int = 0,
+        resume_from: str | Path | None = None,
+    ) -> UnlearnResult:
+        """Train for ``config.steps`` steps. Raises UnlearningCancelled when ``should_stop()`` turns true."""
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(False)
+        for p in self.params:
+            p.requires_grad_(True)
+        try:
+            while self.completed_steps < self.config.steps:
+                if should_stop is not None and should_stop():
+                    raise UnlearningCancelled(f"cancelled after {self.completed_steps} steps")
+                record = self.step(self.completed_steps)
+                self.records.append(record)
+                self.completed_steps += 1
+                for callback in callbacks:
+                    callback(record)
+                if checkpoint_path and checkpoint_every and self.completed_steps % checkpoint_every == 0:
+                    self.save_checkpoint(checkpoint_path)
+        finally:
+            for p in self.params:
+                p.grad = None
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(self._saved_requires_grad[name])
+        return UnlearnResult(self.model, self.records)
+
+    def step(self, step: int) -> dict:
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(step_seed(self.config.seed, step))
+        devices = [p.device for p in self.params if p.device.type == "cuda"][:1]
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(step_seed(self.config.seed + 1, step))  # dropout and any other global draws
+            # 1. forget gradient: backward of -objective, so .grad holds g_f = grad(-denoising loss).
+            self._clear_grads()
+            forget_loss, objective, ascent_active = self.truncation.forget_objective(
+                self.forget_loss(self.model, generator)
+            )
+            (-objective).backward()
+            forget_grads = self._take_grads()
+            # 2. retain gradient, into fresh .grad tensors (g_f is the one extra parameter-sized buffer).
+            retain_loss = self.retain_loss(self.model, generator).mean()
+            retain_loss.backward()
+            grads = self._take_grads(keep=True)
+        # 3. one host sync per step: the numbers to log and to check for NaN/inf.
+        stats = gradient_stats(forget_grads, grads)
+        values = torch.stack(
+            [
+                forget_loss.detach().double(),
+                retain_loss.detach().double(),
+                stats.cosine.double(),
+                stats.forget_sq_norm.sqrt(),
+                stats.retain_sq_norm.sqrt(),
+                stats.conflict.double(),
+                ascent_active.double(),
+            ]
+        ).tolist()
+        if not all(math.isfinite(v) for v in values):
+            self._clear_grads()
+            raise NonFiniteError(
+                f"step {step}: non-finite forget loss / retain loss / gradient "
+                f"({values[0]}, {values[1]}, |g_f| {values[3]}, |g_r| {values[4]}); lower the learning rate "
+                f"or the retain weight, or add truncation"
+            )
+        # 4. update rule, then the optimizer step along -d.
+        self.update_rule(grads, forget_grads, self.config.retain_weight, stats)
+        self.optimizer.step()
+        return {
+            "step": step,
+            "forget_loss": values[0],
+            "retain_loss": values[1],
+            "cosine": values[2],
+            "forget_grad_norm": values[3],
+            "retain_grad_norm": values[4],
+            "conflict": bool(values[5]),
+            "ascent_active": bool(values[6]),
+            "seconds": time.perf_counter() - start,
+        }
+
+    def _clear_grads(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _take_grads(self, keep: bool = False) -> list[Tensor]:
+        """The parameters' gradients (zeros where a parameter was unused); detached from .grad unless keep."""
+        grads = []
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+            if not keep:
+                p.grad = None
+        return grads
+
+    # -- checkpoint and resume ------------------------------------------------------------------------------
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Trainable weights + optimizer state + step + config + records, in one safetensors file."""
+        tensors: dict[str, Tensor] = {}
+        for name, p in zip(self.param_names, self.params):
+            tensors[f"param/{name}"] = p.detach().contiguous()
+        state = self.optimizer.state_dict()
+        for index, entry in state["state"].items():
+            for key, value in entry.items():
+                if not isinstance(value, Tensor):
+                    value = torch.tensor(value)
+                tensors[f"optim/{index}/{key}"] = value.detach().contiguous()
+        header = {
+            "format": CHECKPOINT_FORMAT,
+            "completed_steps": self.completed_steps,
+            "config": asdict(self.config),
+            "param_names": self.param_names,
+            "param_groups": state["param_groups"],
+            "records": self.records,
+        }
+        return save_safetensors_atomic(tensors, path, {"rgd": json.dumps(header)})
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise RGDInputError(f"checkpoint {path} not found")
+        with safe_open(str(path), framework="pt") as handle:
+            header = json.loads((handle.metadata() or {}).get("rgd", "{}"))
+            if header.get("format") != CHECKPOINT_FORMAT:
+                raise RGDInputError(f"{path} is not an rgd unlearner checkpoint")
+            saved = header["config"]
+            for key in ("method", "seed", "retain_weight", "lr", "optimizer", "truncation"):
+                if saved[key] != getattr(self.config, key):
+                    raise RGDInputError(
+                        f"checkpoint {path} was made with {key}={saved[key]!r}, this run has "
+                        f"{getattr(self.config, key)!r}; resume with the same settings"
+                    )
+            if header["param_names"] != self.param_names:
+                raise RGDInputError(f"checkpoint {path} holds other trainable parameters than this run")
+            with torch.no_grad():
+                for name, p in zip(self.param_names, self.params):
+                    p.copy_(handle.get_tensor(f"param/{name}"))
+            optim_state: dict[int, dict] = {}
+            for key in handle.keys():
+                if key.startswith("optim/"):
+                    _, index, name = key.split("/", 2)
+                    optim_state.setdefault(int(index), {})[name] = handle.get_tensor(key)
+        self.optimizer.load_state_dict({"state": optim_state, "param_groups": header["param_groups"]})
+        self.completed_steps = int(header["completed_steps"])
+        self.records = list(header["records"])
+
+
+def unlearn(
+    model: nn.Module,
+    forget_loss: LossFn,
+    retain_loss: LossFn,
+    config: UnlearnConfig | None = None,
+    **run_options,
+) -> UnlearnResult:
+    """Shortcut: ``Unlearner(model, forget_loss, retain_loss, config).run(**run_options)``."""
+    trainable = run_options.pop("trainable", None)
+    in_place = run_options.pop("in_place", False)
+    return Unlearner(model, forget_loss, retain_loss, config, trainable, in_place).run(**run_options)
+
+
+def summarize(records: list[Mapping]) -> dict:
+    """Mean losses over the last tenth of the run and the share of steps whose gradients conflicted."""
+    if not records:
+        return {}
+    tail = records[-max(1, len(records) // 10) :]
+    return {
+        "steps": len(records),
+        "final_forget_loss": float(np.mean([r["forget_loss"] for r in tail])),
+        "final_retain_loss": float(np.mean([r["retain_loss"] for r in tail])),
+        "conflict_rate": float(np.mean([r["conflict"] for r in records])),
+        "seconds": float(sum(r["seconds"] for r in records)),
+    }

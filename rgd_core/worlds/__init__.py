@@ -1,0 +1,1 @@
+"""Offline data worlds with small models the project trains itself (no weights are ever downloaded)."""

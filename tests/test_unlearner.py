@@ -1,0 +1,241 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rgd_core.errors import NonFiniteError, RGDInputError, UnlearningCancelled
+from rgd_core.unlearner import UnlearnConfig, Unlearner, summarize
+
+
+class TinyDenoiser(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, 4))
+        self.head_bias = nn.Parameter(torch.zeros(4))
+
+    def forward(self, x):
+        return self.body(x) + self.head_bias
+
+
+def regression_loss(inputs, targets, batch=16):
+    """Noisy regression on a fixed data set; batch indices and noise come from the step generator."""
+
+    def loss(model, generator):
+        index = torch.randint(0, inputs.shape[0], (batch,), generator=generator)
+        noise = 0.05 * torch.randn(inputs[index].shape, generator=generator)
+        return (model(inputs[index] + noise) - targets[index]).square()
+
+    return loss
+
+
+def make_problem():
+    generator = torch.Generator().manual_seed(42)
+    forget_x = torch.randn(64, 4, generator=generator) + 2.0
+    retain_x = torch.randn(64, 4, generator=generator) - 2.0
+    # Both sets share the map x -> W x, so forgetting and retaining genuinely conflict.
+    w = torch.randn(4, 4, generator=generator)
+    forget, retain = regression_loss(forget_x, forget_x @ w), regression_loss(retain_x, retain_x @ w)
+    return pretrained(forget, retain), forget, retain
+
+
+_PRETRAINED = {}
+
+
+def pretrained(forget, retain):
+    """A model that already fits both sets, as a base model does before unlearning."""
+    if not _PRETRAINED:
+        model = TinyDenoiser()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(300):
+            loss = forget(model, generator).mean() + retain(model, generator).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        _PRETRAINED["state"] = snapshot(model)
+    model = TinyDenoiser()
+    model.load_state_dict(_PRETRAINED["state"])
+    return model.train()
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+CONFIG = dict(steps=30, lr=1e-2, retain_weight=2.0, seed=3)
+
+
+@pytest.mark.parametrize("method", ["rgd", "graddiff"])
+def test_forget_loss_rises(method):
+    model, forget, retain = make_problem()
+    before = snapshot(model)
+    result = Unlearner(model, forget, retain, UnlearnConfig(method=method, **CONFIG)).run()
+    records = result.records
+    assert len(records) == 30
+    assert summarize(records)["final_forget_loss"] > 10 * records[0]["forget_loss"]
+    assert_same_weights(snapshot(model), before)  # the model passed in is untouched
+    assert not torch.equal(result.model.body[0].weight, model.body[0].weight)
+
+
+def test_rgd_forgets_more_and_keeps_retain_loss_lower_than_graddiff():
+    model, forget, retain = make_problem()
+    rgd = summarize(Unlearner(model, forget, retain, UnlearnConfig(method="rgd", **CONFIG)).run().records)
+    plain = summarize(Unlearner(model, forget, retain, UnlearnConfig(method="graddiff", **CONFIG)).run().records)
+    assert rgd["final_forget_loss"] > plain["final_forget_loss"]
+    assert rgd["final_retain_loss"] < plain["final_retain_loss"]
+
+
+def test_records_hold_the_documented_fields():
+    model, forget, retain = make_problem()
+    seen = []
+    Unlearner(model, forget, retain, UnlearnConfig(steps=3, seed=1)).run(callbacks=[seen.append])
+    assert [r["step"] for r in seen] == [0, 1, 2]
+    for record in seen:
+        assert set(record) >= {"forget_loss", "retain_loss", "cosine", "conflict", "forget_grad_norm",
+                               "retain_grad_norm", "ascent_active", "seconds"}
+        assert -1.0 <= record["cosine"] <= 1.0
+        assert record["conflict"] == (record["cosine"] < 0)
+
+
+def test_same_seed_same_weights_other_seed_other_weights():
+    model, forget, retain = make_problem()
+    a = Unlearner(model, forget, retain, UnlearnConfig(**CONFIG)).run().model
+    b = Unlearner(model, forget, retain, UnlearnConfig(**CONFIG)).run().model
+    c = Unlearner(model, forget, retain, UnlearnConfig(**{**CONFIG, "seed": 4})).run().model
+    assert_same_weights(snapshot(a), snapshot(b))
+    assert not torch.equal(a.body[0].weight, c.body[0].weight)
+
+
+def test_only_the_trainable_scope_changes():
+    model, forget, retain = make_problem()
+    result = Unlearner(
+        model, forget, retain, UnlearnConfig(**CONFIG), trainable=lambda name, p: name.startswith("body.3")
+    ).run()
+    after, before = snapshot(result.model), snapshot(model)
+    for key in before:
+        assert torch.equal(after[key], before[key]) != key.startswith("body.3"), key
+    assert all(p.requires_grad for p in result.model.parameters())  # flags restored after the run
+
+
+def test_in_place_edits_the_given_model():
+    model, forget, retain = make_problem()
+    before = snapshot(model)
+    result = Unlearner(model, forget, retain, UnlearnConfig(**CONFIG), in_place=True).run()
+    assert result.model is model
+    assert not torch.equal(model.body[0].weight, before["body.0.weight"])
+
+
+def test_cancel_leaves_model_untouched_and_writes_nothing(tmp_path):
+    model, forget, retain = make_problem()
+    before = snapshot(model)
+    seen = []
+    with pytest.raises(UnlearningCancelled):
+        Unlearner(model, forget, retain, UnlearnConfig(**CONFIG)).run(
+            callbacks=[seen.append], should_stop=lambda: len(seen) >= 5
+        )
+    assert len(seen) == 5
+    assert_same_weights(snapshot(model), before)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exception_in_callback_leaves_model_untouched():
+    model, forget, retain = make_problem()
+    before = snapshot(model)
+
+    def interrupt(record):
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Unlearner(model, forget, retain, UnlearnConfig(**CONFIG)).run(callbacks=[interrupt])
+    assert_same_weights(snapshot(model), before)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, optimizer):
+    model, forget, retain = make_problem()
+    config = UnlearnConfig(optimizer=optimizer, **CONFIG)
+    full = Unlearner(model, forget, retain, config).run()
+
+    checkpoint = tmp_path / "run.safetensors"
+    seen = []
+    with pytest.raises(UnlearningCancelled):  # "killed" at step 13; the last checkpoint is at step 10
+        Unlearner(model, forget, retain, config).run(
+            callbacks=[seen.append], should_stop=lambda: len(seen) >= 13,
+            checkpoint_path=checkpoint, checkpoint_every=5,
+        )
+    resumed = Unlearner(model, forget, retain, config).run(resume_from=checkpoint)
+    assert_same_weights(snapshot(resumed.model), snapshot(full.model))
+    assert [r["forget_loss"] for r in resumed.records] == [r["forget_loss"] for r in full.records]
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    model, forget, retain = make_problem()
+    checkpoint = tmp_path / "run.safetensors"
+    Unlearner(model, forget, retain, UnlearnConfig(**{**CONFIG, "steps": 5})).run(
+        checkpoint_path=checkpoint, checkpoint_every=5
+    )
+    with pytest.raises(RGDInputError, match="seed"):
+        Unlearner(model, forget, retain, UnlearnConfig(**{**CONFIG, "seed": 9})).run(resume_from=checkpoint)
+
+
+def test_non_finite_loss_stops_before_the_step(tmp_path):
+    model, forget, retain = make_problem()
+    before = snapshot(model)
+    calls = []
+
+    def poisoned(m, generator):
+        calls.append(1)
+        error = retain(m, generator)
+        return error * (math.nan if len(calls) == 3 else 1.0)
+
+    unlearner = Unlearner(model, forget, poisoned, UnlearnConfig(**CONFIG), in_place=True)
+    with pytest.raises(NonFiniteError, match="step 2"):
+        unlearner.run(checkpoint_path=tmp_path / "c.safetensors", checkpoint_every=100)
+    assert unlearner.completed_steps == 2
+    assert list(tmp_path.iterdir()) == []
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not torch.equal(model.body[0].weight, before["body.0.weight"])  # two good steps were applied
+
+
+def test_skip_truncation_turns_ascent_off_above_threshold():
+    model, forget, retain = make_problem()
+    # The forget loss starts well above 0.01, so every step skips the ascent: g_f = 0, no conflict.
+    config = UnlearnConfig(truncation="skip", truncation_threshold=0.01, **{**CONFIG, "steps": 4})
+    records = Unlearner(model, forget, retain, config).run().records
+    for record in records:
+        assert record["ascent_active"] is False
+        assert record["forget_grad_norm"] == 0.0
+        assert record["conflict"] is False
+
+
+def test_elementwise_truncation_bounds_the_ascent():
+    model, forget, retain = make_problem()
+    plain = Unlearner(model, forget, retain, UnlearnConfig(**CONFIG)).run().records
+    clipped = Unlearner(
+        model, forget, retain, UnlearnConfig(truncation="elementwise", truncation_threshold=0.05, **CONFIG)
+    ).run().records
+    assert summarize(clipped)["final_forget_loss"] < summarize(plain)["final_forget_loss"]
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(method="pcgrad"), dict(optimizer="lion"), dict(lr=0.0), dict(truncation="clip"),
+            dict(truncation="skip", truncation_threshold=-1.0)]
+)
+def test_bad_settings_raise_one_clear_error(bad):
+    with pytest.raises(RGDInputError):
+        UnlearnConfig(**bad)
+
+
+def test_empty_scope_is_an_error():
+    model, forget, retain = make_problem()
+    with pytest.raises(RGDInputError, match="no trainable parameters"):
+        Unlearner(model, forget, retain, trainable=lambda name, p: False)
