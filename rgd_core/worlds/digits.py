@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -131,10 +130,11 @@ def sample(
     labels: Tensor,
     seed: int = 0,
     num_steps: int = 20,
-    guidance: float = 2.0,
+    guidance: float = 1.0,
     batch_size: int = 1000,
 ) -> Tensor:
-    """Deterministic DDIM (eta = 0) with classifier-free guidance; one seeded noise draw for the whole set."""
+    """Deterministic DDIM (eta = 0), optionally with classifier-free guidance (``guidance`` > 1); one seeded
+    noise draw for the whole set, so two models sampled with one seed start from the same noise."""
     from diffusers import DDIMScheduler
 
     scheduler = DDIMScheduler(**SCHEDULER_CONFIG, clip_sample=True)
@@ -147,8 +147,11 @@ def sample(
         y = labels[start : start + batch_size]
         y_both = torch.cat([y, torch.full_like(y, NULL_CLASS)])
         for t in scheduler.timesteps:
-            eps_cond, eps_null = unet(torch.cat([x, x]), t, class_labels=y_both).sample.chunk(2)
-            eps = eps_null + guidance * (eps_cond - eps_null)
+            if guidance == 1.0:
+                eps = unet(x, t, class_labels=y).sample
+            else:
+                eps_cond, eps_null = unet(torch.cat([x, x]), t, class_labels=y_both).sample.chunk(2)
+                eps = eps_null + guidance * (eps_cond - eps_null)
             x = scheduler.step(eps, t, x).prev_sample
         out.append(x)
     return torch.cat(out).clamp(-1, 1)
@@ -168,8 +171,8 @@ def narrow_retain_indices(labels: Tensor, forget_class: int, per_class: int, see
 
 # The two classes whose mean image is nearest (Euclidean) to each digit's mean image; computed once from the
 # data by `nearest_classes()` and kept here so the narrow retain set does not change with library versions.
-NEAREST_CLASSES = {0: (6, 5), 1: (8, 7), 2: (8, 3), 3: (9, 5), 4: (6, 0), 5: (9, 3), 6: (0, 5), 7: (9, 3),
-                   8: (1, 9), 9: (3, 5)}
+NEAREST_CLASSES = {0: (9, 8), 1: (8, 4), 2: (8, 3), 3: (9, 8), 4: (1, 6), 5: (8, 9), 6: (4, 8), 7: (8, 1),
+                   8: (1, 9), 9: (3, 8)}
 
 
 def nearest_classes(images: Tensor, labels: Tensor) -> dict[int, tuple[int, int]]:
@@ -188,11 +191,3 @@ def _pick_per_class(labels: Tensor, classes: list[int], per_class: int, seed: in
             raise ValueError(f"class {c} has {members.numel()} images; asked for {per_class}")
         picked.append(members[torch.randperm(members.numel(), generator=generator)[:per_class]])
     return torch.cat(picked)
-
-
-@dataclass
-class EvalConfig:
-    samples_per_class: int = 100
-    sampling_steps: int = 20
-    guidance: float = 2.0
-    seed: int = 1234
