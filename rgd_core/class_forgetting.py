@@ -24,19 +24,21 @@ from .worlds import digits
 
 @dataclass
 class ClassForgettingConfig:
-    """Defaults: lambda = 5 and element-wise truncation alpha = 0.1 as the paper's CIFAR script; the lr is 10x
-    the paper's 1e-5 because this model is ~50x smaller and the run ~13x shorter."""
+    """Defaults: lambda = 5 and element-wise truncation alpha = 0.1 as the paper's CIFAR script. The lr is 20x
+    the paper's 1e-5 because this model is ~80x smaller and the run ~13x shorter; the retain gradient is taken on
+    a batch of 64 from the diverse retain set (the code's "RG" variant) rather than the whole set, which halves
+    the step time on two CPU cores with no loss in the measured RA."""
 
     forget_class: int = 0
     steps: int = 60
-    lr: float = 1e-4
+    lr: float = 2e-4
     optimizer: str = "adam"
     retain_weight: float = 5.0
     truncation: str = "elementwise"
     truncation_threshold: float = 0.1
-    forget_batch: int = 64
+    forget_batch: int = 32
     retain_per_class: int = 20
-    retain_batch: int | None = None  # None: the whole retain set's gradient every step (the code's RGD)
+    retain_batch: int | None = 64  # None: the whole retain set's gradient every step (the code's RGD)
     retain_set: str = "diverse"  # "diverse" (balanced over the 9 other classes) or "narrow" (2 near classes)
     seed: int = 0
 

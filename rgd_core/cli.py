@@ -27,6 +27,8 @@ def _add_forgetting_options(parser: argparse.ArgumentParser, samples_per_class: 
                         help=f"alpha for elementwise, m for skip (default {d.truncation_threshold})")
     parser.add_argument("--forget-batch", type=int, default=d.forget_batch,
                         help=f"forget images per step (default {d.forget_batch})")
+    parser.add_argument("--retain-batch", type=int, default=d.retain_batch,
+                        help=f"retain images per step; 0 = the whole retain set (default {d.retain_batch})")
     parser.add_argument("--retain-per-class", type=int, default=d.retain_per_class,
                         help=f"retain images per remaining class (default {d.retain_per_class})")
     parser.add_argument("--samples-per-class", type=int, default=samples_per_class,
@@ -36,6 +38,7 @@ def _add_forgetting_options(parser: argparse.ArgumentParser, samples_per_class: 
     parser.add_argument("--seed", type=int, default=d.seed, help=f"run seed (default {d.seed})")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    parser.add_argument("--report", default=None, help="also write the full report (every run) to this JSON file")
 
 
 def _configs(args):
@@ -45,7 +48,7 @@ def _configs(args):
         forget_class=getattr(args, "forget_class", 0), steps=args.steps, lr=args.lr,
         retain_weight=args.retain_weight, truncation=args.truncation,
         truncation_threshold=args.truncation_threshold, forget_batch=args.forget_batch,
-        retain_per_class=args.retain_per_class, seed=args.seed,
+        retain_per_class=args.retain_per_class, retain_batch=args.retain_batch or None, seed=args.seed,
     )
     config.unlearn_config("rgd")  # validates the settings now, before minutes of work
     if args.samples_per_class < 2 or args.sampling_steps < 1:
@@ -59,6 +62,7 @@ def cmd_demo(args) -> None:
     set_threads(args.threads)
     config, eval_config = _configs(args)
     report = run_demo(config, eval_config, args.out, log=_log)
+    _write_report(report, args.report)
     if args.json:
         print(json.dumps({r["method"]: {k: r[k] for k in ("ua", "ra", "fd", "seconds")} for r in report["rows"]},
                          indent=2))
@@ -77,12 +81,20 @@ def cmd_bench_digits(args) -> None:
     if any(not 0 <= c <= 9 for c in classes):
         raise SystemExit("error: --classes takes digits 0..9, e.g. --classes 0,3,8")
     report = run_bench(config, eval_config, classes=classes, log=_log)
+    _write_report(report, args.report)
     if args.json:
         print(json.dumps({name: {k: v["mean"] for k, v in s.items()} | {f"{k}_std": v["std"] for k, v in s.items()}
                           for name, s in report["summary"].items()}, indent=2))
         return
     print(format_bench_table(report))
     print(f"wall time {report['wall_seconds']:.0f} s")
+
+
+def _write_report(report: dict, path: str | None) -> None:
+    if path:
+        from .io import atomic_write_bytes
+
+        atomic_write_bytes(json.dumps(report, indent=2).encode(), path)
 
 
 def _log(message: str) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-from torch import Tensor
+if TYPE_CHECKING:  # torch loads in seconds; prompt files and reports should not wait for it
+    from torch import Tensor
 
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
@@ -35,7 +36,7 @@ def _umask() -> int:
 
 
 def save_safetensors_atomic(
-    tensors: Mapping[str, Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
+    tensors: Mapping[str, "Tensor"], path: str | Path, metadata: Mapping[str, str] | None = None
 ) -> Path:
     from safetensors.torch import save
 

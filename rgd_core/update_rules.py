@@ -43,14 +43,21 @@ class GradientStats:
 
 def gradient_stats(forget_grads: Sequence[Tensor], retain_grads: Sequence[Tensor]) -> GradientStats:
     """s, a, b as one global inner product over every tensor, accumulated in float64."""
-    inner = torch.stack([torch.dot(f.reshape(-1), r.reshape(-1)) for f, r in zip(forget_grads, retain_grads)])
-    forget_sq_norm = torch.stack(torch._foreach_norm(list(forget_grads))).double().square().sum()
-    retain_sq_norm = torch.stack(torch._foreach_norm(list(retain_grads))).double().square().sum()
-    inner = inner.double().sum()
+    inner = _sum_of_dots(forget_grads, retain_grads)
+    if forget_grads[0].is_cuda:  # one fused multi-tensor kernel per list on GPUs
+        forget_sq_norm = torch.stack(torch._foreach_norm(list(forget_grads))).double().square().sum()
+        retain_sq_norm = torch.stack(torch._foreach_norm(list(retain_grads))).double().square().sum()
+    else:  # on CPUs a BLAS dot per tensor reads memory faster than foreach_norm
+        forget_sq_norm = _sum_of_dots(forget_grads, forget_grads)
+        retain_sq_norm = _sum_of_dots(retain_grads, retain_grads)
     # A zero g_f (ascent skipped by truncation) or zero g_r is not a conflict: the other passes through
     # unprojected. The seed code got this only because NaN < 0 is False; here it is a stated rule.
     conflict = (inner < 0) & (forget_sq_norm > 0) & (retain_sq_norm > 0)
     return GradientStats(inner, forget_sq_norm, retain_sq_norm, conflict)
+
+
+def _sum_of_dots(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]).double().sum()
 
 
 def restricted_gradient_(

@@ -1,0 +1,50 @@
+"""A reduced run of the digits demo: real forgetting of a real (small) diffusion model, offline."""
+
+import numpy as np
+import pytest
+import torch
+
+from rgd_core.class_forgetting import ClassForgettingConfig, EvalConfig, Evaluator, run_forgetting
+from rgd_core.worlds import digits
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return Evaluator.build(EvalConfig(samples_per_class=50))
+
+
+@pytest.fixture(scope="module")
+def base():
+    return digits.load_base_model()
+
+
+@pytest.fixture(scope="module")
+def original(evaluator, base):
+    return evaluator.samples(base)
+
+
+def test_classifier_is_accurate_on_held_out_real_digits(evaluator):
+    assert evaluator.classifier.held_out_accuracy > 0.97
+
+
+def test_base_model_follows_its_labels(evaluator, original):
+    scores = evaluator.score(original, forget_class=0)
+    assert min(scores.per_class_accuracy) > 0.75  # 50 samples a digit: one sample is 2 points; chance is 10
+    assert scores.ra > 0.93
+
+
+@pytest.mark.slow
+def test_rgd_forgets_the_digit_and_keeps_the_others(evaluator, base, original):
+    before_weights = {k: v.clone() for k, v in base.state_dict().items()}
+    result = run_forgetting(base, "rgd", ClassForgettingConfig(forget_class=0))
+    before = evaluator.score(original, forget_class=0)
+    after = evaluator.score(evaluator.samples(result.model), forget_class=0)
+
+    assert before.forget_class_accuracy > 0.9
+    assert after.forget_class_accuracy < 0.10
+    assert after.ra > before.ra - 0.05
+    drops = np.array(before.per_class_accuracy) - np.array(after.per_class_accuracy)
+    assert drops[1:].max() < 0.10, drops
+    # the committed base model itself is never modified
+    for key, value in base.state_dict().items():
+        assert torch.equal(value, before_weights[key])
