@@ -12,6 +12,7 @@ import torch
 
 from .class_forgetting import ClassForgettingConfig, EvalConfig, Evaluator, Scores, run_forgetting
 from .evaluate import plots
+from .progress import progress_bar
 from .worlds import digits
 
 METHODS = {  # row name -> (update rule, retain set)
@@ -49,7 +50,8 @@ def run_demo(
     for name in methods:
         method, retain_set = METHODS[name]
         log(f"unlearning digit {config.forget_class} with {name} ({config.steps} steps)")
-        result = run_forgetting(base, method, replace(config, retain_set=retain_set))
+        result = run_forgetting(base, method, replace(config, retain_set=retain_set),
+                                callbacks=[progress_bar(config.steps, name)])
         seconds = sum(r["seconds"] for r in result.records)
         samples[name] = evaluator.samples(result.model)
         rows.append(_row(name, evaluator.score(samples[name], config.forget_class), seconds))
@@ -89,7 +91,8 @@ def run_bench(
         for name in methods:
             method, retain_set = METHODS[name]
             run_config = replace(config, forget_class=forget_class, retain_set=retain_set)
-            result = run_forgetting(base, method, run_config)
+            result = run_forgetting(base, method, run_config,
+                                    callbacks=[progress_bar(config.steps, f"digit {forget_class} {name}")])
             seconds = sum(r["seconds"] for r in result.records)
             row = _row(name, evaluator.score(evaluator.samples(result.model), forget_class), seconds)
             per_method[name].append(row)

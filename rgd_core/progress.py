@@ -1,0 +1,22 @@
+"""Progress reporting as an Unlearner callback: a terminal bar with the live losses (never inside the maths)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+def progress_bar(total: int, description: str) -> Callable[[dict], None]:
+    """A tqdm bar on stderr, shown only on a terminal, updated with forget/retain loss and cos(g_f, g_r)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=description, leave=False, file=sys.stderr, disable=None)
+
+    def update(record: dict) -> None:
+        bar.update(1)
+        bar.set_postfix(forget=f"{record['forget_loss']:.3f}", retain=f"{record['retain_loss']:.3f}",
+                        cos=f"{record['cosine']:+.2f}", refresh=False)
+        if bar.n >= total:
+            bar.close()
+
+    return update
