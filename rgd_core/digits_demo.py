@@ -19,6 +19,7 @@ METHODS = {  # row name -> (update rule, retain set)
     "GradDiff": ("graddiff", "diverse"),
     "RGD": ("rgd", "diverse"),
     "RGD (narrow retain)": ("rgd", "narrow"),
+    "RGD, Adam metric": ("rgd-adam", "diverse"),  # extension: projection in Adam's preconditioned metric
 }
 
 
@@ -77,7 +78,7 @@ def run_bench(
     config: ClassForgettingConfig,
     eval_config: EvalConfig,
     classes: tuple[int, ...] = tuple(range(digits.NUM_CLASSES)),
-    methods: tuple[str, ...] = ("GradDiff", "RGD", "RGD (narrow retain)"),
+    methods: tuple[str, ...] = ("GradDiff", "RGD", "RGD (narrow retain)", "RGD, Adam metric"),
     log: Callable[[str], None] = print,
 ) -> dict:
     """Table 1 / Table 3 protocol: forget each class in turn; mean and std over classes per method."""

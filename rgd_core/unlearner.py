@@ -42,7 +42,7 @@ CHECKPOINT_FORMAT = "rgd-unlearner-checkpoint-1"
 class UnlearnConfig:
     """One run's settings. Defaults are the paper's where it has one (Adam, lr 1e-5)."""
 
-    method: str = "rgd"  # "rgd" (restricted gradient) or "graddiff"
+    method: str = "rgd"  # "rgd" (restricted gradient), "rgd-adam" (projected in Adam's metric) or "graddiff"
     steps: int = 100
     retain_weight: float = 1.0  # lambda
     lr: float = 1e-5
@@ -56,6 +56,8 @@ class UnlearnConfig:
             raise RGDInputError(f"method must be one of {sorted(UPDATE_RULES)}, got {self.method!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise RGDInputError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.method == "rgd-adam" and self.optimizer != "adam":
+            raise RGDInputError("method 'rgd-adam' projects in Adam's metric; use optimizer 'adam' or method 'rgd'")
         if self.steps < 0 or self.lr <= 0 or self.retain_weight < 0:
             raise RGDInputError("steps must be >= 0, lr > 0 and retain_weight >= 0")
         try:
@@ -185,7 +187,8 @@ class Unlearner:
                 f"or the retain weight, or add truncation"
             )
         # 4. update rule, then the optimizer step along -d.
-        self.update_rule(grads, forget_grads, self.config.retain_weight, stats)
+        metric = self._adam_metric() if self.config.method == "rgd-adam" else None
+        self.update_rule(grads, forget_grads, self.config.retain_weight, None if metric else stats, metric)
         self.optimizer.step()
         return {
             "step": step,
@@ -198,6 +201,24 @@ class Unlearner:
             "ascent_active": bool(values[6]),
             "seconds": time.perf_counter() - start,
         }
+
+    def _adam_metric(self):
+        """Adam's current diagonal preconditioner 1 / (sqrt(v_hat) + eps), one tensor at a time.
+
+        None before Adam's first step (no second moments yet): that step is projected in the plain metric.
+        """
+        states = [self.optimizer.state.get(p) for p in self.params]
+        if not all(state and "exp_avg_sq" in state for state in states):
+            return None
+        group = self.optimizer.param_groups[0]
+        beta2, eps = group["betas"][1], group["eps"]
+
+        def weight(i: int) -> Tensor:
+            state = states[i]
+            v_hat = state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))
+            return 1.0 / (v_hat.sqrt() + eps)
+
+        return weight
 
     def _clear_grads(self) -> None:
         for p in self.params:

@@ -73,7 +73,7 @@ def assert_same_weights(a, b):
 CONFIG = dict(steps=30, lr=1e-2, retain_weight=2.0, seed=3)
 
 
-@pytest.mark.parametrize("method", ["rgd", "graddiff"])
+@pytest.mark.parametrize("method", ["rgd", "rgd-adam", "graddiff"])
 def test_forget_loss_rises(method):
     model, forget, retain = make_problem()
     before = snapshot(model)
@@ -159,10 +159,10 @@ def test_exception_in_callback_leaves_model_untouched():
     assert_same_weights(snapshot(model), before)
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, optimizer):
+@pytest.mark.parametrize("method,optimizer", [("rgd", "adam"), ("rgd", "sgd"), ("rgd-adam", "adam")])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, method, optimizer):
     model, forget, retain = make_problem()
-    config = UnlearnConfig(optimizer=optimizer, **CONFIG)
+    config = UnlearnConfig(method=method, optimizer=optimizer, **CONFIG)
     full = Unlearner(model, forget, retain, config).run()
 
     checkpoint = tmp_path / "run.safetensors"
@@ -227,7 +227,7 @@ def test_elementwise_truncation_bounds_the_ascent():
 
 
 @pytest.mark.parametrize(
-    "bad", [dict(method="pcgrad"), dict(optimizer="lion"), dict(lr=0.0), dict(truncation="clip"),
+    "bad", [dict(method="pcgrad"), dict(optimizer="lion"), dict(method="rgd-adam", optimizer="sgd"), dict(lr=0.0), dict(truncation="clip"),
             dict(truncation="skip", truncation_threshold=-1.0)]
 )
 def test_bad_settings_raise_one_clear_error(bad):

@@ -100,3 +100,41 @@ def test_global_not_per_tensor_projection():
 def test_graddiff_matches_reference():
     forget, retain = conflicting_pair(11)
     assert_close_lists(graddiff(forget, retain, 5.0), flatten_graddiff(forget, retain, 5.0))
+
+
+def random_metric(seed, like):
+    generator = torch.Generator().manual_seed(seed)
+    weights = [torch.rand(t.shape, generator=generator) + 0.1 for t in like]
+    return weights, (lambda i: weights[i])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_metric_projection_protects_both_losses_for_the_preconditioned_step(seed):
+    forget, retain = conflicting_pair(seed)
+    weights, metric = random_metric(seed, forget)
+    d = [r.clone() for r in retain]
+    restricted_gradient_(d, forget, 1.6, metric=metric)
+    step = [w * x for w, x in zip(weights, d)]  # the direction a diagonal preconditioner actually takes
+    assert inner(step, forget) >= -1e-5
+    assert inner(step, retain) >= -1e-5
+
+
+def test_metric_projection_matches_a_weighted_flatten_reference():
+    forget, retain = conflicting_pair(21)
+    weights, metric = random_metric(21, forget)
+    w = torch.cat([x.reshape(-1) for x in weights]).double()
+    f = torch.cat([x.reshape(-1) for x in forget]).double()
+    r = torch.cat([x.reshape(-1) for x in retain]).double()
+    s, a, b = (w * f * r).sum(), (w * f * f).sum(), (w * r * r).sum()
+    assert s < 0
+    expected = (f - s / b * r) + 5.0 * (r - s / a * f)
+    d = [x.clone() for x in retain]
+    restricted_gradient_(d, forget, 5.0, metric=metric)
+    torch.testing.assert_close(torch.cat([x.reshape(-1) for x in d]).double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unit_metric_is_the_euclidean_rule():
+    forget, retain = conflicting_pair(5)
+    d = [r.clone() for r in retain]
+    restricted_gradient_(d, forget, 1.6, metric=lambda i: torch.ones_like(forget[i]))
+    assert_close_lists(d, restricted_gradient(forget, retain, 1.6), rtol=1e-5)
