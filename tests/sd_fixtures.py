@@ -14,7 +14,7 @@ weights, diffusers' pipeline loader silently takes a component from the folder w
 
 Honest sizes, so that diffusers' own key/shape test (``infer_diffusers_model_type``) names the family right:
 - SD2: the OpenCLIP text encoder is 1024 wide (one layer, narrow MLP), so the UNet's cross-attention
-  ``attn2.to_k`` weight ends in 1024, the test diffusers uses for v2. This costs about 25 MB, well under a second.
+  ``attn2.to_k`` weight ends in 1024, the test diffusers uses for v2. This costs a 34 MB file and under a second.
 - SDXL: the OpenCLIP bigG-style encoder has 10 layers, because diffusers looks for ``resblocks.9``.
 - SDXL: the two text encoders have different widths (32 and 64). diffusers chooses which keys to read for
   ``text_encoder_2`` by comparing the CLIP-L position-embedding width with the model's; equal widths would make
@@ -284,12 +284,14 @@ def vae_module_map(config) -> dict[str, tuple[str, str]]:
         modules[name] = (name, "plain")
     for level in range(levels):
         for layer in range(per_block):
-            modules[f"encoder.down_blocks.{level}.resnets.{layer}."] = (f"encoder.down.{level}.block.{layer}.", "resnet")
+            source = f"encoder.down_blocks.{level}.resnets.{layer}."
+            modules[source] = (f"encoder.down.{level}.block.{layer}.", "resnet")
         if level < levels - 1:
             modules[f"encoder.down_blocks.{level}.downsamplers.0."] = (f"encoder.down.{level}.downsample.", "plain")
         ldm_level = levels - 1 - level
         for layer in range(per_block + 1):
-            modules[f"decoder.up_blocks.{level}.resnets.{layer}."] = (f"decoder.up.{ldm_level}.block.{layer}.", "resnet")
+            source = f"decoder.up_blocks.{level}.resnets.{layer}."
+            modules[source] = (f"decoder.up.{ldm_level}.block.{layer}.", "resnet")
         if level < levels - 1:
             modules[f"decoder.up_blocks.{level}.upsamplers.0."] = (f"decoder.up.{ldm_level}.upsample.", "plain")
     return modules
@@ -447,12 +449,10 @@ def save_diffusers_folder(folder: Path, family: str, components: dict, with_weig
         if name.startswith("tokenizer"):
             component.save_pretrained(target)
         elif name == "scheduler" or not with_weights:
-            # diffusers objects save their config with save_config; transformers models keep it in .config
-            config = getattr(component, "config", None)
-            if hasattr(component, "save_config"):
+            if hasattr(component, "save_config"):  # diffusers models and schedulers
                 component.save_config(target)
-            else:
-                config.save_pretrained(target)
+            else:  # transformers models keep their config object apart
+                component.config.save_pretrained(target)
         else:
             component.save_pretrained(target)
     return folder
