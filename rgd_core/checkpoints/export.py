@@ -1,0 +1,364 @@
+"""Write an edited UNet back into a single-file checkpoint in the original layout (A1111, Forge, ComfyUI).
+
+Only the UNet is replaced; every other tensor of the input file (VAE, text encoders, EMA copies, anything no
+converter touches) is written back byte for byte, so the exported file differs from its base model exactly where
+unlearning changed it.
+
+The diffusers -> original key map is not written by hand. It is learned from diffusers' own original -> diffusers
+UNet converter (``convert_ldm_unet_checkpoint``, the function ``from_single_file`` uses): the converter is run on a
+tagged copy of the file's UNet keys and every diffusers tensor is traced back to where it came from
+(``unet_key_map``). Whatever diffusers does on loading is therefore undone exactly on export, for every family and
+diffusers version, and a converter that does something the trace cannot invert is refused instead of guessed at.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
+
+from rgd_core.checkpoints.load import (
+    UNET_PREFIX,
+    detect_family,
+    file_sha256,
+    read_state_dict,
+)
+from rgd_core.errors import RGDInputError
+from rgd_core.io import save_safetensors_atomic
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+EXPORT_SUFFIX = ".safetensors"
+
+
+class Placement(NamedTuple):
+    """Where one diffusers UNet tensor lives in the original-layout file.
+
+    ``source`` is the original key (with ``model.diffusion_model.``), ``shape`` the diffusers tensor's shape.
+    ``index`` is None when the diffusers tensor is the source tensor itself, same shape and element order (every
+    key of the SD1/SD2/SDXL converters today); otherwise a LongTensor shaped like the diffusers tensor holding,
+    for each element, its flat position in the source tensor (a reshape, transpose or slice of it).
+    """
+
+    source: str
+    shape: tuple[int, ...]
+    index: "Tensor | None" = None
+
+
+# --- learning the key map ---------------------------------------------------------------------------------------
+
+
+def unet_key_map(original: Mapping[str, Any], unet_config: Mapping[str, Any]) -> dict[str, Placement]:
+    """diffusers UNet key -> Placement, learned by tracing diffusers' converter on tagged tensors.
+
+    ``original`` maps original-layout keys to tensors or shapes; only ``model.diffusion_model.*`` keys are used.
+    ``unet_config`` is the diffusers UNet config (the converter reads ``layers_per_block`` and the embedding types).
+
+    Cost, and why two passes: tagging every element of a real SDXL UNet would take ~2.6e9 float64 values (20 GB).
+    Pass 1 gives each source key one float64 scalar holding its index, expanded to the key's shape (stride 0, so
+    8 bytes per key whatever its size). A diffusers tensor that *is* one of these objects is a plain rename, which
+    is exact: no element can have moved. Anything else (a view, a copy, a slice) is traced in pass 2, where only
+    the source keys involved get a real ``arange`` of element positions, so memory is paid only where the converter
+    changes layout; for today's SD converters that is nothing.
+
+    The map must be exact: a diffusers key without a source, a source key (or element) that reaches no diffusers
+    key or reaches two, values the converter computed, or one diffusers tensor made from several source keys
+    all raise a one-line RGDInputError.
+    """
+    import torch
+
+    shapes = {key: _shape(value) for key, value in original.items() if key.startswith(UNET_PREFIX)}
+    if not shapes:
+        raise RGDInputError("The checkpoint has no model.diffusion_model.* UNet weights to export into.")
+    names = list(shapes)
+    tagged = {key: torch.full((1,), float(i), dtype=torch.float64).expand(shapes[key]) for i, key in enumerate(names)}
+    converted = _convert(tagged, unet_config)
+
+    by_identity = {id(tensor): key for key, tensor in tagged.items()}
+    placements: dict[str, Placement] = {}
+    traced: dict[str, str] = {}  # diffusers key -> source key, for pass 2
+    for key, tensor in converted.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise RGDInputError(f"diffusers UNet weight {key} has no source in the checkpoint; cannot export into it.")
+        source = by_identity.get(id(tensor))
+        if source is not None:
+            placements[key] = Placement(source, tuple(tensor.shape))
+        else:
+            traced[key] = _single_source(key, tensor, names)
+
+    if traced:
+        placements.update(_trace_elements(traced, shapes, names, unet_config))
+    _check_coverage(placements, shapes)
+    return placements
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(int(n) for n in value)
+
+
+def _convert(tagged: dict, unet_config: Mapping[str, Any]) -> dict:
+    """diffusers' own original -> diffusers UNet conversion, the one ``from_single_file`` runs."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    try:
+        return convert_ldm_unet_checkpoint(tagged, dict(unet_config))
+    except KeyError as error:  # the SDXL path indexes label_emb directly
+        raise RGDInputError(f"The checkpoint lacks UNet weight {error} that the UNet config needs.") from None
+
+
+def _single_source(key: str, tensor: "Tensor", names: list[str]) -> str:
+    """The one source key whose pass-1 tag a non-renamed diffusers tensor carries (reads its values)."""
+    import torch
+
+    if tensor.dtype != torch.float64:
+        raise RGDInputError(f"diffusers' converter changed the dtype of {key}; its source cannot be traced.")
+    tags = torch.unique(tensor)
+    if tags.numel() != 1 or tags[0] != tags[0].round() or not 0 <= int(tags[0]) < len(names):
+        raise RGDInputError(
+            f"diffusers UNet weight {key} mixes or computes values from several checkpoint tensors; rgd can only "
+            "export tensors that the converter renames, reshapes or slices."
+        )
+    return names[int(tags[0])]
+
+
+def _trace_elements(traced: dict[str, str], shapes: dict, names: list[str], unet_config) -> dict[str, Placement]:
+    """Pass 2: element positions for the diffusers keys that are not plain renames.
+
+    Only their source keys carry an ``arange`` (float64 holds integers exactly up to 2**53, far above any tensor's
+    size); every other key keeps its stride-0 scalar tag.
+    """
+    import torch
+
+    involved = set(traced.values())
+    tagged = {}
+    for i, key in enumerate(names):
+        if key in involved:
+            count = 1
+            for size in shapes[key]:
+                count *= size
+            tagged[key] = torch.arange(count, dtype=torch.float64).reshape(shapes[key])
+        else:
+            tagged[key] = torch.full((1,), float(i), dtype=torch.float64).expand(shapes[key])
+    converted = _convert(tagged, unet_config)
+    placements = {}
+    for key, source in traced.items():
+        positions = converted[key]
+        index = positions.round().long()
+        if not torch.equal(index.double(), positions) or (index.numel() and int(index.min()) < 0):
+            raise RGDInputError(f"diffusers' converter changed the values of {key}; its source cannot be traced.")
+        placements[key] = Placement(source, tuple(positions.shape), index)
+    return placements
+
+
+def _check_coverage(placements: dict[str, Placement], shapes: dict) -> None:
+    """Every element of every source key must reach exactly one diffusers key, or export would lose or clash."""
+    import torch
+
+    whole = [p.source for p in placements.values() if p.index is None]
+    seen: set[str] = set()
+    for source in whole:
+        if source in seen:
+            raise RGDInputError(f"Checkpoint tensor {source} feeds two diffusers UNet weights; export is ambiguous.")
+        seen.add(source)
+    partial: dict[str, list] = {}
+    for placement in placements.values():
+        if placement.index is not None:
+            if placement.source in seen:
+                raise RGDInputError(f"Checkpoint tensor {placement.source} feeds two diffusers UNet weights.")
+            partial.setdefault(placement.source, []).append(placement.index.reshape(-1))
+    for source, indices in partial.items():
+        count = 1
+        for size in shapes[source]:
+            count *= size
+        hits = torch.bincount(torch.cat(indices), minlength=count)
+        if hits.numel() != count or not torch.all(hits == 1):
+            raise RGDInputError(
+                f"Checkpoint tensor {source} is not covered exactly once by diffusers UNet weights; export would "
+                "lose or overwrite part of it."
+            )
+    unused = [key for key in shapes if key not in seen and key not in partial]
+    if unused:
+        raise RGDInputError(
+            f"{len(unused)} checkpoint UNet tensor(s) reach no diffusers weight (first: {unused[0]}); "
+            "exporting would keep them stale."
+        )
+
+
+# --- mapping weights back ---------------------------------------------------------------------------------------
+
+
+def unet_to_original(
+    unet_state: Mapping[str, "Tensor"], key_map: Mapping[str, Placement], shapes: Mapping[str, Any]
+) -> dict[str, "Tensor"]:
+    """A diffusers UNet state dict in original-layout keys and shapes, through a learned ``key_map``.
+
+    Keys and shapes must match the map exactly; a missing, extra or wrongly shaped weight raises a one-line
+    RGDInputError before anything is written.
+    """
+    import torch
+
+    missing = [key for key in key_map if key not in unet_state]
+    extra = [key for key in unet_state if key not in key_map]
+    if missing or extra:
+        what = f"lacks {missing[0]}" if missing else f"has {extra[0]}, which the checkpoint has no place for"
+        raise RGDInputError(
+            f"The edited UNet does not fit the checkpoint: it {what} ({len(missing)} missing, {len(extra)} extra); "
+            "export into the checkpoint the UNet was loaded from."
+        )
+    out: dict[str, Tensor] = {}
+    for key, placement in key_map.items():
+        tensor = unet_state[key].detach()
+        if tuple(tensor.shape) != placement.shape:
+            raise RGDInputError(
+                f"Edited UNet weight {key} has shape {tuple(tensor.shape)}, the checkpoint needs {placement.shape}."
+            )
+        source_shape = _shape(shapes[placement.source])
+        if placement.index is None:
+            out[placement.source] = tensor
+            continue
+        # scatter the elements back to their source positions; coverage was proved exact when the map was made
+        flat = out.get(placement.source)
+        if flat is None:
+            flat = torch.empty(source_shape, dtype=tensor.dtype)
+            out[placement.source] = flat
+        flat.view(-1)[placement.index.reshape(-1)] = tensor.reshape(-1).to(flat.dtype)
+    return out
+
+
+# --- files ------------------------------------------------------------------------------------------------------
+
+
+def safe_output_path(out_dir: str | Path, name: str) -> Path:
+    """``out_dir / name`` for a bare file name; anything that could leave ``out_dir`` is refused.
+
+    Names come from users and node widgets, so separators, ``..``, absolute paths and drive letters are errors
+    rather than silently stripped. ``.safetensors`` is appended when missing, since that is what UIs list.
+    """
+    text = str(name).strip()
+    bad = (
+        not text
+        or text in (".", "..")
+        or "/" in text
+        or "\\" in text
+        or "\0" in text
+        or ":" in text  # Windows drive letters and alternate data streams
+        or os.path.isabs(text)
+    )
+    if bad:
+        raise RGDInputError(f"Output name {name!r} must be a plain file name without folders, '..' or ':'.")
+    if not text.lower().endswith(EXPORT_SUFFIX):
+        text += EXPORT_SUFFIX
+    folder = Path(out_dir).resolve()
+    path = folder / text
+    if path.parent != folder:
+        raise RGDInputError(f"Output name {name!r} would leave {folder}.")
+    return path
+
+
+def export_single_file(
+    source_path: str | Path,
+    edited_unet: Any,
+    out_path: str | Path,
+    config_folder: str | Path | None = None,
+    family: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    allow_pickle: bool = False,
+) -> Path:
+    """Write ``source_path`` with its UNet replaced by ``edited_unet`` to ``out_path`` (safetensors), atomically.
+
+    ``edited_unet`` is a diffusers ``UNet2DConditionModel`` (its config comes with it) or its state dict, in which
+    case the UNet config is read from ``config_folder`` or else from the shipped config of the file's family.
+    Each edited tensor is cast to the dtype of the source tensor it replaces; every other tensor is copied as read,
+    in the source's key order. Metadata is the source's, then the caller's (values turned into strings), then
+    ``rgd_version`` and ``base_sha256`` (the source file's hash). The output is written to a temporary file in the
+    target folder and renamed into place, so a failure leaves no file behind; overwriting the source is refused.
+    """
+    source_path, out_path = Path(source_path), Path(out_path)
+    if out_path.exists() and source_path.exists() and out_path.resolve() == source_path.resolve():
+        raise RGDInputError(f"Refusing to overwrite the base checkpoint {source_path.name}; choose another name.")
+    state = read_state_dict(source_path, allow_pickle)
+    shapes = {key: tuple(tensor.shape) for key, tensor in state.items()}
+    found = detect_family(shapes, shapes)
+    if family is not None and family != found:
+        raise RGDInputError(f"{source_path.name} is an {found} checkpoint by its keys, not {family}.")
+    unet_state, unet_config = _unet_state_and_config(edited_unet, config_folder, found)
+
+    replaced = unet_to_original(unet_state, unet_key_map(shapes, unet_config), shapes)
+    tensors = {}
+    for key, tensor in state.items():
+        if key in replaced:
+            tensors[key] = replaced[key].to(device="cpu", dtype=tensor.dtype).contiguous()
+        else:
+            tensors[key] = tensor
+    header = {**_source_metadata(source_path), **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    header.update(rgd_version=_rgd_version(), base_sha256=file_sha256(source_path))
+    return save_safetensors_atomic(tensors, out_path, header)
+
+
+def export_unet_diff(
+    base_unet_state_dict: Mapping[str, "Tensor"],
+    edited_unet_state_dict: Mapping[str, "Tensor"],
+    out_path: str | Path,
+    key_map: Mapping[str, Placement],
+    shapes: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write only the UNet tensors that changed, as float32 ``edited - base`` under original-layout keys.
+
+    ``key_map`` and ``shapes`` are ``unet_key_map``'s answer and the checkpoint's key -> shape. Adding the file's
+    tensors to the base checkpoint gives the edited one (up to the base's dtype). Metadata marks the file
+    ``rgd_kind=unet_delta``; an edit that changed nothing still writes a (tensor-free) file.
+    """
+    import torch
+
+    base = unet_to_original(base_unet_state_dict, key_map, shapes)
+    edited = unet_to_original(edited_unet_state_dict, key_map, shapes)
+    deltas = {
+        key: (edited[key].float() - base[key].float()).contiguous()
+        for key in base
+        if not torch.equal(edited[key].to(base[key].dtype), base[key])
+    }
+    header = {str(k): str(v) for k, v in (metadata or {}).items()}
+    header.update(rgd_version=_rgd_version(), rgd_kind="unet_delta")
+    return save_safetensors_atomic(deltas, out_path, header)
+
+
+def _unet_state_and_config(edited_unet: Any, config_folder, family: str) -> tuple[Mapping[str, "Tensor"], dict]:
+    """The edited weights and the UNet config the converter needs, from a model or a state dict plus configs."""
+    import json
+
+    if hasattr(edited_unet, "state_dict") and hasattr(edited_unet, "config"):
+        return edited_unet.state_dict(), dict(edited_unet.config)
+    if not isinstance(edited_unet, Mapping):
+        raise RGDInputError(
+            f"edited_unet must be a UNet2DConditionModel or its state dict, not {type(edited_unet).__name__}."
+        )
+    if config_folder is not None:
+        path = Path(config_folder) / "unet" / "config.json"
+        try:
+            return edited_unet, json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise RGDInputError(f"Cannot read the UNet config {path}: {error}") from error
+    from rgd_core.checkpoints.configs import component_config
+
+    return edited_unet, component_config(family, "unet")
+
+
+def _source_metadata(path: Path) -> dict[str, str]:
+    """The source's safetensors header metadata (model spec, training notes), which a pickle does not have."""
+    if path.suffix.lower() not in (".safetensors", ".sft"):
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
+def _rgd_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("rgd")
+    except metadata.PackageNotFoundError:  # running from a checkout without installing
+        return "unknown"
