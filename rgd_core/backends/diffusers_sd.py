@@ -1,0 +1,473 @@
+"""Stable Diffusion (SD1/SD2/SDXL, diffusers) backend for RGD concept unlearning.
+
+The paper's SD setup (Ko et al., "Boosting Alignment for Post-Unlearning Text-to-Image Generative Models",
+NeurIPS 2024, section 4.2; docs/method.md section 2(b)):
+
+- D_f: images of the concept *made by the base model itself* from diverse forget prompts; D_r: images made from the
+  same prompts with the concept removed. Pair i of D_f is pair i of D_r.
+- each step takes a forget batch and its paired retain batch (8 + 8), t ~ U{0..999}, eps ~ N(0, I), and the plain
+  denoising MSE in the model's own parameterisation (no CFG during training);
+- the forget loss is ascended, skipped on steps whose batch forget loss exceeds m = 1.1; lambda = 1.6; Adam,
+  lr 1e-5, 100 steps, the full UNet.
+
+This module turns prompts into that data (``sample_latents``, ``build_paired_data`` with a disk cache), gives the
+Unlearner its two loss callables (``paired_losses``), picks the trainable parameters (``scope_filter``) and ties
+them together in ``unlearn_sd``. Training works on latents: images are never decoded, and since the data are the
+model's own samples there is no VAE encoding either (the paper VAE-encodes its generated images; sampling straight
+into latents skips a lossy decode/encode round trip).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import RGDInputError
+from ..io import save_safetensors_atomic
+from ..losses import denoising_error
+from ..prompts import PromptSet
+from ..unlearner import Unlearner, UnlearnConfig
+
+# Bump when the layout or the meaning of the cached tensors changes: old cache files then simply miss.
+DATA_FORMAT = "rgd-sd-paired-data-1"
+
+SCOPES = ("full", "cross-attn", "non-cross-attn")
+
+# Deterministic samplers only: with them a prompt's latent depends on its own starting noise alone, so one seeded
+# generator per prompt makes every subset and every batching reproducible.
+SAMPLERS = {
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "dpm++2m": "DPMSolverMultistepScheduler",
+}
+
+# The paper's nudity run on SD v1.4 (docs/method.md 2(b): run-surgery.sh and its argparse defaults).
+PAPER_NUDITY_SD14 = {
+    "method": "rgd",
+    "retain_weight": 1.6,
+    "truncation": "skip",
+    "truncation_threshold": 1.1,
+    "lr": 1e-5,
+    "optimizer": "adam",
+    "steps": 100,
+    "batch_size": 8,
+    "scope": "full",
+}
+
+
+def paper_nudity_sd14_config(seed: int = 0) -> UnlearnConfig:
+    """``PAPER_NUDITY_SD14`` as an UnlearnConfig (batch_size and scope go to ``unlearn_sd`` itself)."""
+    keys = ("method", "retain_weight", "truncation", "truncation_threshold", "lr", "optimizer", "steps")
+    return UnlearnConfig(seed=seed, **{key: PAPER_NUDITY_SD14[key] for key in keys})
+
+
+# --- text conditioning ---------------------------------------------------------------------------------------
+
+
+def _tokenize(tokenizer, prompts: Sequence[str]) -> Tensor:
+    # SD pads every prompt to the full 77 tokens: the UNet was trained on padded embeddings, so shorter padding
+    # would change the conditioning.
+    return tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+@torch.no_grad()
+def encode_prompts(components, prompts: Sequence[str], batch_size: int = 32) -> dict[str, Tensor]:
+    """Text conditioning for ``prompts``, as the diffusers pipelines build it, on the CPU in float32.
+
+    SD1/SD2: ``encoder_hidden_states`` = the text encoder's last hidden state. SDXL: the penultimate hidden states
+    of both encoders side by side, plus ``text_embeds`` (the second encoder's pooled projection), which go to the
+    UNet through ``added_cond_kwargs`` together with ``time_ids`` (added by the caller, who knows the image size).
+    """
+    prompts = list(prompts)
+    if not prompts:
+        raise RGDInputError("no prompts to encode; give at least one.")
+    chunks: dict[str, list[Tensor]] = {}
+    for start in range(0, len(prompts), batch_size):
+        for key, value in _encode_batch(components, prompts[start : start + batch_size]).items():
+            chunks.setdefault(key, []).append(value.float().cpu())
+    return {key: torch.cat(values) for key, values in chunks.items()}
+
+
+def _encode_batch(components, prompts: list[str]) -> dict[str, Tensor]:
+    encoder = components.text_encoder
+    ids = _tokenize(components.tokenizer, prompts).to(_device(encoder))
+    if components.family != "sdxl":
+        return {"encoder_hidden_states": encoder(ids).last_hidden_state}
+    first = encoder(ids, output_hidden_states=True).hidden_states[-2]
+    encoder_2 = components.text_encoder_2
+    output = encoder_2(_tokenize(components.tokenizer_2, prompts).to(_device(encoder_2)), output_hidden_states=True)
+    hidden = torch.cat([first, output.hidden_states[-2].to(first.device)], dim=-1)
+    return {"encoder_hidden_states": hidden, "text_embeds": output.text_embeds}
+
+
+def sdxl_time_ids(height: int, width: int, count: int) -> Tensor:
+    """SDXL's size conditioning (original size, crop top-left, target size), as the base pipeline sets it."""
+    return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(count, 1)
+
+
+def _unet_call(unet: nn.Module, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
+    """One UNet forward with the conditioning dict (SDXL's pooled embedding and time ids as added_cond_kwargs)."""
+    dtype, device = unet.dtype, x.device
+    hidden = cond["encoder_hidden_states"].to(device, dtype)
+    added = None
+    if "text_embeds" in cond:
+        added = {"text_embeds": cond["text_embeds"].to(device, dtype), "time_ids": cond["time_ids"].to(device, dtype)}
+    return unet(x, t, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+
+
+# --- sampling the base model's own data ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How D_f and D_r are generated. The paper does not state its settings (docs/method.md 2(b): UNCONFIRMED);
+    the defaults are SD's usual 50 DDIM steps at guidance 7.5. ``height``/``width`` are in pixels; None means the
+    UNet's native size (``sample_size`` times the VAE's downscale factor, 512 for SD1.4)."""
+
+    steps: int = 50
+    guidance_scale: float = 7.5
+    height: int | None = None
+    width: int | None = None
+    scheduler: str = "ddim"
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.scheduler not in SAMPLERS:
+            raise RGDInputError(f"sampler scheduler must be one of {sorted(SAMPLERS)}, not {self.scheduler!r}.")
+        if self.steps < 1 or self.batch_size < 1:
+            raise RGDInputError("sampler steps and batch_size must be at least 1.")
+
+
+def vae_scale_factor(components) -> int:
+    return 2 ** (len(components.vae.config.block_out_channels) - 1)
+
+
+def image_size(components, settings: SamplerSettings) -> tuple[int, int]:
+    """(height, width) in pixels, checked to be a whole number of latent cells."""
+    factor = vae_scale_factor(components)
+    native = components.unet.config.sample_size * factor
+    height, width = settings.height or native, settings.width or native
+    if height % factor or width % factor:
+        raise RGDInputError(f"height and width must be multiples of {factor}, got {height}x{width}.")
+    return height, width
+
+
+def prompt_seed(seed: int, index: int) -> int:
+    """The starting-noise seed of prompt ``index``: depends on (seed, index) only, so any subset is reproducible."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def _make_scheduler(components, name: str):
+    import diffusers
+
+    # A fresh scheduler per batch: multistep samplers keep state between steps.
+    return getattr(diffusers, SAMPLERS[name]).from_config(components.scheduler.config)
+
+
+@torch.no_grad()
+def sample_latents(
+    components,
+    prompts: Sequence[str],
+    seed: int = 0,
+    settings: SamplerSettings | None = None,
+    conditioning: Mapping[str, Tensor] | None = None,
+) -> Tensor:
+    """The base model's own x0 latents (scaled, as the UNet sees them) for each prompt, with classifier-free
+    guidance against the empty prompt. Deterministic for ``seed``: prompt i starts from noise drawn with its own
+    generator seeded by ``prompt_seed(seed, i)``. ``conditioning`` reuses an ``encode_prompts`` result.
+
+    SDXL's unconditional branch is all zeros, as SDXL base's pipeline does for an empty negative prompt
+    (``force_zeros_for_empty_prompt``); SD1/SD2 encode the empty prompt.
+    """
+    settings = settings or SamplerSettings()
+    prompts = list(prompts)
+    if not prompts:
+        raise RGDInputError("no prompts to sample; give at least one.")
+    height, width = image_size(components, settings)
+    cond = dict(conditioning) if conditioning is not None else encode_prompts(components, prompts)
+    if components.family == "sdxl":
+        cond["time_ids"] = sdxl_time_ids(height, width, len(prompts))
+        uncond = {key: torch.zeros_like(value[:1]) for key, value in cond.items() if key != "time_ids"}
+        uncond["time_ids"] = cond["time_ids"][:1]
+    else:
+        uncond = encode_prompts(components, [""])
+    factor = vae_scale_factor(components)
+    shape = (components.unet.config.in_channels, height // factor, width // factor)
+    out = []
+    for start in range(0, len(prompts), settings.batch_size):
+        index = range(start, min(start + settings.batch_size, len(prompts)))
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(prompt_seed(seed, i)))
+                             for i in index])
+        batch_cond = {key: value[index.start : index.stop] for key, value in cond.items()}
+        out.append(_denoise(components, noise, batch_cond, uncond, settings).float().cpu())
+    return torch.cat(out)
+
+
+def _denoise(components, noise: Tensor, cond: dict, uncond: dict, settings: SamplerSettings) -> Tensor:
+    unet = components.unet
+    count = noise.shape[0]
+    # One UNet call per step on [uncond; cond], as the pipelines do.
+    both = {key: torch.cat([uncond[key].expand(count, *uncond[key].shape[1:]), cond[key]]) for key in cond}
+    scheduler = _make_scheduler(components, settings.scheduler)
+    device = _device(unet)
+    scheduler.set_timesteps(settings.steps, device=device)
+    latents = noise.to(device, unet.dtype) * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        uncond_out, cond_out = _unet_call(unet, model_input, t, both).chunk(2)
+        guided = uncond_out + settings.guidance_scale * (cond_out - uncond_out)
+        latents = scheduler.step(guided, t, latents).prev_sample
+    return latents
+
+
+# --- paired data and its cache -------------------------------------------------------------------------------
+
+
+@dataclass
+class PairedData:
+    """D_f and D_r as latents with their text conditioning; row i of the forget tensors pairs with row i of the
+    retain tensors (forget prompt i and its concept-free twin i)."""
+
+    forget_latents: Tensor
+    retain_latents: Tensor
+    forget_cond: dict[str, Tensor]
+    retain_cond: dict[str, Tensor]
+    key: str = ""
+
+    def __len__(self) -> int:
+        return self.forget_latents.shape[0]
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        tensors = {"forget/latents": self.forget_latents, "retain/latents": self.retain_latents}
+        for side, cond in (("forget", self.forget_cond), ("retain", self.retain_cond)):
+            tensors.update({f"{side}/cond/{key}": value for key, value in cond.items()})
+        return {key: value.contiguous() for key, value in tensors.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor], key: str = "") -> PairedData:
+        def cond(side: str) -> dict[str, Tensor]:
+            prefix = f"{side}/cond/"
+            return {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
+
+        return cls(tensors["forget/latents"], tensors["retain/latents"], cond("forget"), cond("retain"), key)
+
+
+def _prompt_lists(forget_set, retain_set) -> tuple[list[str], list[str]]:
+    """Forget and retain prompts. A PromptSet as ``forget_set`` gives its forget prompts and, when ``retain_set``
+    is None, its retain twins; a PromptSet as ``retain_set`` gives its retain prompts; plain lists are taken as
+    they are."""
+    if isinstance(forget_set, PromptSet):
+        forget = forget_set.forget_prompts
+        if retain_set is None:
+            retain_set = forget_set
+    else:
+        forget = list(forget_set or [])
+    if retain_set is None:
+        raise RGDInputError("no retain prompts: pass a PromptSet (its retain twins are used) or a retain_set.")
+    retain = retain_set.retain_prompts if isinstance(retain_set, PromptSet) else list(retain_set)
+    if not forget or not retain:
+        raise RGDInputError("the forget and retain prompt sets must each hold at least one prompt.")
+    if not all(isinstance(p, str) for p in forget + retain):
+        raise RGDInputError("prompts must be strings.")
+    return forget, retain
+
+
+def model_fingerprint(components) -> str:
+    """What the sampled data depend on: the checkpoint file's sha256 (or, for a model without one, a hash of the
+    UNet and text-encoder weights), the family and the noise-schedule config."""
+    digest = hashlib.sha256()
+    if components.sha256:
+        digest.update(components.sha256.encode())
+    else:
+        for name in ("unet", "text_encoder", "text_encoder_2"):
+            module = getattr(components, name, None)
+            for key, tensor in sorted(module.state_dict().items()) if module is not None else ():
+                digest.update(f"{name}.{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    config = {k: v for k, v in dict(components.scheduler.config).items() if not k.startswith("_")}
+    digest.update(json.dumps([components.family, config], sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _digest(prompts: list[str]) -> str:
+    return hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
+def cache_key(components, forget: list[str], retain: list[str], settings: SamplerSettings, seed: int) -> str:
+    """sha256 over everything the paired data depend on; any change gives a new key, so a stale file never hits."""
+    parts = {
+        "format": DATA_FORMAT,
+        "model": model_fingerprint(components),
+        "forget": _digest(forget),
+        "retain": _digest(retain),
+        "sampler": asdict(settings),
+        "size": image_size(components, settings),
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def build_paired_data(
+    components,
+    forget_set: PromptSet | Sequence[str],
+    retain_set: PromptSet | Sequence[str] | None = None,
+    settings: SamplerSettings | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> PairedData:
+    """Sample D_f and D_r with the base model (the paper's data are "generated by the original SD"), or read them
+    from ``cache_dir/<key>.safetensors``. Pair i of both sets starts from the same noise, so the two images differ
+    mainly by the concept. Cache files are written atomically; a corrupt or foreign file is recomputed."""
+    settings = settings or SamplerSettings()
+    forget, retain = _prompt_lists(forget_set, retain_set)
+    key = cache_key(components, forget, retain, settings, seed)
+    path = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        cached = _read_cache(path, key)
+        if cached is not None:
+            return cached
+    forget_latents, forget_cond = _sample_side(components, forget, settings, seed)
+    retain_latents, retain_cond = _sample_side(components, retain, settings, seed)
+    data = PairedData(forget_latents, retain_latents, forget_cond, retain_cond, key)
+    if path is not None:
+        metadata = {"format": DATA_FORMAT, "key": key, "forget": json.dumps(forget), "retain": json.dumps(retain)}
+        save_safetensors_atomic(data.to_tensors(), path, metadata)
+    return data
+
+
+def _sample_side(components, prompts: list[str], settings: SamplerSettings, seed: int):
+    cond = encode_prompts(components, prompts)
+    latents = sample_latents(components, prompts, seed, settings, conditioning=cond)
+    if components.family == "sdxl":
+        cond["time_ids"] = sdxl_time_ids(*image_size(components, settings), len(prompts))
+    return latents, cond
+
+
+def _read_cache(path: Path, key: str) -> PairedData | None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if metadata.get("format") != DATA_FORMAT or metadata.get("key") != key:
+                return None
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception:  # a truncated or foreign file: recompute and overwrite it
+        return None
+    return PairedData.from_tensors(tensors, key)
+
+
+# --- losses for the Unlearner --------------------------------------------------------------------------------
+
+
+def batch_indices(generator: torch.Generator, count: int, batch_size: int) -> Tensor:
+    """The step's batch of pair indices (without replacement), drawn from a *copy* seeded with the step
+    generator's initial seed. The Unlearner seeds one generator per step and calls the forget loss before the
+    retain loss on it; drawing the indices from the seed rather than from the running stream gives both callables
+    the same indices whatever the other one has consumed, while noise and t still come from the live stream."""
+    index_generator = torch.Generator().manual_seed(generator.initial_seed())
+    return torch.randperm(count, generator=index_generator)[: min(batch_size, count)]
+
+
+def paired_losses(components, data: PairedData, batch_size: int = 8, paired: bool = True):
+    """(forget_loss, retain_loss) callables ``loss(unet, generator) -> per-element squared error``.
+
+    With ``paired`` (the paper: zip of the unshuffled forget and retain loaders) both use the same indices, so the
+    forget prompt i is always balanced by its concept-free twin i; without it the retain batch is drawn
+    independently. Each returns (prediction - target)^2 at t ~ U{0..T-1} in the model's parameterisation
+    (epsilon or v_prediction, from the scheduler config), the UNet called with the batch's text conditioning.
+    """
+    if batch_size < 1:
+        raise RGDInputError("batch_size must be at least 1.")
+    if len(data) == 0 or data.retain_latents.shape[0] == 0:
+        raise RGDInputError("the paired data are empty.")
+    if paired and data.retain_latents.shape[0] != len(data):
+        raise RGDInputError("paired batches need as many retain examples as forget examples.")
+    alphas_cumprod = torch.as_tensor(components.scheduler.alphas_cumprod, dtype=torch.float32)
+    prediction_type = components.prediction_type
+
+    def make(latents: Tensor, cond: dict[str, Tensor], salt: int):
+        def loss(unet: nn.Module, generator: torch.Generator) -> Tensor:
+            if paired:
+                index = batch_indices(generator, latents.shape[0], batch_size)
+            else:
+                salted = torch.Generator().manual_seed((generator.initial_seed() + salt) % 2**63)
+                index = batch_indices(salted, latents.shape[0], batch_size)
+            device = _device(unet)
+            x0 = latents[index].to(device, unet.dtype)
+            batch_cond = {key: value[index] for key, value in cond.items()}
+            return denoising_error(
+                lambda x_t, t: _unet_call(unet, x_t, t, batch_cond), x0, alphas_cumprod, generator, prediction_type
+            )
+
+        return loss
+
+    return make(data.forget_latents, data.forget_cond, 0), make(data.retain_latents, data.retain_cond, 1)
+
+
+# --- parameter scopes ----------------------------------------------------------------------------------------
+
+
+def scope_filter(scope: str) -> Callable[[str, nn.Parameter], bool]:
+    """Which UNet parameters are edited. "full": all (the paper); "cross-attn": the cross-attention layers
+    (``attn2``, ESD-x's choice); "non-cross-attn": everything else (ESD-u's side; ESD's own code also freezes the
+    time embedding and output layer, this does not)."""
+    if scope == "full":
+        return lambda name, parameter: True
+    if scope == "cross-attn":
+        return lambda name, parameter: "attn2" in name
+    if scope == "non-cross-attn":
+        return lambda name, parameter: "attn2" not in name
+    raise RGDInputError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}.")
+
+
+# --- the whole run -------------------------------------------------------------------------------------------
+
+
+def unlearn_sd(
+    components,
+    forget_set: PromptSet | Sequence[str],
+    retain_set: PromptSet | Sequence[str] | None = None,
+    config: UnlearnConfig | None = None,
+    scope: str = "full",
+    batch_size: int = 8,
+    sampler: SamplerSettings | None = None,
+    data_seed: int = 0,
+    cache_dir: str | Path | None = None,
+    paired: bool = True,
+    data: PairedData | None = None,
+    gradient_checkpointing: bool = False,
+    callbacks: Iterable[Callable[[dict], None]] = (),
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[nn.Module, list[dict]]:
+    """RGD on a Stable Diffusion UNet: sample (or load) the paired data, then run the Unlearner on the parameters
+    of ``scope``. Returns the edited UNet (a copy; ``components.unet`` is never changed) and the step records.
+    ``config`` defaults to the paper's nudity run (``paper_nudity_sd14_config``)."""
+    config = config or paper_nudity_sd14_config()
+    trainable = scope_filter(scope)
+    if data is None:
+        data = build_paired_data(components, forget_set, retain_set, sampler, data_seed, cache_dir)
+    forget_loss, retain_loss = paired_losses(components, data, batch_size, paired)
+    unlearner = Unlearner(components.unet, forget_loss, retain_loss, config, trainable)
+    if gradient_checkpointing:
+        # The paper's LDM config trains with checkpointing (use_checkpoint: True); diffusers applies it only in
+        # train mode. SD UNets have no dropout, so train mode changes nothing else.
+        unlearner.model.enable_gradient_checkpointing()
+        unlearner.model.train()
+    result = unlearner.run(callbacks=callbacks, should_stop=should_stop)
+    result.model.eval()
+    return result.model, result.records
