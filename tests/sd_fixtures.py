@@ -485,3 +485,30 @@ def write_fixture(family: str, folder: Path, seed: int = 0) -> Fixture:
         if isinstance(component, torch.nn.Module)
     }
     return Fixture(family, checkpoint, config_folder, components, reference)
+
+
+def write_all(root: Path) -> dict:
+    """One tiny original-layout checkpoint and config folder per family, under ``root/<family>``."""
+    from rgd_core.checkpoints.load import FAMILIES
+
+    return {family: write_fixture(family, root / family) for family in FAMILIES}
+
+
+def load_all(fixtures: dict) -> dict:
+    from rgd_core.checkpoints.load import load_pipeline_components
+
+    return {family: load_pipeline_components(f.checkpoint, f.config_folder) for family, f in fixtures.items()}
+
+
+def one_line_error(call, *args, **kwargs) -> str:
+    """Run ``call``, expect an RGDInputError, and check its message is one line (what users see)."""
+    import pytest
+
+    from rgd_core.errors import RGDInputError
+
+    with pytest.raises(RGDInputError) as caught:
+        call(*args, **kwargs)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+

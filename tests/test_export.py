@@ -31,21 +31,15 @@ UNET_PREFIX = "model.diffusion_model."
 
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export_checkpoints")
-    return {family: sd_fixtures.write_fixture(family, root / family) for family in FAMILIES}
+    return sd_fixtures.write_all(tmp_path_factory.mktemp("export_checkpoints"))
 
 
 @pytest.fixture(scope="module")
 def loaded(fixtures):
-    return {family: load_pipeline_components(f.checkpoint, f.config_folder) for family, f in fixtures.items()}
+    return sd_fixtures.load_all(fixtures)
 
 
-def one_line_error(call, *args, **kwargs) -> str:
-    with pytest.raises(RGDInputError) as caught:
-        call(*args, **kwargs)
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
+one_line_error = sd_fixtures.one_line_error
 
 
 def leftovers(folder) -> list:

@@ -30,13 +30,12 @@ DIFFUSERS_MODEL_TYPE = {"sd1": "v1", "sd2": "v2", "sdxl": "xl_base"}
 
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory):
-    root = tmp_path_factory.mktemp("checkpoints")
-    return {family: sd_fixtures.write_fixture(family, root / family) for family in FAMILIES}
+    return sd_fixtures.write_all(tmp_path_factory.mktemp("checkpoints"))
 
 
 @pytest.fixture(scope="module")
 def loaded(fixtures):
-    return {family: load_pipeline_components(f.checkpoint, f.config_folder) for family, f in fixtures.items()}
+    return sd_fixtures.load_all(fixtures)
 
 
 def assert_same_weights(components: PipelineComponents, reference: dict) -> None:
@@ -47,12 +46,7 @@ def assert_same_weights(components: PipelineComponents, reference: dict) -> None
         assert not different, f"{name}: {different[:3]}"
 
 
-def one_line_error(call, *args, **kwargs) -> str:
-    with pytest.raises(RGDInputError) as caught:
-        call(*args, **kwargs)
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
+one_line_error = sd_fixtures.one_line_error
 
 
 @pytest.mark.parametrize("family", FAMILIES)
