@@ -1,4 +1,4 @@
-"""Command line: `rgd demo`, `rgd bench digits`.
+"""Command line: `rgd demo`, `rgd bench digits`, `rgd unlearn`.
 
 Every command takes a seed; logs go to stderr so that `--json` output on stdout stays machine-readable.
 """
@@ -90,6 +90,63 @@ def cmd_bench_digits(args) -> None:
     print(f"wall time {report['wall_seconds']:.0f} s")
 
 
+def cmd_unlearn(args) -> None:
+    from .sd_unlearn import resolve_settings, run_unlearn
+
+    settings = resolve_settings(vars(args), args.config)
+    report = run_unlearn(settings, log=_log)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    summary = report["summary"]
+    print(f"wrote {report['output']}")
+    print(f"method {settings['method']}, {summary.get('steps', 0)} steps, "
+          f"forget loss {summary.get('final_forget_loss', float('nan')):.4f}, "
+          f"retain loss {summary.get('final_retain_loss', float('nan')):.4f}, "
+          f"conflict rate {summary.get('conflict_rate', float('nan')):.2f}")
+
+
+def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
+    from .sd_unlearn import CLI_FAMILIES, DEFAULTS, METHODS, PRESETS, PROMPT_PRESETS, TRUNCATIONS
+
+    d = DEFAULTS
+    # Every default is None here: a flag counts only when given, so that --preset and --config values can sit
+    # underneath it (sd_unlearn.resolve_settings); the real defaults are shown in the help.
+    add = parser.add_argument
+    add("--checkpoint", metavar="FILE", help="single-file SD checkpoint (.safetensors) to edit (required)")
+    add("--concept", metavar="NAME", help="the concept to erase, e.g. nudity or 'Van Gogh' (required)")
+    add("--out", metavar="DIR", help="folder for <name>.safetensors and <name>.json (required)")
+    add("--preset", choices=sorted(PRESETS), help="a named set of hyper-parameters; paper-nudity-sd14 is the "
+        "paper's SD v1.4 nudity run (rgd, lambda 1.6, skip truncation at 1.1, lr 1e-5, 100 steps, batch 8, full)")
+    add("--prompt-preset", choices=PROMPT_PRESETS,
+        help="prompt templates for the forget/retain pairs (default: nudity for nudity-like concepts, else object)")
+    add("--config", metavar="FILE.toml", help="TOML file of settings; keys are the long option names with "
+        "underscores; explicit flags override it, it overrides --preset")
+    add("--family", choices=CLI_FAMILIES, help="model family (default: detected from the file's keys); sd2-v "
+        "selects SD 2.x 768-v (v-prediction), which the keys cannot tell")
+    add("--config-folder", metavar="DIR",
+        help="diffusers config folder for the checkpoint (default: the shipped one of its family)")
+    add("--method", choices=METHODS, help=f"update rule (default {d['method']})")
+    add("--scope", choices=["full", "cross-attn", "non-cross-attn"],
+        help=f"UNet parameters to edit (default {d['scope']})")
+    add("--steps", type=int, help=f"unlearning steps (default {d['steps']})")
+    add("--lr", type=float, help=f"Adam learning rate (default {d['lr']})")
+    add("--retain-weight", type=float, help=f"lambda, the retain weight (default {d['retain_weight']})")
+    add("--truncation", choices=TRUNCATIONS, help=f"forget-loss truncation (default {d['truncation']})")
+    add("--truncation-threshold", type=float,
+        help="m for skip (skip ascent above it), alpha for elementwise (default: none, +inf)")
+    add("--batch-size", type=int, help=f"forget (and paired retain) examples per step (default {d['batch_size']})")
+    add("--train-prompts", type=int, help=f"forget/retain prompt pairs to sample (default {d['train_prompts']})")
+    add("--sample-steps", type=int, help=f"DDIM steps when sampling the training data (default {d['sample_steps']})")
+    add("--guidance", type=float, help=f"classifier-free guidance when sampling the data (default {d['guidance']})")
+    add("--seed", type=int, help=f"seed for prompts, data and training (default {d['seed']})")
+    add("--cache-dir", metavar="DIR", help="cache for sampled data and config folders (default: rgd's cache dir)")
+    add("--name", help="output file name without folders (default <checkpoint stem>-rgd-<concept>)")
+    add("--allow-pickle", action="store_true", default=None,
+        help="allow reading pickle checkpoints (.ckpt/.pt); they can run code, use only trusted files")
+    add("--json", action="store_true", help="print the JSON report on stdout instead of a summary")
+
+
 def _write_report(report: dict, path: str | None) -> None:
     if path:
         from .io import atomic_write_bytes
@@ -118,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_digits.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9", help="digits to forget, comma-separated")
     _add_forgetting_options(bench_digits, samples_per_class=100)
     bench_digits.set_defaults(run=cmd_bench_digits)
+
+    unlearn = commands.add_parser("unlearn", help="erase a concept from a single-file SD checkpoint; write a new one",
+                                  description="Erase a concept from a Stable Diffusion checkpoint with RGD. "
+                                  "Settings: defaults < --preset < --config TOML < explicit flags.")
+    _add_unlearn_options(unlearn)
+    unlearn.set_defaults(run=cmd_unlearn)
     return parser
 
 

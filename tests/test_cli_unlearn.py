@@ -1,0 +1,119 @@
+"""`rgd unlearn` end to end on a tiny random SD1 checkpoint: files written, only the scoped keys changed, settings
+layered defaults < preset < TOML < flags, and one-line errors that leave no files behind."""
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import sd_fixtures
+from rgd_core import cli
+from rgd_core.checkpoints.load import load_pipeline_components
+from rgd_core.sd_unlearn import resolve_settings
+
+OPTIONS = ("--checkpoint", "--concept", "--out", "--preset", "--prompt-preset", "--config", "--family",
+           "--config-folder", "--method", "--scope", "--steps", "--lr", "--retain-weight", "--truncation",
+           "--truncation-threshold", "--batch-size", "--train-prompts", "--sample-steps", "--guidance", "--seed",
+           "--cache-dir", "--name", "--allow-pickle", "--json")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # The tiny models are far faster single-threaded than with threads fighting over shared cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fixture(tmp_path_factory):
+    return sd_fixtures.write_fixture("sd1", tmp_path_factory.mktemp("sd1"))
+
+
+def fast_args(fixture, out, cache):
+    return ["unlearn", "--checkpoint", str(fixture.checkpoint), "--config-folder", str(fixture.config_folder),
+            "--concept", "nudity", "--out", str(out), "--steps", "2", "--train-prompts", "8", "--sample-steps", "2",
+            "--batch-size", "2", "--scope", "cross-attn", "--lr", "1e-3", "--cache-dir", str(cache)]
+
+
+def test_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["unlearn", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in OPTIONS:
+        assert option in text
+
+
+def test_unlearn_writes_checkpoint_and_report(fixture, tmp_path, capsys):
+    out = tmp_path / "out"
+    cli.main(fast_args(fixture, out, tmp_path / "cache") + ["--json"])
+    report = json.loads(capsys.readouterr().out)
+    written = out / "sd1-rgd-nudity.safetensors"
+    assert report["output"] == str(written.resolve())
+    assert json.loads((out / "sd1-rgd-nudity.json").read_text()) == report
+    assert report["summary"]["steps"] == 2
+    assert report["settings"]["prompt_preset"] == "nudity" and report["settings"]["scope"] == "cross-attn"
+
+    before, after = load_file(str(fixture.checkpoint)), load_file(str(written))
+    assert before.keys() == after.keys()
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and all(k.startswith("model.diffusion_model.") and ".attn2." in k for k in changed)
+
+    with safe_open(str(written), framework="pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["rgd_concept"] == "nudity" and metadata["rgd_method"] == "rgd"
+    assert metadata["rgd_prompt_digest"] == report["prompt_digests"]["train"]
+    load_pipeline_components(written, fixture.config_folder)
+
+
+def test_toml_value_is_used_and_flag_overrides_it(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('retain_weight = 2.5\nsteps = 7\nconcept = "Van Gogh"\n')
+    base = {"checkpoint": "x.safetensors", "out": str(tmp_path), "preset": "paper-nudity-sd14"}
+    settings = resolve_settings({**base, "steps": 3}, config)
+    assert settings["retain_weight"] == 2.5  # TOML over preset (1.6)
+    assert settings["steps"] == 3  # flag over TOML
+    assert settings["truncation"] == "skip"  # preset over defaults
+    assert settings["concept"] == "Van Gogh"
+
+
+def test_toml_precedence_through_the_parser(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("lr = 0.5\nseed = 4\n")
+    args = cli.build_parser().parse_args(["unlearn", "--config", str(config), "--checkpoint", "c", "--concept",
+                                          "cat", "--out", "o", "--seed", "9"])
+    settings = resolve_settings(vars(args), args.config)
+    assert settings["lr"] == 0.5 and settings["seed"] == 9 and settings["allow_pickle"] is False
+
+
+def _error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_bad_toml_key_is_a_one_line_error(fixture, tmp_path, capsys):
+    config = tmp_path / "bad.toml"
+    config.write_text("retain_wieght = 2.0\n")
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(fast_args(fixture, out, tmp_path / "cache") + ["--config", str(config)])
+    assert exit_info.value.code == 2
+    line = _error_line(capsys)
+    assert line.startswith("rgd: error:") and "retain_wieght" in line
+    assert not out.exists()
+
+
+def test_missing_checkpoint_is_a_one_line_error(fixture, tmp_path, capsys):
+    args = fast_args(fixture, tmp_path / "out", tmp_path / "cache")
+    args[args.index("--checkpoint") + 1] = str(tmp_path / "absent.safetensors")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2
+    line = _error_line(capsys)
+    assert line.startswith("rgd: error:") and "absent.safetensors" in line
+    assert not (tmp_path / "out").exists()
