@@ -19,13 +19,7 @@ OPTIONS = ("--checkpoint", "--concept", "--out", "--preset", "--prompt-preset", 
            "--cache-dir", "--name", "--allow-pickle", "--json")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny models are far faster single-threaded than with threads fighting over shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,7 @@ FAST = SamplerSettings(steps=2, guidance_scale=5.0)
 QUICK = UnlearnConfig(method="rgd", steps=2, lr=1e-3, retain_weight=1.6, seed=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny models are far faster single-threaded than with threads fighting over shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
 @pytest.fixture(scope="module")
