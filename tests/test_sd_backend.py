@@ -244,7 +244,7 @@ def test_bad_inputs_raise(sd1, prompts, data):
     with pytest.raises(RGDInputError, match="scope"):
         scope_filter("attention")
     with pytest.raises(RGDInputError, match="scope"):  # checked before any sampling
-        unlearn_sd(sd1, prompts, config=QUICK, scope="lora", data=None)
+        unlearn_sd(sd1, prompts, config=QUICK, scope="attention", data=None)
     with pytest.raises(RGDInputError):
         build_paired_data(sd1, [], ["a person"], settings=FAST)
     with pytest.raises(RGDInputError):

@@ -19,6 +19,7 @@ into latents skips a lossy decode/encode round trip).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -39,6 +40,8 @@ from ..unlearner import Unlearner, UnlearnConfig
 DATA_FORMAT = "rgd-sd-paired-data-1"
 
 SCOPES = ("full", "cross-attn", "non-cross-attn")
+# Train LoRA adapters on the attention projections instead of the UNet's own weights (see ``unlearn_sd``).
+LORA_SCOPE = "lora"
 
 # Deterministic samplers only: with them a prompt's latent depends on its own starting noise alone, so one seeded
 # generator per prompt makes every subset and every batching reproducible.
@@ -453,16 +456,31 @@ def unlearn_sd(
     gradient_checkpointing: bool = False,
     callbacks: Iterable[Callable[[dict], None]] = (),
     should_stop: Callable[[], bool] | None = None,
+    lora_rank: int = 4,
+    lora_alpha: float | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """RGD on a Stable Diffusion UNet: sample (or load) the paired data, then run the Unlearner on the parameters
     of ``scope``. Returns the edited UNet (a copy; ``components.unet`` is never changed) and the step records.
-    ``config`` defaults to the paper's nudity run (``paper_nudity_sd14_config``)."""
+    ``config`` defaults to the paper's nudity run (``paper_nudity_sd14_config``).
+
+    ``scope="lora"`` (LORA_SCOPE; not in SCOPES, whose edited UNet exports as is) copies the UNet, wraps its
+    attention projections with LoRA (``rgd_core.lora.add_lora``: rank ``lora_rank``, alpha ``lora_alpha``,
+    default the rank, init seeded by ``config.seed``) and trains only the LoRA weights. The returned UNet is the
+    LoRA-wrapped copy: ``rgd_core.lora.lora_modules(unet)`` gives the LoRA layers (for ``save_kohya_lora``) and
+    ``merge_lora(unet)`` folds them in for a plain UNet."""
     config = config or paper_nudity_sd14_config()
-    trainable = scope_filter(scope)
+    model, in_place = components.unet, False
+    if scope == LORA_SCOPE:
+        from ..lora import add_lora, lora_parameters_filter
+
+        model, in_place, trainable = copy.deepcopy(components.unet), True, lora_parameters_filter
+        add_lora(model, lora_rank, lora_alpha, seed=config.seed)
+    else:
+        trainable = scope_filter(scope)
     if data is None:
         data = build_paired_data(components, forget_set, retain_set, sampler, data_seed, cache_dir)
     forget_loss, retain_loss = paired_losses(components, data, batch_size, paired)
-    unlearner = Unlearner(components.unet, forget_loss, retain_loss, config, trainable)
+    unlearner = Unlearner(model, forget_loss, retain_loss, config, trainable, in_place=in_place)
     if gradient_checkpointing:
         # The paper's LDM config trains with checkpointing (use_checkpoint: True); diffusers applies it only in
         # train mode. SD UNets have no dropout, so train mode changes nothing else.

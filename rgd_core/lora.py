@@ -1,0 +1,206 @@
+"""LoRA for the SD UNet's attention projections, without peft: wrap, train, merge, and save in kohya format.
+
+``add_lora`` replaces the ``to_q``/``to_k``/``to_v``/``to_out.0`` Linear layers of every attention block
+(``attn1`` and ``attn2``) with a ``LoRALinear``: the frozen layer plus ``up(down(x)) * alpha / rank``, ``up``
+zero-initialised, so the wrapped UNet starts out computing exactly what it did. ``lora_parameters_filter`` is the
+Unlearner's ``trainable`` filter for the LoRA weights only.
+
+Two ways out:
+- ``merge_lora`` folds ``W += alpha / rank * up @ down`` into each base layer and puts the plain Linear back, so the
+  UNet has its original keys again and exports through ``checkpoints.export`` like a fully trained one;
+- ``save_kohya_lora`` writes the LoRA itself in the kohya/A1111 format that A1111, Forge and ComfyUI load:
+  ``lora_unet_<original-layout module path, dots as underscores>.{lora_down.weight, lora_up.weight, alpha}``, the
+  original-layout path taken from the learned diffusers->original key map (``export.unet_key_map``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .errors import RGDInputError
+from .io import save_safetensors_atomic
+
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+ATTENTION_BLOCKS = ("attn1", "attn2")
+UNET_PREFIX = "model.diffusion_model."
+KOHYA_PREFIX = "lora_unet_"
+LORA_FORMAT = "rgd-kohya-lora-1"
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus a low-rank update: ``base(x) + up(down(x)) * alpha / rank``.
+
+    ``down`` (rank x in) gets kohya's kaiming-uniform init from ``generator``; ``up`` (out x rank) starts at zero.
+    Both live on the base layer's device and dtype.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise RGDInputError(f"LoRALinear wraps nn.Linear layers, not {type(base).__name__}.")
+        if rank < 1:
+            raise RGDInputError(f"LoRA rank must be at least 1, not {rank}.")
+        self.rank = int(rank)
+        self.alpha = float(rank if alpha is None else alpha)
+        if not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise RGDInputError(f"LoRA alpha must be a positive number, not {alpha}.")
+        self.base = base
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        self.lora_down = nn.Linear(base.in_features, self.rank, bias=False, **factory)
+        self.lora_up = nn.Linear(self.rank, base.out_features, bias=False, **factory)
+        with torch.no_grad():
+            # initialise in float32 on the CPU from the generator, so the init is the same on any device/dtype
+            down = torch.empty(self.rank, base.in_features)
+            nn.init.kaiming_uniform_(down, a=math.sqrt(5), generator=generator)
+            self.lora_down.weight.copy_(down)
+            self.lora_up.weight.zero_()
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def delta_weight(self) -> Tensor:
+        """``alpha / rank * up @ down`` in float32, shaped like the base weight."""
+        return (self.lora_up.weight.float() @ self.lora_down.weight.float()) * self.scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.base(x) + self.lora_up(self.lora_down(x)) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"rank={self.rank}, alpha={self.alpha}"
+
+
+def _is_target(name: str, targets: Sequence[str]) -> bool:
+    parts = name.split(".")
+    if not any(block in parts for block in ATTENTION_BLOCKS):
+        return False
+    return any(name.endswith("." + target) for target in targets)
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)  # also right for ModuleList children ("to_out.0")
+
+
+def lora_modules(unet: nn.Module) -> dict[str, LoRALinear]:
+    """The LoRALinear layers of ``unet`` by module name (the diffusers path of the layer they wrap)."""
+    return {name: module for name, module in unet.named_modules() if isinstance(module, LoRALinear)}
+
+
+def add_lora(
+    unet: nn.Module,
+    rank: int = 4,
+    alpha: float | None = None,
+    target: Sequence[str] = DEFAULT_TARGETS,
+    seed: int = 0,
+) -> dict[str, LoRALinear]:
+    """Wrap the ``target`` Linear layers of every attn1/attn2 block of ``unet`` (in place) with LoRALinear.
+
+    ``alpha`` defaults to ``rank`` (scale 1). Each layer's ``down`` init comes from one generator seeded with
+    ``seed`` and walked in module order, so the same UNet and seed always give the same LoRA. Returns the new
+    layers by module name; a UNet that already holds LoRA layers is refused.
+    """
+    if lora_modules(unet):
+        raise RGDInputError("the UNet already holds LoRA layers; merge them (merge_lora) before adding new ones.")
+    names = [name for name, module in unet.named_modules()
+             if isinstance(module, nn.Linear) and _is_target(name, tuple(target))]
+    if not names:
+        raise RGDInputError(f"no attention Linear layers named {', '.join(target)} in the UNet to put LoRA on.")
+    generator = torch.Generator().manual_seed(int(seed))
+    added: dict[str, LoRALinear] = {}
+    for name in names:
+        wrapped = LoRALinear(unet.get_submodule(name), rank, alpha, generator)
+        _set_module(unet, name, wrapped)
+        added[name] = wrapped
+    return added
+
+
+def lora_parameters_filter(name: str, parameter: nn.Parameter | None = None) -> bool:
+    """The Unlearner's ``trainable`` filter: the LoRA down/up weights only, never the wrapped base layers."""
+    return ".lora_down." in name or ".lora_up." in name or name.startswith(("lora_down.", "lora_up."))
+
+
+@torch.no_grad()
+def merge_lora(unet: nn.Module) -> nn.Module:
+    """Fold every LoRA layer into its base weight (``W += alpha / rank * up @ down``, summed in float32) and put
+    the plain Linear back in its place, in place. The UNet then has exactly its original state-dict keys."""
+    for name, module in lora_modules(unet).items():
+        base = module.base
+        base.weight.copy_((base.weight.float() + module.delta_weight().to(base.weight.device)).to(base.weight.dtype))
+        _set_module(unet, name, base)
+    return unet
+
+
+def kohya_name(diffusers_module: str, key_map: Mapping) -> str:
+    """``lora_unet_<original module path with _>`` for a diffusers module, through the learned key map."""
+    key = f"{diffusers_module}.weight"
+    placement = key_map.get(key)
+    if placement is None:
+        raise RGDInputError(f"the key map has no place for {key}; save the LoRA against the checkpoint the UNet came from.")
+    if placement.index is not None:
+        raise RGDInputError(f"{key} is reshaped in the checkpoint ({placement.source}); kohya LoRA cannot address it.")
+    source = placement.source
+    if not source.startswith(UNET_PREFIX) or not source.endswith(".weight"):
+        raise RGDInputError(f"{key} maps to {source}, not a model.diffusion_model.*.weight key.")
+    return KOHYA_PREFIX + source[len(UNET_PREFIX) : -len(".weight")].replace(".", "_")
+
+
+def kohya_state_dict(
+    loras: Mapping[str, LoRALinear], key_map: Mapping, dtype: torch.dtype | None = None
+) -> dict[str, Tensor]:
+    """kohya/A1111 LoRA tensors: ``<name>.lora_down.weight`` (rank x in), ``<name>.lora_up.weight`` (out x rank)
+    and ``<name>.alpha`` (a 0-d tensor), for each layer of ``loras``; applied as ``W + alpha / rank * up @ down``.
+    ``dtype`` converts the tensors (e.g. torch.float16 for distribution); default: as trained."""
+    if not loras:
+        raise RGDInputError("no LoRA layers to save.")
+    out: dict[str, Tensor] = {}
+    for module_name, module in loras.items():
+        name = kohya_name(module_name, key_map)
+        placement = key_map[f"{module_name}.weight"]
+        if tuple(placement.shape) != tuple(module.base.weight.shape):
+            raise RGDInputError(f"{module_name}.weight has shape {tuple(module.base.weight.shape)}, "
+                                f"the checkpoint needs {tuple(placement.shape)}.")
+        if name + ".alpha" in out:
+            raise RGDInputError(f"two LoRA layers map to the same checkpoint module {name}.")
+        down = module.lora_down.weight.detach().cpu()
+        up = module.lora_up.weight.detach().cpu()
+        alpha = torch.tensor(module.alpha, dtype=torch.float32)
+        if dtype is not None:
+            down, up, alpha = down.to(dtype), up.to(dtype), alpha.to(dtype)
+        out[name + ".lora_down.weight"] = down.contiguous()
+        out[name + ".lora_up.weight"] = up.contiguous()
+        out[name + ".alpha"] = alpha
+    return out
+
+
+def save_kohya_lora(
+    path: str | Path,
+    loras: Mapping[str, LoRALinear],
+    key_map: Mapping,
+    metadata: Mapping[str, str] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``kohya_state_dict`` atomically as safetensors with string metadata: ``ss_network_dim``,
+    ``ss_network_alpha``, ``ss_network_module`` and ``rgd_format``, plus ``metadata`` (str -> str; prefix your own
+    keys with ``rgd_``, e.g. the forget prompts and hyper-parameters as JSON)."""
+    tensors = kohya_state_dict(loras, key_map, dtype)
+    ranks = {module.rank for module in loras.values()}
+    alphas = {module.alpha for module in loras.values()}
+    info = {
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "dynamic",
+        "ss_network_alpha": repr(alphas.pop()) if len(alphas) == 1 else "dynamic",
+        "rgd_format": LORA_FORMAT,
+    }
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise RGDInputError(f"safetensors metadata must be str -> str; {key!r} has a {type(value).__name__} value.")
+        info[key] = value
+    return save_safetensors_atomic(tensors, path, info)
