@@ -127,8 +127,10 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--config-folder", metavar="DIR",
         help="diffusers config folder for the checkpoint (default: the shipped one of its family)")
     add("--method", choices=METHODS, help=f"update rule (default {d['method']})")
-    add("--scope", choices=["full", "cross-attn", "non-cross-attn"],
-        help=f"UNet parameters to edit (default {d['scope']})")
+    add("--scope", choices=["full", "cross-attn", "non-cross-attn", "lora"],
+        help=f"UNet parameters to edit; lora also writes <name>-lora.safetensors (kohya format) "
+             f"(default {d['scope']})")
+    add("--lora-rank", type=int, help=f"LoRA rank for --scope lora (default {d['lora_rank']})")
     add("--steps", type=int, help=f"unlearning steps (default {d['steps']})")
     add("--lr", type=float, help=f"Adam learning rate (default {d['lr']})")
     add("--retain-weight", type=float, help=f"lambda, the retain weight (default {d['retain_weight']})")

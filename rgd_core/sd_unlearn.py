@@ -27,6 +27,9 @@ CLI_FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
 PROMPT_PRESETS = ("nudity", "art-style", "object")
 # Concepts for which the paper's nudity prompt preset is the natural default; anything else gets "object".
 NUDITY_CONCEPTS = {"nudity", "nude", "naked", "nsfw", "bare", "unclad", "undressed", "nakedness"}
+# "lora" trains LoRA layers only; the run then writes the kohya LoRA file and the checkpoint with it merged.
+ALL_SCOPES = ("full", "cross-attn", "non-cross-attn", "lora")
+
 # Held-out test prompts are only built to record their digest (for a later evaluation); strings are cheap.
 TEST_PROMPTS = 100
 
@@ -43,6 +46,7 @@ DEFAULTS: dict = {
     "config_folder": None,
     "method": "rgd",
     "scope": "full",
+    "lora_rank": 4,
     "steps": 100,
     "lr": 1e-5,
     "retain_weight": 1.0,
@@ -60,7 +64,7 @@ DEFAULTS: dict = {
 
 # Type each setting must have once resolved (TOML values are checked against it; ints are accepted as floats).
 _TYPES = {
-    "steps": int, "batch_size": int, "train_prompts": int, "sample_steps": int, "seed": int,
+    "steps": int, "lora_rank": int, "batch_size": int, "train_prompts": int, "sample_steps": int, "seed": int,
     "lr": float, "retain_weight": float, "truncation_threshold": float, "guidance": float,
     "allow_pickle": bool,
 }
@@ -127,11 +131,9 @@ def _check_settings(settings: dict) -> None:
     for key, allowed in choices.items():
         if settings[key] is not None and settings[key] not in allowed:
             raise RGDInputError(f"{key} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
-    from .backends.diffusers_sd import SCOPES
-
-    if settings["scope"] not in SCOPES:
-        raise RGDInputError(f"scope must be one of {', '.join(SCOPES)}, not {settings['scope']!r}.")
-    for key in ("batch_size", "train_prompts", "sample_steps"):
+    if settings["scope"] not in ALL_SCOPES:
+        raise RGDInputError(f"scope must be one of {', '.join(ALL_SCOPES)}, not {settings['scope']!r}.")
+    for key in ("batch_size", "train_prompts", "sample_steps", "lora_rank"):
         if settings[key] < 1:
             raise RGDInputError(f"{key} must be at least 1, not {settings[key]}.")
 
@@ -221,7 +223,7 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     unet, records = unlearn_sd(
         components, train, config=config, scope=settings["scope"], batch_size=settings["batch_size"],
         sampler=sampler, data_seed=settings["seed"], cache_dir=_data_cache(settings),
-        callbacks=[progress_bar(config.steps, f"rgd {settings['method']}")],
+        callbacks=[progress_bar(config.steps, f"rgd {settings['method']}")], lora_rank=settings["lora_rank"],
     )
 
     resolved = {**settings, "prompt_preset": prompt_preset, "family": components.family,
@@ -239,12 +241,36 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
         "summary": summarize(records),
         "output": str(out_path),
     }
-    export_single_file(checkpoint, unet, out_path, config_folder=folder, metadata=metadata,
-                       allow_pickle=settings["allow_pickle"])
+    written = []
     try:
+        if settings["scope"] == "lora":
+            report["lora"] = str(_save_lora(unet, checkpoint, settings, metadata))
+            written.append(Path(report["lora"]))
+            unet = _merged(unet)
+        export_single_file(checkpoint, unet, out_path, config_folder=folder, metadata=metadata,
+                           allow_pickle=settings["allow_pickle"])
+        written.append(out_path)
         atomic_write_bytes((json.dumps(report, indent=2) + "\n").encode("utf-8"), report_path)
     except BaseException:
-        # A checkpoint without its report would look like a finished run; keep the pair or nothing.
-        out_path.unlink(missing_ok=True)
+        # A checkpoint or LoRA without its report would look like a finished run; keep all of them or nothing.
+        for path in written:
+            path.unlink(missing_ok=True)
         raise
     return report
+
+
+def _save_lora(unet, checkpoint: Path, settings: Mapping, metadata: Mapping) -> Path:
+    """The trained LoRA as a kohya-format file (lora_unet_* keys of the checkpoint's own layout)."""
+    from .checkpoints.export import safe_output_path, unet_key_map
+    from .checkpoints.load import read_key_shapes
+    from .lora import lora_modules, save_kohya_lora
+
+    key_map = unet_key_map(read_key_shapes(checkpoint, allow_pickle=settings["allow_pickle"]), unet.config)
+    path = safe_output_path(settings["out"], output_name(settings) + "-lora")
+    return save_kohya_lora(path, lora_modules(unet), key_map, metadata={k: str(v) for k, v in metadata.items()})
+
+
+def _merged(unet):
+    from .lora import merge_lora
+
+    return merge_lora(unet)

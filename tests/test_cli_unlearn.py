@@ -16,7 +16,7 @@ from rgd_core.sd_unlearn import resolve_settings
 OPTIONS = ("--checkpoint", "--concept", "--out", "--preset", "--prompt-preset", "--config", "--family",
            "--config-folder", "--method", "--scope", "--steps", "--lr", "--retain-weight", "--truncation",
            "--truncation-threshold", "--batch-size", "--train-prompts", "--sample-steps", "--guidance", "--seed",
-           "--cache-dir", "--name", "--allow-pickle", "--json")
+           "--cache-dir", "--name", "--allow-pickle", "--json", "--lora-rank")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
@@ -62,6 +62,25 @@ def test_unlearn_writes_checkpoint_and_report(fixture, tmp_path, capsys):
     assert metadata["rgd_concept"] == "nudity" and metadata["rgd_method"] == "rgd"
     assert metadata["rgd_prompt_digest"] == report["prompt_digests"]["train"]
     load_pipeline_components(written, fixture.config_folder)
+
+
+def test_lora_scope_writes_a_kohya_lora_and_the_merged_checkpoint(fixture, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = fast_args(fixture, out, tmp_path / "cache")
+    args[args.index("--scope") + 1] = "lora"
+    cli.main(args + ["--lora-rank", "2", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    lora = load_file(report["lora"])
+    assert lora and all(key.startswith("lora_unet_") for key in lora)
+    assert all(v.shape[0] == 2 for k, v in lora.items() if k.endswith("lora_down.weight"))  # the rank asked for
+
+    before, after = load_file(str(fixture.checkpoint)), load_file(report["output"])
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    # only attention projections carry LoRA, so only they change once it is merged
+    assert changed and all(k.split(".")[-2] in ("to_q", "to_k", "to_v", "0") and ".attn" in k for k in changed)
+    modules = {k.split(".")[0] for k in lora}
+    assert modules == {"lora_unet_" + k[len("model.diffusion_model."):-len(".weight")].replace(".", "_")
+                       for k in changed}
 
 
 def test_toml_value_is_used_and_flag_overrides_it(tmp_path):
