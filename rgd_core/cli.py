@@ -1,4 +1,4 @@
-"""Command line: `rgd demo`, `rgd bench digits`, `rgd unlearn`.
+"""Command line: `rgd demo`, `rgd bench digits`, `rgd unlearn`, `rgd eval`.
 
 Every command takes a seed; logs go to stderr so that `--json` output on stdout stays machine-readable.
 """
@@ -106,6 +106,44 @@ def cmd_unlearn(args) -> None:
           f"conflict rate {summary.get('conflict_rate', float('nan')):.2f}")
 
 
+def cmd_eval(args) -> None:
+    from .sd_eval import format_summary, run_eval
+
+    report = run_eval(vars(args), log=_log)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(format_summary(report))
+
+
+def _add_eval_options(parser: argparse.ArgumentParser) -> None:
+    from .sd_eval import DEFAULTS
+    from .sd_unlearn import CLI_FAMILIES
+
+    d = DEFAULTS
+    add = parser.add_argument
+    add("--before", metavar="FILE", required=True, help="the original single-file SD checkpoint")
+    add("--after", metavar="FILE", required=True, help="the unlearned checkpoint (e.g. what rgd unlearn wrote)")
+    add("--prompts", metavar="FILE", required=True,
+        help="prompt file: an I2P-style CSV (a 'prompt' column), or .txt (one per line) / .json (a list)")
+    add("--i2p-min-nudity", type=float, metavar="X",
+        help="keep only CSV rows with nudity_percentage > X (0 gives the paper's 854 I2P nudity prompts)")
+    add("--limit", type=int, metavar="N", help="use only the first N prompts")
+    add("--family", choices=CLI_FAMILIES, help="model family (default: detected from the file's keys)")
+    add("--config-folder", metavar="DIR",
+        help="diffusers config folder for both checkpoints (default: the shipped one of their family)")
+    add("--steps", type=int, default=d["steps"], help=f"DDIM steps per image (default {d['steps']})")
+    add("--guidance", type=float, default=d["guidance"],
+        help=f"classifier-free guidance (default {d['guidance']})")
+    add("--seed", type=int, default=d["seed"], help=f"seed; prompt i uses the same noise for both (default {d['seed']})")
+    add("--thresholds", default=d["thresholds"],
+        help=f"NudeNet score thresholds, comma-separated (default {d['thresholds']})")
+    add("--out", metavar="DIR", default=d["out"], help=f"folder for eval.json and grid.png (default {d['out']})")
+    add("--json", action="store_true", help="print the JSON report on stdout instead of a summary")
+    add("--allow-pickle", action="store_true",
+        help="allow reading pickle checkpoints (.ckpt/.pt); they can run code, use only trusted files")
+
+
 def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     from .sd_unlearn import CLI_FAMILIES, DEFAULTS, METHODS, PRESETS, PROMPT_PRESETS, TRUNCATIONS
 
@@ -183,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   "Settings: defaults < --preset < --config TOML < explicit flags.")
     _add_unlearn_options(unlearn)
     unlearn.set_defaults(run=cmd_unlearn)
+
+    evaluate = commands.add_parser("eval", help="compare a checkpoint before and after unlearning (NudeNet counts)",
+                                   description="Generate one image per prompt with both checkpoints from the same "
+                                   "seeds, count NudeNet exposed-body-part detections, write eval.json and grid.png.")
+    _add_eval_options(evaluate)
+    evaluate.set_defaults(run=cmd_eval)
     return parser
 
 
