@@ -145,7 +145,7 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
-    from .sd_unlearn import CLI_FAMILIES, DEFAULTS, METHODS, PRESETS, PROMPT_PRESETS, TRUNCATIONS
+    from .sd_unlearn import ALL_SCOPES, CLI_FAMILIES, DEFAULTS, METHODS, PRESETS, PROMPT_PRESETS, TRUNCATIONS
 
     d = DEFAULTS
     # Every default is None here: a flag counts only when given, so that --preset and --config values can sit
@@ -165,7 +165,7 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--config-folder", metavar="DIR",
         help="diffusers config folder for the checkpoint (default: the shipped one of its family)")
     add("--method", choices=METHODS, help=f"update rule (default {d['method']})")
-    add("--scope", choices=["full", "cross-attn", "non-cross-attn", "lora"],
+    add("--scope", choices=ALL_SCOPES,
         help=f"UNet parameters to edit; lora also writes <name>-lora.safetensors (kohya format) "
              f"(default {d['scope']})")
     add("--lora-rank", type=int, help=f"LoRA rank for --scope lora (default {d['lora_rank']})")

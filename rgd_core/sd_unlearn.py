@@ -19,16 +19,19 @@ import tomllib
 from pathlib import Path
 from typing import Callable, Mapping
 
+from .backends.diffusers_sd import LORA_SCOPE, SCOPES
+from .checkpoints.configs import FAMILIES as CLI_FAMILIES
 from .errors import RGDInputError
+from .losses import TRUNCATION_MODES as TRUNCATIONS
+from .prompts import PRESET_NAMES
+from .update_rules import UPDATE_RULES
 
-METHODS = ("rgd", "rgd-adam", "graddiff")
-TRUNCATIONS = ("none", "skip", "elementwise")
-CLI_FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
-PROMPT_PRESETS = ("nudity", "art-style", "object")
+METHODS = tuple(UPDATE_RULES)
+PROMPT_PRESETS = tuple(name for name in PRESET_NAMES if name != "custom")  # custom needs a template file
 # Concepts for which the paper's nudity prompt preset is the natural default; anything else gets "object".
 NUDITY_CONCEPTS = {"nudity", "nude", "naked", "nsfw", "bare", "unclad", "undressed", "nakedness"}
 # "lora" trains LoRA layers only; the run then writes the kohya LoRA file and the checkpoint with it merged.
-ALL_SCOPES = ("full", "cross-attn", "non-cross-attn", "lora")
+ALL_SCOPES = SCOPES + (LORA_SCOPE,)
 
 # Held-out test prompts are only built to record their digest (for a later evaluation); strings are cheap.
 TEST_PROMPTS = 100
@@ -166,7 +169,7 @@ def _unlearn_config(settings: Mapping):
                          seed=settings["seed"], **extra)
 
 
-def _load(settings: Mapping):
+def load_components(settings: Mapping):
     """Components and the config folder they were loaded with. The family comes from the file's keys; only
     ``--family sd2-v`` adds something keys cannot tell (v-prediction), by picking the sd2-v configs."""
     from .checkpoints.configs import config_folder
@@ -218,7 +221,7 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
                                     TEST_PROMPTS, settings["seed"])
 
     log(f"loading {checkpoint.name}")
-    components, folder = _load(settings)
+    components, folder = load_components(settings)
     log(f"{components.family} checkpoint; sampling {len(train)} prompt pairs, then {config.steps} steps")
     unet, records = unlearn_sd(
         components, train, config=config, scope=settings["scope"], batch_size=settings["batch_size"],
