@@ -104,6 +104,7 @@ class Unlearner:
             raise RGDInputError("no trainable parameters selected; check the scope or the `trainable` filter")
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        self._rng_devices = [p.device for p in self.params if p.device.type == "cuda"][:1]
         self._saved_requires_grad = {n: p.requires_grad for n, p in self.model.named_parameters()}
         self.optimizer = self._make_optimizer()
         self.records: list[dict] = []
@@ -152,8 +153,7 @@ class Unlearner:
     def step(self, step: int) -> dict:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(step_seed(self.config.seed, step))
-        devices = [p.device for p in self.params if p.device.type == "cuda"][:1]
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=self._rng_devices):
             torch.manual_seed(step_seed(self.config.seed + 1, step))  # dropout and any other global draws
             # 1. forget gradient: backward of -objective, so .grad holds g_f = grad(-denoising loss).
             self._clear_grads()
@@ -288,19 +288,6 @@ class Unlearner:
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": header["param_groups"]})
         self.completed_steps = int(header["completed_steps"])
         self.records = list(header["records"])
-
-
-def unlearn(
-    model: nn.Module,
-    forget_loss: LossFn,
-    retain_loss: LossFn,
-    config: UnlearnConfig | None = None,
-    **run_options,
-) -> UnlearnResult:
-    """Shortcut: ``Unlearner(model, forget_loss, retain_loss, config).run(**run_options)``."""
-    trainable = run_options.pop("trainable", None)
-    in_place = run_options.pop("in_place", False)
-    return Unlearner(model, forget_loss, retain_loss, config, trainable, in_place).run(**run_options)
 
 
 def summarize(records: list[Mapping]) -> dict:

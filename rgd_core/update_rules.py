@@ -77,8 +77,9 @@ def _sum_of_dots(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
 def _weighted_dots(xs: Sequence[Tensor], ys: Sequence[Tensor], metric: Metric) -> tuple[Tensor, Tensor, Tensor]:
     inner, x_sq, y_sq = [], [], []
     for i, (x, y) in enumerate(zip(xs, ys)):
-        weighted_x = (metric(i) * x).reshape(-1)
-        weighted_y = (metric(i) * y).reshape(-1)
+        weight = metric(i)  # made once per tensor: for Adam it is a sqrt and a division over the whole tensor
+        weighted_x = (weight * x).reshape(-1)
+        weighted_y = (weight * y).reshape(-1)
         inner.append(torch.dot(weighted_x, y.reshape(-1)))
         x_sq.append(torch.dot(weighted_x, x.reshape(-1)))
         y_sq.append(torch.dot(weighted_y, y.reshape(-1)))
