@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -37,12 +38,21 @@ SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_
 
 
 def load_digits_data() -> tuple[Tensor, Tensor]:
-    """All 1,797 digits as float32 images in [-1, 1], shape (N, 1, 8, 8), and their int64 labels."""
+    """All 1,797 digits as float32 images in [-1, 1], shape (N, 1, 8, 8), and their int64 labels.
+
+    The CSV is parsed once per process (a benchmark asks for the data once per run); each call gets its own
+    tensors, so no caller can change another's data.
+    """
+    images, labels = _digits_arrays()
+    return torch.tensor(images).unsqueeze(1), torch.tensor(labels)
+
+
+@lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    images = torch.from_numpy(digits.images.astype(np.float32) / 8.0 - 1.0).unsqueeze(1)
-    return images, torch.from_numpy(digits.target.astype(np.int64))
+    return digits.images.astype(np.float32) / 8.0 - 1.0, digits.target.astype(np.int64)
 
 
 def to_pixels(images: Tensor) -> np.ndarray:
