@@ -19,3 +19,11 @@ def single_thread_torch():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def sd1_files(tmp_path_factory):
+    """One tiny SD1-structured checkpoint + config folder for the command tests (they only read it)."""
+    import sd_fixtures
+
+    return sd_fixtures.write_fixture("sd1", tmp_path_factory.mktemp("sd1"))

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 
-import sd_fixtures
 from rgd_core import cli, sd_eval
 
 OPTIONS = ("--before", "--after", "--prompts", "--i2p-min-nudity", "--limit", "--family", "--config-folder",
@@ -15,14 +14,9 @@ OPTIONS = ("--before", "--after", "--prompts", "--i2p-min-nudity", "--limit", "-
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
-@pytest.fixture(scope="module")
-def fixture(tmp_path_factory):
-    return sd_fixtures.write_fixture("sd1", tmp_path_factory.mktemp("sd1"))
-
-
-def eval_args(fixture, prompts, out):
-    return ["eval", "--before", str(fixture.checkpoint), "--after", str(fixture.checkpoint),
-            "--config-folder", str(fixture.config_folder), "--prompts", str(prompts), "--out", str(out),
+def eval_args(sd1_files, prompts, out):
+    return ["eval", "--before", str(sd1_files.checkpoint), "--after", str(sd1_files.checkpoint),
+            "--config-folder", str(sd1_files.config_folder), "--prompts", str(prompts), "--out", str(out),
             "--steps", "2", "--seed", "3"]
 
 
@@ -35,7 +29,7 @@ def test_help_lists_every_option(capsys):
         assert option in text
 
 
-def test_eval_writes_report_and_grid(fixture, tmp_path, capsys, monkeypatch):
+def test_eval_writes_report_and_grid(sd1_files, tmp_path, capsys, monkeypatch):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a photo of a cat\n\na red car\na painting of a tree\n")
     out = tmp_path / "out"
@@ -48,7 +42,7 @@ def test_eval_writes_report_and_grid(fixture, tmp_path, capsys, monkeypatch):
         return images
 
     monkeypatch.setattr(sd_eval, "generate_images", recording)
-    cli.main(eval_args(fixture, prompts, out) + ["--json"])
+    cli.main(eval_args(sd1_files, prompts, out) + ["--json"])
     report = json.loads(capsys.readouterr().out)
 
     assert json.loads((out / "eval.json").read_text()) == report
@@ -67,10 +61,10 @@ def test_eval_writes_report_and_grid(fixture, tmp_path, capsys, monkeypatch):
     assert len(set(report["images"]["before_sha256"])) == 3  # different prompts/seeds give different images
 
 
-def test_missing_prompt_file_is_a_one_line_error(fixture, tmp_path, capsys):
+def test_missing_prompt_file_is_a_one_line_error(sd1_files, tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(eval_args(fixture, tmp_path / "missing.txt", out))
+        cli.main(eval_args(sd1_files, tmp_path / "missing.txt", out))
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert captured.out == ""

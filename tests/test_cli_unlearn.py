@@ -8,7 +8,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import sd_fixtures
 from rgd_core import cli
 from rgd_core.checkpoints.load import load_pipeline_components
 from rgd_core.sd_unlearn import resolve_settings
@@ -22,13 +21,8 @@ OPTIONS = ("--checkpoint", "--concept", "--out", "--preset", "--prompt-preset", 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
-@pytest.fixture(scope="module")
-def fixture(tmp_path_factory):
-    return sd_fixtures.write_fixture("sd1", tmp_path_factory.mktemp("sd1"))
-
-
-def fast_args(fixture, out, cache):
-    return ["unlearn", "--checkpoint", str(fixture.checkpoint), "--config-folder", str(fixture.config_folder),
+def fast_args(sd1_files, out, cache):
+    return ["unlearn", "--checkpoint", str(sd1_files.checkpoint), "--config-folder", str(sd1_files.config_folder),
             "--concept", "nudity", "--out", str(out), "--steps", "2", "--train-prompts", "8", "--sample-steps", "2",
             "--batch-size", "2", "--scope", "cross-attn", "--lr", "1e-3", "--cache-dir", str(cache)]
 
@@ -42,9 +36,9 @@ def test_help_lists_every_option(capsys):
         assert option in text
 
 
-def test_unlearn_writes_checkpoint_and_report(fixture, tmp_path, capsys):
+def test_unlearn_writes_checkpoint_and_report(sd1_files, tmp_path, capsys):
     out = tmp_path / "out"
-    cli.main(fast_args(fixture, out, tmp_path / "cache") + ["--json"])
+    cli.main(fast_args(sd1_files, out, tmp_path / "cache") + ["--json"])
     report = json.loads(capsys.readouterr().out)
     written = out / "sd1-rgd-nudity.safetensors"
     assert report["output"] == str(written.resolve())
@@ -52,7 +46,7 @@ def test_unlearn_writes_checkpoint_and_report(fixture, tmp_path, capsys):
     assert report["summary"]["steps"] == 2
     assert report["settings"]["prompt_preset"] == "nudity" and report["settings"]["scope"] == "cross-attn"
 
-    before, after = load_file(str(fixture.checkpoint)), load_file(str(written))
+    before, after = load_file(str(sd1_files.checkpoint)), load_file(str(written))
     assert before.keys() == after.keys()
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     assert changed and all(k.startswith("model.diffusion_model.") and ".attn2." in k for k in changed)
@@ -61,12 +55,12 @@ def test_unlearn_writes_checkpoint_and_report(fixture, tmp_path, capsys):
         metadata = handle.metadata()
     assert metadata["rgd_concept"] == "nudity" and metadata["rgd_method"] == "rgd"
     assert metadata["rgd_prompt_digest"] == report["prompt_digests"]["train"]
-    load_pipeline_components(written, fixture.config_folder)
+    load_pipeline_components(written, sd1_files.config_folder)
 
 
-def test_lora_scope_writes_a_kohya_lora_and_the_merged_checkpoint(fixture, tmp_path, capsys):
+def test_lora_scope_writes_a_kohya_lora_and_the_merged_checkpoint(sd1_files, tmp_path, capsys):
     out = tmp_path / "out"
-    args = fast_args(fixture, out, tmp_path / "cache")
+    args = fast_args(sd1_files, out, tmp_path / "cache")
     args[args.index("--scope") + 1] = "lora"
     cli.main(args + ["--lora-rank", "2", "--json"])
     report = json.loads(capsys.readouterr().out)
@@ -74,7 +68,7 @@ def test_lora_scope_writes_a_kohya_lora_and_the_merged_checkpoint(fixture, tmp_p
     assert lora and all(key.startswith("lora_unet_") for key in lora)
     assert all(v.shape[0] == 2 for k, v in lora.items() if k.endswith("lora_down.weight"))  # the rank asked for
 
-    before, after = load_file(str(fixture.checkpoint)), load_file(report["output"])
+    before, after = load_file(str(sd1_files.checkpoint)), load_file(report["output"])
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     # only attention projections carry LoRA, so only they change once it is merged
     assert changed and all(k.split(".")[-2] in ("to_q", "to_k", "to_v", "0") and ".attn" in k for k in changed)
@@ -109,20 +103,20 @@ def _error_line(capsys) -> str:
     return lines[0]
 
 
-def test_bad_toml_key_is_a_one_line_error(fixture, tmp_path, capsys):
+def test_bad_toml_key_is_a_one_line_error(sd1_files, tmp_path, capsys):
     config = tmp_path / "bad.toml"
     config.write_text("retain_wieght = 2.0\n")
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(fast_args(fixture, out, tmp_path / "cache") + ["--config", str(config)])
+        cli.main(fast_args(sd1_files, out, tmp_path / "cache") + ["--config", str(config)])
     assert exit_info.value.code == 2
     line = _error_line(capsys)
     assert line.startswith("rgd: error:") and "retain_wieght" in line
     assert not out.exists()
 
 
-def test_missing_checkpoint_is_a_one_line_error(fixture, tmp_path, capsys):
-    args = fast_args(fixture, tmp_path / "out", tmp_path / "cache")
+def test_missing_checkpoint_is_a_one_line_error(sd1_files, tmp_path, capsys):
+    args = fast_args(sd1_files, tmp_path / "out", tmp_path / "cache")
     args[args.index("--checkpoint") + 1] = str(tmp_path / "absent.safetensors")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(args)
