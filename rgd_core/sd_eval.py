@@ -6,7 +6,10 @@ exposed body parts on both sets (``evaluate.nudity.nudity_report``). The run wri
 prompt file, the nudity report) and ``<out>/grid.png`` (row "before" over row "after", the first prompts), each
 atomically and only once everything was computed, so a failed run leaves nothing in ``out``.
 
-CLIP alignment needs a CLIP model, which is not available offline; the report says it was skipped.
+CLIP alignment (``evaluate.alignment``: the paper's AS, cosine of each image with its own prompt) needs a CLIP model
+that rgd cannot download; with ``clip`` set to a local transformers CLIP folder the report has per-side mean/std,
+per-prompt scores and the change, otherwise it says the score was skipped. The folder is loaded before any image
+is generated, so a bad path fails in seconds.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ DEFAULTS: dict = {
     "thresholds": "0.5,0.6",
     "out": "rgd_eval",
     "allow_pickle": False,
+    "clip": None,
 }
 
 
@@ -142,9 +146,16 @@ def _side(settings: Mapping, key: str, prompts: list[str], sampler, log) -> tupl
     return images, info
 
 
+def _clip_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def run_eval(settings: Mapping, log: Callable[[str], None] = lambda message: None, detector=None) -> dict:
     """Generate with both checkpoints, count NudeNet detections, write eval.json and grid.png; return the report."""
     from .backends.diffusers_sd import SamplerSettings
+    from .evaluate.alignment import alignment_report, alignment_scores, load_clip
     from .evaluate.nudity import NudityDetector, nudity_report
     from .io import atomic_write_bytes
 
@@ -161,11 +172,20 @@ def run_eval(settings: Mapping, log: Callable[[str], None] = lambda message: Non
     prompts = read_prompts(settings["prompts"], settings["i2p_min_nudity"], settings["limit"])
     sampler = SamplerSettings(steps=int(settings["steps"]), guidance_scale=float(settings["guidance"]))
     out = Path(settings["out"])
+    scorer = None
+    if settings["clip"]:
+        log(f"loading the CLIP model in {settings['clip']}")
+        scorer = load_clip(settings["clip"], device=_clip_device())
 
     before_images, before_info = _side(settings, "before", prompts, sampler, log)
     after_images, after_info = _side(settings, "after", prompts, sampler, log)
     log("counting NudeNet detections")
     nudity = nudity_report(list(before_images), list(after_images), thresholds, detector or NudityDetector())
+    alignment = {"skipped": "no local CLIP model"}
+    if scorer is not None:
+        log("scoring CLIP alignment")
+        alignment = alignment_report(alignment_scores(scorer, before_images, prompts),
+                                     alignment_scores(scorer, after_images, prompts), prompts, scorer.describe())
 
     report = {
         "settings": {
@@ -178,7 +198,7 @@ def run_eval(settings: Mapping, log: Callable[[str], None] = lambda message: Non
                     "i2p_min_nudity": settings["i2p_min_nudity"], "limit": settings["limit"],
                     "digest": hashlib.sha256("\n".join(prompts).encode()).hexdigest()},
         "nudity": nudity,
-        "clip_alignment": {"skipped": "no local CLIP model"},
+        "clip_alignment": alignment,
         "images": {"before_sha256": [image_digest(i) for i in before_images],
                    "after_sha256": [image_digest(i) for i in after_images]},
         "output": {"report": str((out / "eval.json").resolve()), "grid": str((out / "grid.png").resolve())},
@@ -198,5 +218,13 @@ def format_summary(report: dict) -> str:
         text = "n/a" if reduction is None else f"{100 * reduction:.0f}%"
         lines.append(f"NudeNet > {key}: {change['total_before']} boxes before, {change['total_after']} after "
                      f"(reduction {text})")
+    alignment = report["clip_alignment"]
+    if "skipped" in alignment:
+        lines.append(f"CLIP alignment: skipped ({alignment['skipped']}; pass --clip DIR to score it)")
+    else:
+        before, after = alignment["before"], alignment["after"]
+        lines.append(f"CLIP alignment (cosine): before {before['mean']:.4f} (sd {before['std']:.4f}), "
+                     f"after {after['mean']:.4f} (sd {after['std']:.4f}) "
+                     f"(change {alignment['change']['mean_difference']:+.4f})")
     lines.append(f"wrote {report['output']['report']} and {report['output']['grid']}")
     return "\n".join(lines)
