@@ -99,7 +99,9 @@ def cmd_unlearn(args) -> None:
         print(json.dumps(report, indent=2))
         return
     summary = report["summary"]
-    print(f"wrote {report['output']}")
+    model = report["output"]
+    for path in [model] + [report[key] for key in ("diffusers_folder", "lora") if report.get(key, model) != model]:
+        print(f"wrote {path}")
     print(f"method {settings['method']}, {summary.get('steps', 0)} steps, "
           f"forget loss {summary.get('final_forget_loss', float('nan')):.4f}, "
           f"retain loss {summary.get('final_retain_loss', float('nan')):.4f}, "
@@ -138,6 +140,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=d["seed"], help=f"seed; prompt i uses the same noise for both (default {d['seed']})")
     add("--thresholds", default=d["thresholds"],
         help=f"NudeNet score thresholds, comma-separated (default {d['thresholds']})")
+    add("--clip", metavar="DIR", help="local transformers CLIP folder (config.json + model.safetensors, e.g. "
+        "laion/CLIP-ViT-B-32-laion2B-s34B-b79K as in the paper): adds each image's cosine alignment with its "
+        "own prompt (the paper's AS); without it the score is skipped")
     add("--out", metavar="DIR", default=d["out"], help=f"folder for eval.json and grid.png (default {d['out']})")
     add("--json", action="store_true", help="print the JSON report on stdout instead of a summary")
     add("--allow-pickle", action="store_true",
@@ -145,7 +150,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
-    from .sd_unlearn import ALL_SCOPES, CLI_FAMILIES, DEFAULTS, METHODS, PRESETS, PROMPT_PRESETS, TRUNCATIONS
+    from .sd_unlearn import (
+        ALL_SCOPES, CLI_FAMILIES, DEFAULTS, EXPORT_FORMATS, METHODS, PRESETS, PROMPT_PRESETS, TRUNCATIONS,
+    )
 
     d = DEFAULTS
     # Every default is None here: a flag counts only when given, so that --preset and --config values can sit
@@ -153,7 +160,8 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--checkpoint", metavar="FILE", help="single-file SD checkpoint (.safetensors) to edit (required)")
     add("--concept", metavar="NAME", help="the concept to erase, e.g. nudity or 'Van Gogh' (required)")
-    add("--out", metavar="DIR", help="folder for <name>.safetensors and <name>.json (required)")
+    add("--out", metavar="DIR", help="folder for <name>.safetensors (or the diffusers folder <name>/) and "
+        "<name>.json (required)")
     add("--preset", choices=sorted(PRESETS), help="a named set of hyper-parameters; paper-nudity-sd14 is the "
         "paper's SD v1.4 nudity run (rgd, lambda 1.6, skip truncation at 1.1, lr 1e-5, 100 steps, batch 8, full)")
     add("--prompt-preset", choices=PROMPT_PRESETS,
@@ -180,8 +188,16 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--sample-steps", type=int, help=f"DDIM steps when sampling the training data (default {d['sample_steps']})")
     add("--guidance", type=float, help=f"classifier-free guidance when sampling the data (default {d['guidance']})")
     add("--seed", type=int, help=f"seed for prompts, data and training (default {d['seed']})")
+    add("--forget-images", metavar="DIR", help="train on your own images of the concept instead of samples: "
+        "a folder of .png/.jpg/.webp files, each captioned by a .txt of the same name (else a forget prompt); "
+        "VAE-encoded once and cached")
+    add("--retain-images", metavar="DIR", help="your own images of what must stay, as for --forget-images; "
+        "image i pairs with forget example i (file-name order); with both folders, they must hold as many images")
     add("--cache-dir", metavar="DIR", help="cache for sampled data and config folders (default: rgd's cache dir)")
     add("--name", help="output file name without folders (default <checkpoint stem>-rgd-<concept>)")
+    add("--format", choices=EXPORT_FORMATS, help=f"single-file: one original-layout .safetensors (A1111, Forge, "
+        f"ComfyUI); diffusers: a diffusers folder <name>/; both (default {d['format']})")
+    add("--overwrite", action="store_true", default=None, help="replace an existing diffusers folder <name>/")
     add("--allow-pickle", action="store_true", default=None,
         help="allow reading pickle checkpoints (.ckpt/.pt); they can run code, use only trusted files")
     add("--json", action="store_true", help="print the JSON report on stdout instead of a summary")
@@ -222,9 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_unlearn_options(unlearn)
     unlearn.set_defaults(run=cmd_unlearn)
 
-    evaluate = commands.add_parser("eval", help="compare a checkpoint before and after unlearning (NudeNet counts)",
+    evaluate = commands.add_parser("eval", help="compare a checkpoint before and after unlearning (NudeNet counts, "
+                                   "CLIP alignment with --clip)",
                                    description="Generate one image per prompt with both checkpoints from the same "
-                                   "seeds, count NudeNet exposed-body-part detections, write eval.json and grid.png.")
+                                   "seeds, count NudeNet exposed-body-part detections, score CLIP alignment with --clip, "
+                                   "write eval.json and grid.png.")
     _add_eval_options(evaluate)
     evaluate.set_defaults(run=cmd_eval)
     return parser

@@ -9,18 +9,24 @@ typo never silently falls back to a default. The run loads the checkpoint offlin
 pairs, samples the paired data and trains (``unlearn_sd``), then writes ``<out>/<name>.safetensors`` and
 ``<out>/<name>.json``. Both files are written only after training finished, each atomically, so an interrupted or
 failed run leaves nothing in ``out``.
+
+``format`` picks the model output: the single file (default), a diffusers folder ``<out>/<name>/`` (built aside and
+renamed into place; an existing one is replaced only with ``overwrite``), or both. ``forget_images`` /
+``retain_images`` name folders of the user's own images, which replace the base model's samples on that side.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Callable, Mapping
 
 from .backends.diffusers_sd import LORA_SCOPE, SCOPES
 from .checkpoints.configs import FAMILIES as CLI_FAMILIES
+from .checkpoints.export import EXPORT_FORMATS
 from .errors import RGDInputError
 from .losses import TRUNCATION_MODES as TRUNCATIONS
 from .prompts import PRESET_NAMES
@@ -63,13 +69,17 @@ DEFAULTS: dict = {
     "cache_dir": None,
     "name": None,
     "allow_pickle": False,
+    "format": "single-file",
+    "overwrite": False,
+    "forget_images": None,
+    "retain_images": None,
 }
 
 # Type each setting must have once resolved (TOML values are checked against it; ints are accepted as floats).
 _TYPES = {
     "steps": int, "lora_rank": int, "batch_size": int, "train_prompts": int, "sample_steps": int, "seed": int,
     "lr": float, "retain_weight": float, "truncation_threshold": float, "guidance": float,
-    "allow_pickle": bool,
+    "allow_pickle": bool, "overwrite": bool,
 }
 
 
@@ -130,7 +140,7 @@ def _check_settings(settings: dict) -> None:
         if not settings[key]:
             raise RGDInputError(f"--{key} is required (on the command line or in the --config file).")
     choices = {"method": METHODS, "truncation": TRUNCATIONS, "family": CLI_FAMILIES,
-               "prompt_preset": PROMPT_PRESETS}
+               "prompt_preset": PROMPT_PRESETS, "format": EXPORT_FORMATS}
     for key, allowed in choices.items():
         if settings[key] is not None and settings[key] not in allowed:
             raise RGDInputError(f"{key} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
@@ -203,7 +213,14 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     Returns the report that was written to ``<name>.json``.
     """
     from .backends.diffusers_sd import SamplerSettings, unlearn_sd
-    from .checkpoints.export import export_single_file, safe_output_path
+    from .checkpoints.export import (
+        check_folder_target,
+        export_diffusers_folder,
+        export_single_file,
+        safe_output_folder,
+        safe_output_path,
+    )
+    from .image_data import images_digest
     from .io import atomic_write_bytes
     from .progress import progress_bar
     from .prompts import build_prompt_sets
@@ -216,17 +233,24 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     sampler = SamplerSettings(steps=settings["sample_steps"], guidance_scale=settings["guidance"])
     out_path = safe_output_path(settings["out"], output_name(settings))
     report_path = out_path.with_suffix(".json")
+    single_file = settings["format"] in ("single-file", "both")
+    diffusers_folder = None
+    if settings["format"] in ("diffusers", "both"):
+        diffusers_folder = check_folder_target(safe_output_folder(settings["out"], output_name(settings)),
+                                               settings["overwrite"])
+    forget_images, retain_images = user_images(settings)
     prompt_preset = settings["prompt_preset"] or default_prompt_preset(settings["concept"])
     train, test = build_prompt_sets(settings["concept"], prompt_preset, settings["train_prompts"],
                                     TEST_PROMPTS, settings["seed"])
 
     log(f"loading {checkpoint.name}")
     components, folder = load_components(settings)
-    log(f"{components.family} checkpoint; sampling {len(train)} prompt pairs, then {config.steps} steps")
+    log(f"{components.family} checkpoint; {_data_plan(train, forget_images, retain_images)}, then {config.steps} steps")
     unet, records = unlearn_sd(
         components, train, config=config, scope=settings["scope"], batch_size=settings["batch_size"],
         sampler=sampler, data_seed=settings["seed"], cache_dir=_data_cache(settings),
         callbacks=[progress_bar(config.steps, f"rgd {settings['method']}")], lora_rank=settings["lora_rank"],
+        forget_images=forget_images, retain_images=retain_images,
     )
 
     resolved = {**settings, "prompt_preset": prompt_preset, "family": components.family,
@@ -238,28 +262,72 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
         "rgd_truncation_threshold": config.truncation_threshold, "rgd_batch_size": settings["batch_size"],
         "rgd_seed": config.seed, "rgd_train_prompts": len(train),
     }
+    images = {}
+    for side, found in (("forget", forget_images), ("retain", retain_images)):
+        if found is not None:
+            metadata[f"rgd_{side}_images"] = len(found)
+            metadata[f"rgd_{side}_images_sha256"] = images_digest(found)
+            images[side] = {"folder": str(settings[f"{side}_images"]), "count": len(found),
+                            "sha256": images_digest(found), "captions": sum(i.caption is not None for i in found)}
     report = {
         "settings": resolved,
         "prompt_digests": {"train": train.digest(), "test": test.digest()},
         "summary": summarize(records),
-        "output": str(out_path),
+        "output": str(out_path if single_file else diffusers_folder),
     }
+    if images:
+        report["images"] = images
+    if diffusers_folder is not None:
+        report["diffusers_folder"] = str(diffusers_folder)
     written = []
     try:
         if settings["scope"] == "lora":
             report["lora"] = str(_save_lora(unet, checkpoint, settings, metadata))
             written.append(Path(report["lora"]))
             unet = _merged(unet)
-        export_single_file(checkpoint, unet, out_path, config_folder=folder, metadata=metadata,
-                           allow_pickle=settings["allow_pickle"])
-        written.append(out_path)
+        if single_file:
+            export_single_file(checkpoint, unet, out_path, config_folder=folder, metadata=metadata,
+                               allow_pickle=settings["allow_pickle"])
+            written.append(out_path)
+        if diffusers_folder is not None:
+            export_diffusers_folder(components, unet, diffusers_folder, metadata, overwrite=settings["overwrite"])
+            written.append(diffusers_folder)
         atomic_write_bytes((json.dumps(report, indent=2) + "\n").encode("utf-8"), report_path)
     except BaseException:
         # A checkpoint or LoRA without its report would look like a finished run; keep all of them or nothing.
         for path in written:
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         raise
     return report
+
+
+def user_images(settings: Mapping) -> tuple[list | None, list | None]:
+    """The forget and retain images the settings name (None: that side is sampled), checked before any model
+    loads: readable files, and as many on both sides when both are given, since training pairs image i with i."""
+    from .image_data import find_images
+
+    found = {side: find_images(settings[f"{side}_images"], side) if settings[f"{side}_images"] else None
+             for side in ("forget", "retain")}
+    forget, retain = found["forget"], found["retain"]
+    if forget is not None and retain is not None and len(forget) != len(retain):
+        raise RGDInputError(
+            f"paired training needs as many forget as retain images: {settings['forget_images']} holds "
+            f"{len(forget)}, {settings['retain_images']} holds {len(retain)}; add or remove images to match."
+        )
+    return forget, retain
+
+
+def _data_plan(train, forget_images, retain_images) -> str:
+    """What the training data will be made of, for the log."""
+    if forget_images is None and retain_images is None:
+        return f"sampling {len(train)} prompt pairs"
+    count = len(forget_images if forget_images is not None else retain_images)
+    sides = [f"{count} {side} images" if images is not None else f"{count} sampled {side} examples"
+             for side, images in (("forget", forget_images), ("retain", retain_images))]
+    return " and ".join(sides)
 
 
 def _save_lora(unet, checkpoint: Path, settings: Mapping, metadata: Mapping) -> Path:

@@ -15,7 +15,8 @@ from rgd_core.sd_unlearn import resolve_settings
 OPTIONS = ("--checkpoint", "--concept", "--out", "--preset", "--prompt-preset", "--config", "--family",
            "--config-folder", "--method", "--scope", "--steps", "--lr", "--retain-weight", "--truncation",
            "--truncation-threshold", "--batch-size", "--train-prompts", "--sample-steps", "--guidance", "--seed",
-           "--cache-dir", "--name", "--allow-pickle", "--json", "--lora-rank")
+           "--cache-dir", "--name", "--allow-pickle", "--json", "--lora-rank", "--format", "--overwrite",
+           "--forget-images", "--retain-images")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")

@@ -161,3 +161,58 @@ def test_kohya_file_applies_to_original_weights(trained, original, key_map, tmp_
 
     half = kohya_state_dict(loras, key_map, dtype=torch.float16)
     assert set(half) == set(tensors) and all(t.dtype == torch.float16 for t in half.values())
+
+
+# --- SD2 and SDXL ------------------------------------------------------------------------------------------------
+
+# add_lora wraps the attention projections, which are nn.Linear in every family; 1x1 convolutions (SD1's proj_in
+# and proj_out, the ResNet shortcuts) and SD2/SDXL's linear proj_in/proj_out are not wrapped, so these tests cover
+# Linear layers only. Names: the SGM layout of SDXL files uses LDM's input_blocks/middle_block/output_blocks too.
+KNOWN_NAMES = {
+    "sd2": ("lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k",
+            "lora_unet_middle_block_1_transformer_blocks_0_attn1_to_out_0"),
+    "sdxl": ("lora_unet_input_blocks_4_1_transformer_blocks_1_attn2_to_k",
+             "lora_unet_output_blocks_2_1_transformer_blocks_1_attn1_to_v"),
+}
+
+
+def apply_kohya(original: dict, tensors: dict) -> dict:
+    """What A1111/ComfyUI do with a kohya LoRA: W + alpha / rank * up @ down on the named original-layout weight."""
+    by_flat = {key[len("model.diffusion_model."):-len(".weight")].replace(".", "_"): key
+               for key in original if key.endswith(".weight")}
+    applied = dict(original)
+    for name in {key.split(".")[0] for key in tensors}:
+        key = by_flat[name[len("lora_unet_"):]]
+        up, down = tensors[name + ".lora_up.weight"], tensors[name + ".lora_down.weight"]
+        applied[key] = original[key] + tensors[name + ".alpha"].item() / down.shape[0] * up @ down
+    return applied
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl"])
+def test_kohya_file_reproduces_trained_weights_on_sd2_and_sdxl(family, tmp_path):
+    components = PipelineComponents(family=family, **sd_fixtures.build_components(family))
+    original = {key: value.clone() for key, value in sd_fixtures.unet_to_original(components.unet).items()}
+    key_map = unet_key_map(original, dict(components.unet.config))
+    train, _ = build_prompt_sets("nudity", train_count=2, test_count=1, seed=0)
+    settings = SamplerSettings(steps=2, guidance_scale=5.0, scheduler="euler" if family == "sdxl" else "ddim")
+    data = build_paired_data(components, train, settings=settings, seed=0)
+    unet, records = unlearn_sd(components, train, config=QUICK, scope="lora", batch_size=2, data=data,
+                               lora_rank=RANK, lora_alpha=ALPHA)
+    assert len(records) == QUICK.steps
+
+    loras = lora_modules(unet)
+    blocks = [name for name, module in components.unet.named_modules()
+              if type(module).__name__ == "BasicTransformerBlock"]
+    assert len(loras) == 8 * len(blocks)  # q, k, v, out of attn1 and attn2 in every transformer block
+    assert all(isinstance(module.base, torch.nn.Linear) for module in loras.values())
+    assert not any("proj_in" in name or "proj_out" in name for name in loras)
+    assert all(module.lora_up.weight.abs().sum() > 0 for module in loras.values())  # training moved them
+
+    tensors = load_file(save_kohya_lora(tmp_path / f"{family}.safetensors", loras, key_map))
+    assert all(name + ".lora_down.weight" in tensors for name in KNOWN_NAMES[family])
+    applied = apply_kohya(original, tensors)
+    exported = unet_to_original(merge_lora(copy.deepcopy(unet)).state_dict(), key_map, original)
+    assert set(exported) == set(applied) == set(original)
+    for key in applied:
+        torch.testing.assert_close(exported[key], applied[key], atol=1e-5, rtol=0)
+    assert sum(not torch.equal(exported[key], original[key]) for key in original) == len(loras)

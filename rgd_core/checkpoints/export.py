@@ -1,4 +1,5 @@
-"""Write an edited UNet back into a single-file checkpoint in the original layout (A1111, Forge, ComfyUI).
+"""Write an edited UNet back into a single-file checkpoint in the original layout (A1111, Forge, ComfyUI), or into
+a diffusers model folder (``export_diffusers_folder``).
 
 Only the UNet is replaced; every other tensor of the input file (VAE, text encoders, EMA copies, anything no
 converter touches) is written back byte for byte, so the exported file differs from its base model exactly where
@@ -13,7 +14,10 @@ diffusers version, and a converter that does something the trace cannot invert i
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
@@ -235,6 +239,22 @@ def safe_output_path(out_dir: str | Path, name: str) -> Path:
     Names come from users and node widgets, so separators, ``..``, absolute paths and drive letters are errors
     rather than silently stripped. ``.safetensors`` is appended when missing, since that is what UIs list.
     """
+    text = _plain_name(name)
+    if not text.lower().endswith(EXPORT_SUFFIX):
+        text += EXPORT_SUFFIX
+    return _inside(out_dir, text, name)
+
+
+def safe_output_folder(out_dir: str | Path, name: str) -> Path:
+    """``out_dir / name`` for a diffusers folder, with ``safe_output_path``'s checks; a trailing ``.safetensors``
+    is dropped, so one ``--name`` gives ``<name>.safetensors`` and the folder ``<name>`` side by side."""
+    text = _plain_name(name)
+    if text.lower().endswith(EXPORT_SUFFIX):
+        text = _plain_name(text[: -len(EXPORT_SUFFIX)])
+    return _inside(out_dir, text, name)
+
+
+def _plain_name(name: str) -> str:
     text = str(name).strip()
     bad = (
         not text
@@ -247,8 +267,10 @@ def safe_output_path(out_dir: str | Path, name: str) -> Path:
     )
     if bad:
         raise RGDInputError(f"Output name {name!r} must be a plain file name without folders, '..' or ':'.")
-    if not text.lower().endswith(EXPORT_SUFFIX):
-        text += EXPORT_SUFFIX
+    return text
+
+
+def _inside(out_dir: str | Path, text: str, name: str) -> Path:
     folder = Path(out_dir).resolve()
     path = folder / text
     if path.parent != folder:
@@ -291,9 +313,17 @@ def export_single_file(
             tensors[key] = replaced[key].to(device="cpu", dtype=tensor.dtype).contiguous()
         else:
             tensors[key] = tensor
-    header = {**_source_metadata(source_path), **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    header.update(rgd_version=_rgd_version(), base_sha256=file_sha256(source_path))
-    return save_safetensors_atomic(tensors, out_path, header)
+    return save_safetensors_atomic(tensors, out_path, _export_header(source_path, metadata, file_sha256(source_path)))
+
+
+def _export_header(source_path: Path | None, metadata: Mapping[str, Any] | None, base_sha256: str | None) -> dict:
+    """An export's metadata: the source file's, then the caller's (values as strings), then provenance."""
+    header = {**(_source_metadata(source_path) if source_path is not None else {}),
+              **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    header["rgd_version"] = _rgd_version()
+    if base_sha256:
+        header["base_sha256"] = base_sha256
+    return header
 
 
 def export_unet_diff(
@@ -324,10 +354,119 @@ def export_unet_diff(
     return save_safetensors_atomic(deltas, out_path, header)
 
 
+# --- diffusers folders -----------------------------------------------------------------------------------------
+
+EXPORT_FORMATS = ("single-file", "diffusers", "both")
+RGD_METADATA_FILE = "rgd.json"  # diffusers' save_pretrained writes {"format": "pt"} as the only safetensors metadata
+
+
+def export_diffusers_folder(
+    components: Any,
+    edited_unet: Any,
+    out_folder: str | Path,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a diffusers model folder that ``StableDiffusionPipeline`` (``StableDiffusionXLPipeline`` for SDXL)
+    ``.from_pretrained(out_folder, local_files_only=True)`` loads: ``edited_unet`` plus the VAE, text encoder(s),
+    tokenizer(s) and scheduler of ``components`` (a ``load.PipelineComponents``) as they were loaded, all weights as
+    safetensors. The metadata a single-file export carries goes to ``rgd.json`` in the folder.
+
+    The folder is built in a hidden sibling and renamed into place, so a failure or an interrupt leaves no
+    half-written folder. An existing ``out_folder`` is refused unless ``overwrite``; the folder the model was
+    loaded from is always refused.
+    """
+    target = Path(out_folder).resolve()
+    _check_edited_unet(components.unet, edited_unet)
+    _check_folder_target(target, overwrite, components.source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        _pipeline(components, edited_unet).save_pretrained(staging, safe_serialization=True)
+        source = Path(components.source) if components.source else None
+        header = _export_header(source if source is not None and source.is_file() else None, metadata,
+                                components.sha256)
+        (staging / RGD_METADATA_FILE).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n")
+        _fsync_tree(staging)
+        _move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def check_folder_target(out_folder: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an existing ``out_folder`` unless ``overwrite`` (callers check before hours of work, too)."""
+    target = Path(out_folder).resolve()
+    _check_folder_target(target, overwrite, None)
+    return target
+
+
+def _check_folder_target(target: Path, overwrite: bool, source: str | None) -> None:
+    if source and target == Path(source).resolve():
+        raise RGDInputError(f"Refusing to overwrite the base model folder {target}; choose another name.")
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise RGDInputError(f"{target} exists and is not a plain folder; choose another name.")
+    if target.exists():
+        if not overwrite:
+            raise RGDInputError(f"The folder {target} already exists; choose another name or pass --overwrite.")
+
+
+def _check_edited_unet(base_unet: Any, edited_unet: Any) -> None:
+    """The edited UNet must be a diffusers model with exactly the base UNet's weights (LoRA merged in)."""
+    if not (hasattr(edited_unet, "save_pretrained") and hasattr(edited_unet, "state_dict")):
+        raise RGDInputError(
+            f"edited_unet must be a UNet2DConditionModel for a diffusers folder, not {type(edited_unet).__name__}."
+        )
+    edited, base = set(edited_unet.state_dict()), set(base_unet.state_dict())
+    if edited != base:
+        extra = sorted(edited - base)
+        what = f"has {extra[0]}" if extra else f"lacks {sorted(base - edited)[0]}"
+        hint = " (merge LoRA layers with rgd_core.lora.merge_lora first)" if any("lora_" in k for k in extra) else ""
+        raise RGDInputError(f"The edited UNet does not fit the base model: it {what}{hint}.")
+
+
+def _pipeline(components: Any, unet: Any):
+    """The diffusers pipeline of the components' family, whose save_pretrained writes model_index.json to match."""
+    import diffusers
+
+    # a copy: the pipelines rewrite outdated scheduler configs in place, and the caller's scheduler must not change
+    scheduler = type(components.scheduler).from_config(components.scheduler.config)
+    common = dict(vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+                  unet=unet, scheduler=scheduler, feature_extractor=None)
+    if components.family == "sdxl":
+        return diffusers.StableDiffusionXLPipeline(
+            text_encoder_2=components.text_encoder_2, tokenizer_2=components.tokenizer_2,
+            force_zeros_for_empty_prompt=True, add_watermarker=False, **common)
+    return diffusers.StableDiffusionPipeline(safety_checker=None, requires_safety_checker=False, **common)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file to disk before the rename publishes the folder (what atomic_write_bytes does per file)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            with open(path, "r+b") as handle:
+                os.fsync(handle.fileno())
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``; an old ``target`` is moved aside first and put back if the rename fails."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.replace(target, aside / "previous")
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(aside / "previous", target)
+        shutil.rmtree(aside, ignore_errors=True)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _unet_state_and_config(edited_unet: Any, config_folder, family: str) -> tuple[Mapping[str, "Tensor"], dict]:
     """The edited weights and the UNet config the converter needs, from a model or a state dict plus configs."""
-    import json
-
     if hasattr(edited_unet, "state_dict") and hasattr(edited_unet, "config"):
         return edited_unet.state_dict(), dict(edited_unet.config)
     if not isinstance(edited_unet, Mapping):
