@@ -25,12 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from .backends.diffusers_sd import (
+    SamplerSettings,
     _make_scheduler,
     _unet_call,
-    encode_prompts,
+    guidance_conditioning,
     image_size,
     scope_filter,
-    sdxl_time_ids,
     vae_scale_factor,
 )
 from .errors import NonFiniteError, RGDInputError, UnlearningCancelled
@@ -60,18 +60,6 @@ class ESDConfig:
 def esd_target(uncond: Tensor, concept: Tensor, negative_guidance: float) -> Tensor:
     """The frozen model's prediction guided away from the concept."""
     return uncond - negative_guidance * (concept - uncond)
-
-
-def guidance_conditioning(components, prompts: Sequence[str], height: int, width: int):
-    """(cond, uncond) for the prompts, as sample_latents builds them (SDXL: zero uncond and size time ids)."""
-    cond = encode_prompts(components, prompts)
-    if components.family == "sdxl":
-        cond["time_ids"] = sdxl_time_ids(height, width, len(prompts))
-        uncond = {key: torch.zeros_like(value[:1]) for key, value in cond.items() if key != "time_ids"}
-        uncond["time_ids"] = cond["time_ids"][:1]
-    else:
-        uncond = encode_prompts(components, [""])
-    return cond, uncond
 
 
 def _rows(cond: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
@@ -118,8 +106,6 @@ def run_esd(
         parameter.requires_grad_(trainable(name, parameter))
     params = [p for p in edited.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
-
-    from .backends.diffusers_sd import SamplerSettings
 
     height, width = image_size(components, SamplerSettings(height=height, width=width))
     cond, uncond = guidance_conditioning(components, prompts, height, width)

@@ -193,23 +193,15 @@ def sample_latents(
 ) -> Tensor:
     """The base model's own x0 latents (scaled, as the UNet sees them) for each prompt, with classifier-free
     guidance against the empty prompt. Deterministic for ``seed``: prompt i starts from noise drawn with its own
-    generator seeded by ``prompt_seed(seed, i)``. ``conditioning`` reuses an ``encode_prompts`` result.
-
-    SDXL's unconditional branch is all zeros, as SDXL base's pipeline does for an empty negative prompt
-    (``force_zeros_for_empty_prompt``); SD1/SD2 encode the empty prompt.
+    generator seeded by ``prompt_seed(seed, i)``. ``conditioning`` reuses an ``encode_prompts`` result; the
+    unconditional branch is ``guidance_conditioning``'s.
     """
     settings = settings or SamplerSettings()
     prompts = list(prompts)
     if not prompts:
         raise RGDInputError("no prompts to sample; give at least one.")
     height, width = image_size(components, settings)
-    cond = dict(conditioning) if conditioning is not None else encode_prompts(components, prompts)
-    if components.family == "sdxl":
-        cond["time_ids"] = sdxl_time_ids(height, width, len(prompts))
-        uncond = {key: torch.zeros_like(value[:1]) for key, value in cond.items() if key != "time_ids"}
-        uncond["time_ids"] = cond["time_ids"][:1]
-    else:
-        uncond = encode_prompts(components, [""])
+    cond, uncond = guidance_conditioning(components, prompts, height, width, conditioning)
     factor = vae_scale_factor(components)
     shape = (components.unet.config.in_channels, height // factor, width // factor)
     out = []
@@ -220,6 +212,20 @@ def sample_latents(
         batch_cond = {key: value[index.start : index.stop] for key, value in cond.items()}
         out.append(_denoise(components, noise, batch_cond, uncond, settings).float().cpu())
     return torch.cat(out)
+
+
+def guidance_conditioning(components, prompts: Sequence[str], height: int, width: int,
+                          conditioning: Mapping[str, Tensor] | None = None) -> tuple[dict, dict]:
+    """(cond, uncond) for classifier-free guidance. SDXL's unconditional branch is all zeros, as SDXL base's
+    pipeline does for an empty negative prompt (``force_zeros_for_empty_prompt``), and both carry the size time
+    ids; SD1/SD2 encode the empty prompt. ``conditioning`` reuses an ``encode_prompts`` result."""
+    cond = dict(conditioning) if conditioning is not None else encode_prompts(components, prompts)
+    if components.family != "sdxl":
+        return cond, encode_prompts(components, [""])
+    cond["time_ids"] = sdxl_time_ids(height, width, len(prompts))
+    uncond = {key: torch.zeros_like(value[:1]) for key, value in cond.items() if key != "time_ids"}
+    uncond["time_ids"] = cond["time_ids"][:1]
+    return cond, uncond
 
 
 def _denoise(components, noise: Tensor, cond: dict, uncond: dict, settings: SamplerSettings) -> Tensor:
