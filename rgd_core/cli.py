@@ -1,4 +1,4 @@
-"""Command line: `rgd demo`, `rgd bench digits`, `rgd unlearn`, `rgd eval`.
+"""Command line: `rgd demo`, `rgd bench digits`, `rgd bench shapes`, `rgd unlearn`, `rgd eval`.
 
 Every command takes a seed; logs go to stderr so that `--json` output on stdout stays machine-readable.
 """
@@ -87,6 +87,60 @@ def cmd_bench_digits(args) -> None:
                           for name, s in report["summary"].items()}, indent=2))
         return
     print(format_bench_table(report))
+    print(f"wall time {report['wall_seconds']:.0f} s")
+
+
+def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
+    from .shapes_bench import METHODS, ShapesBenchConfig
+
+    d = ShapesBenchConfig()
+    add = parser.add_argument
+    add("--concepts", default=",".join(d.concepts), help=f"concepts to erase, comma-separated (default "
+        f"{','.join(d.concepts)}; any shape, colour or non-plain modifier word)")
+    add("--methods", default=",".join(d.methods), help=f"comma-separated, from: {', '.join(METHODS)}")
+    add("--steps", type=int, default=d.steps, help=f"steps per method (default {d.steps})")
+    add("--lr", type=float, default=d.lr, help=f"Adam learning rate, every method (default {d.lr})")
+    add("--retain-weight", type=float, default=d.retain_weight, help=f"lambda (default {d.retain_weight})")
+    add("--truncation", choices=["none", "skip", "elementwise"], default=d.truncation,
+        help=f"forget-loss truncation (default {d.truncation})")
+    add("--truncation-threshold", type=float, default=d.truncation_threshold,
+        help=f"m for skip, alpha for elementwise (default {d.truncation_threshold})")
+    add("--batch-size", type=int, default=d.batch_size, help=f"pairs per step (default {d.batch_size})")
+    add("--scope", choices=["full", "cross-attn", "non-cross-attn"], default=d.scope,
+        help=f"parameters edited, every method (default {d.scope})")
+    add("--train-pairs", type=int, default=d.train_pairs, help=f"forget/retain training pairs (default {d.train_pairs})")
+    add("--test-prompts", type=int, default=d.test_prompts, help=f"held-out test prompts per measure (default "
+        f"{d.test_prompts})")
+    add("--sample-steps", type=int, default=d.sample_steps, help=f"DDIM steps, data and evaluation (default "
+        f"{d.sample_steps})")
+    add("--seed", type=int, default=d.seed, help=f"seed for prompts, data, training and samples (default {d.seed})")
+    add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add("--out", default="rgd_outputs", help="folder for the grid and loss-curve figures (default rgd_outputs)")
+    add("--cache-dir", default=None, help="cache for the self-sampled training data (default: none)")
+    add("--json", action="store_true", help="print the table as JSON on stdout")
+    add("--report", default=None, help="also write the full report to this JSON file")
+
+
+def cmd_bench_shapes(args) -> None:
+    from .digits_demo import set_threads
+    from .shapes_bench import ShapesBenchConfig, format_table, run_shapes_bench
+
+    set_threads(args.threads)
+    config = ShapesBenchConfig(
+        concepts=tuple(c.strip() for c in args.concepts.split(",") if c.strip()),
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,
+        retain_weight=args.retain_weight, truncation=args.truncation,
+        truncation_threshold=args.truncation_threshold, batch_size=args.batch_size, scope=args.scope,
+        train_pairs=args.train_pairs, test_prompts=args.test_prompts, sample_steps=args.sample_steps, seed=args.seed,
+    )
+    report = run_shapes_bench(config, out=args.out, cache_dir=args.cache_dir, log=_log, progress=not args.json)
+    _write_report(report, args.report)
+    if args.json:
+        print(json.dumps(report["rows"], indent=2))
+        return
+    print(format_table(report))
+    for concept, paths in report["figures"].items():
+        print(f"{concept}: {paths['grid']}, {paths['losses']}")
     print(f"wall time {report['wall_seconds']:.0f} s")
 
 
@@ -182,7 +236,7 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--retain-weight", type=float, help=f"lambda, the retain weight (default {d['retain_weight']})")
     add("--truncation", choices=TRUNCATIONS, help=f"forget-loss truncation (default {d['truncation']})")
     add("--truncation-threshold", type=float,
-        help="m for skip (skip ascent above it), alpha for elementwise (default: none, +inf)")
+        help=f"m for skip (skip ascent above it), alpha for elementwise (default {d['truncation_threshold']})")
     add("--batch-size", type=int, help=f"forget (and paired retain) examples per step (default {d['batch_size']})")
     add("--train-prompts", type=int, help=f"forget/retain prompt pairs to sample (default {d['train_prompts']})")
     add("--sample-steps", type=int, help=f"DDIM steps when sampling the training data (default {d['sample_steps']})")
@@ -231,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_digits.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9", help="digits to forget, comma-separated")
     _add_forgetting_options(bench_digits, samples_per_class=100)
     bench_digits.set_defaults(run=cmd_bench_digits)
+    bench_shapes = worlds.add_parser("shapes", help="erase a concept from the offline text-to-image model: RGD, "
+                                     "GradDiff, narrow retain, ESD")
+    _add_shapes_bench_options(bench_shapes)
+    bench_shapes.set_defaults(run=cmd_bench_shapes)
 
     unlearn = commands.add_parser("unlearn", help="erase a concept from a single-file SD checkpoint; write a new one",
                                   description="Erase a concept from a Stable Diffusion checkpoint with RGD. "

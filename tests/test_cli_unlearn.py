@@ -85,8 +85,16 @@ def test_toml_value_is_used_and_flag_overrides_it(tmp_path):
     settings = resolve_settings({**base, "steps": 3}, config)
     assert settings["retain_weight"] == 2.5  # TOML over preset (1.6)
     assert settings["steps"] == 3  # flag over TOML
-    assert settings["truncation"] == "skip"  # preset over defaults
+    assert settings["truncation"] == "skip" and settings["truncation_threshold"] == 1.1  # the preset's
     assert settings["concept"] == "Van Gogh"
+
+
+def test_defaults_are_the_papers_sd_run(tmp_path):
+    from rgd_core.backends.diffusers_sd import PAPER_NUDITY_SD14
+
+    settings = resolve_settings({"checkpoint": "x.safetensors", "out": str(tmp_path), "concept": "cat"})
+    for key in ("method", "retain_weight", "truncation", "truncation_threshold", "lr", "steps", "batch_size", "scope"):
+        assert settings[key] == PAPER_NUDITY_SD14[key], key
 
 
 def test_toml_precedence_through_the_parser(tmp_path):
