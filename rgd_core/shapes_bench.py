@@ -1,0 +1,268 @@
+"""`rgd bench shapes`: erase a concept from the offline text-to-image model and measure what else survives.
+
+The paper's Stable Diffusion claim (docs/method.md section 4.2), measured on a model the project trains itself
+(rgd_core/worlds/shapes_model.py) with the attribute classifier as judge (rgd_core/evaluate/shapes_classifier.py).
+For each concept ("striped", the analogue of nudity or a style; "triangle", the analogue of an object) every method
+starts from the same model, gets the same steps and seeds, and is scored on held-out test prompts:
+
+    erasure     share of forget-prompt samples in which the classifier sees the concept (lower is better)
+    in-prompt   on those forget prompts, accuracy of the *other* attributes the prompt asks for
+                ("red striped triangle on black" should still be a red triangle on black)
+    retain      accuracy of every attribute the retain twins ask for (alignment on what must stay)
+    collateral  for each neighbouring value of the same attribute ("dotted", "outlined" for "striped"), the share
+                of its own prompts' samples that still show it (higher is better)
+    FD          Frechet distance between the classifier features of the retain samples and of renders of what
+                those prompts ask for (lower is better)
+
+Methods: RGD and GradDiff on the same self-sampled paired data, RGD with a narrow retain set (one generic retain
+prompt, SalUn's choice) and ESD (rgd_core.esd; text only, no retain set).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .errors import RGDInputError
+
+METHODS = ("RGD", "GradDiff", "RGD (narrow retain)", "ESD")
+MEASURES = ("erasure", "in_prompt", "retain", "collateral", "fd")
+
+
+@dataclass(frozen=True)
+class ShapesBenchConfig:
+    """One comparison. Training settings are shared by every method (ESD uses steps, lr, batch, scope, seed)."""
+
+    concepts: tuple[str, ...] = ("striped", "triangle")
+    methods: tuple[str, ...] = METHODS
+    steps: int = 100
+    lr: float = 1e-4
+    retain_weight: float = 1.0
+    truncation: str = "skip"
+    truncation_threshold: float = 0.3
+    batch_size: int = 16
+    scope: str = "full"
+    train_pairs: int = 256
+    test_prompts: int = 64
+    sample_steps: int = 25
+    guidance: float = 4.0
+    esd_negative_guidance: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise RGDInputError(f"unknown method {unknown[0]!r}; use some of {', '.join(METHODS)}.")
+        if not self.concepts:
+            raise RGDInputError("give at least one concept to erase, e.g. striped.")
+
+
+# --- scoring -----------------------------------------------------------------------------------------------------
+
+
+def asked_attributes(prompts: Sequence[str]) -> list[dict[str, str | None]]:
+    from .worlds import shapes
+
+    return [shapes.parse_caption(prompt) for prompt in prompts]
+
+
+def attribute_hits(predicted: dict[str, np.ndarray], asked: list[dict], skip: str | None = None) -> np.ndarray:
+    """1/0 for every (sample, attribute) the prompt names, except ``skip``: the alignment of each sample."""
+    from .worlds import shapes
+
+    hits = []
+    for i, wanted in enumerate(asked):
+        for name, value in wanted.items():
+            if value is None or name == skip:
+                continue
+            hits.append(predicted[name][i] == shapes.VALUES[name].index(value))
+    return np.array(hits, dtype=float)
+
+
+def reference_renders(asked: list[dict], seed: int) -> np.ndarray:
+    """Renders of what each prompt asks for (attributes it leaves free drawn at random): FD's reference set."""
+    from .worlds import shapes
+
+    rng = np.random.default_rng([seed, 7])
+    attributes = []
+    for wanted in asked:
+        drawn = {name: wanted[name] or shapes.VALUES[name][rng.integers(len(shapes.VALUES[name]))]
+                 for name in shapes.ATTRIBUTES}
+        attributes.append(shapes.Attributes(**drawn))
+    return shapes.render_batch(attributes, seed)
+
+
+@dataclass
+class EvalSet:
+    """The fixed test prompts of one concept and the reference features they need."""
+
+    attribute: str
+    value: str
+    forget: list[str]
+    retain: list[str]
+    neighbours: dict[str, list[str]]
+    reference_features: np.ndarray
+
+    @classmethod
+    def build(cls, concept: str, test_prompts: int, seed: int, classifier) -> EvalSet:
+        from .prompts import build_prompt_sets
+        from .worlds import shapes
+        from .worlds.shapes_prompts import concept_attribute
+
+        attribute, value = concept_attribute(concept)
+        _, test = build_prompt_sets(concept, "shapes", 1, test_prompts, seed=seed)
+        neutral = "plain" if attribute == "modifier" else None
+        neighbours = {}
+        for other in shapes.VALUES[attribute]:
+            if other not in (value, neutral):
+                neighbours[other] = build_prompt_sets(other, "shapes", 1, test_prompts, seed=seed)[1].forget_prompts
+        # Several renders per prompt: the reference should be the distribution the prompts ask for, not one draw.
+        reference = reference_renders(asked_attributes(test.retain_prompts) * 4, seed)
+        return cls(attribute, value, test.forget_prompts, test.retain_prompts, neighbours,
+                   classifier.features(reference))
+
+
+def score(components, unet, eval_set: EvalSet, classifier, config: ShapesBenchConfig) -> tuple[dict, dict]:
+    """The five measures for one edited UNet, and the sample images (for the grid)."""
+    from .evaluate.classes import frechet_distance
+    from .worlds import shapes, shapes_model
+
+    def sample(prompts: list[str]) -> np.ndarray:
+        return shapes_model.sample_images(components, prompts, seed=config.seed, steps=config.sample_steps,
+                                          guidance_scale=config.guidance, unet=unet)
+
+    concept_index = shapes.VALUES[eval_set.attribute].index(eval_set.value)
+    forget_images, retain_images = sample(eval_set.forget), sample(eval_set.retain)
+    forget_pred, retain_pred = classifier.predict(forget_images), classifier.predict(retain_images)
+    collateral = {}
+    for other, prompts in eval_set.neighbours.items():
+        seen = classifier.predict(sample(prompts))[eval_set.attribute]
+        collateral[other] = float(np.mean(seen == shapes.VALUES[eval_set.attribute].index(other)))
+    scores = {
+        "erasure": float(np.mean(forget_pred[eval_set.attribute] == concept_index)),
+        "in_prompt": float(attribute_hits(forget_pred, asked_attributes(eval_set.forget), eval_set.attribute).mean()),
+        "retain": float(attribute_hits(retain_pred, asked_attributes(eval_set.retain)).mean()),
+        "collateral": float(np.mean(list(collateral.values()))) if collateral else float("nan"),
+        "collateral_per_value": collateral,
+        "fd": frechet_distance(classifier.features(retain_images), eval_set.reference_features),
+    }
+    return scores, {"forget": forget_images, "retain": retain_images}
+
+
+# --- the methods -------------------------------------------------------------------------------------------------
+
+
+def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, cache_dir, callbacks=()):
+    """(edited UNet, step records) for one method; ``components`` is never changed."""
+    from .backends.diffusers_sd import SamplerSettings, unlearn_sd
+    from .esd import ESDConfig, run_esd
+    from .prompts import build_prompt_sets
+    from .unlearner import UnlearnConfig
+
+    narrow = method == "RGD (narrow retain)"
+    train, _ = build_prompt_sets(concept, "shapes", config.train_pairs, 1, seed=config.seed, narrow=narrow)
+    if method == "ESD":
+        esd = ESDConfig(steps=config.steps, lr=config.lr, negative_guidance=config.esd_negative_guidance,
+                        start_guidance=config.guidance, ddim_steps=config.sample_steps, batch_size=config.batch_size,
+                        scope=config.scope, seed=config.seed)
+        return run_esd(components, train.forget_prompts, esd, callbacks=callbacks)
+    rule = "graddiff" if method == "GradDiff" else "rgd"
+    unlearn_config = UnlearnConfig(method=rule, steps=config.steps, retain_weight=config.retain_weight, lr=config.lr,
+                                   truncation=config.truncation, truncation_threshold=config.truncation_threshold,
+                                   seed=config.seed)
+    sampler = SamplerSettings(steps=config.sample_steps, guidance_scale=config.guidance, batch_size=64)
+    return unlearn_sd(components, train, config=unlearn_config, scope=config.scope, batch_size=config.batch_size,
+                      sampler=sampler, data_seed=config.seed, cache_dir=cache_dir, callbacks=callbacks)
+
+
+def run_shapes_bench(
+    config: ShapesBenchConfig,
+    out: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+    model_path: str | Path | None = None,
+    classifier_path: str | Path | None = None,
+) -> dict:
+    """Every concept x (original + methods): the table as a dict; with ``out``, a grid and loss curves per concept.
+    The committed shapes model and classifier unless paths are given."""
+    from .evaluate.shapes_classifier import load_classifier
+    from .progress import progress_bar
+    from .worlds import shapes_model
+
+    start = time.perf_counter()
+    components = shapes_model.load_model(*([model_path] if model_path else []))
+    classifier = load_classifier(*([classifier_path] if classifier_path else []))
+    rows, figures = [], {}
+    for concept in config.concepts:
+        eval_set = EvalSet.build(concept, config.test_prompts, config.seed, classifier)
+        samples, histories = {}, {}
+        scores, samples["original"] = score(components, None, eval_set, classifier, config)
+        rows.append({"concept": eval_set.value, "method": "original", **scores, "seconds": 0.0})
+        log(_row_text(rows[-1]))
+        for method in config.methods:
+            callbacks = [progress_bar(config.steps, f"{eval_set.value} {method}")] if progress else []
+            unet, records = unlearn(components, method, concept, config, cache_dir, callbacks)
+            scores, samples[method] = score(components, unet, eval_set, classifier, config)
+            rows.append({"concept": eval_set.value, "method": method, **scores,
+                         "seconds": float(sum(r["seconds"] for r in records))})
+            histories[method] = records
+            log(_row_text(rows[-1]))
+        if out is not None:
+            figures[eval_set.value] = _write_figures(Path(out), eval_set, samples, histories)
+    return {
+        "config": asdict(config),
+        "rows": rows,
+        "figures": figures,
+        "model": components.source,
+        "wall_seconds": time.perf_counter() - start,
+    }
+
+
+def _row_text(row: dict) -> str:
+    return (f"{row['concept']:9s} {row['method']:20s} erasure {row['erasure']:.3f}  in-prompt {row['in_prompt']:.3f}  "
+            f"retain {row['retain']:.3f}  collateral {row['collateral']:.3f}  FD {row['fd']:.2f}  "
+            f"{row['seconds']:.0f} s")
+
+
+def format_table(result: dict) -> str:
+    """The table as fixed-width text (what `rgd bench shapes` prints)."""
+    header = (f"{'concept':9s} {'method':20s} {'erasure':>8s} {'in-prompt':>9s} {'retain':>7s} {'collat.':>8s} "
+              f"{'FD':>7s} {'seconds':>8s}")
+    lines = [header, "-" * len(header)]
+    for row in result["rows"]:
+        lines.append(f"{row['concept']:9s} {row['method']:20s} {row['erasure']:8.3f} {row['in_prompt']:9.3f} "
+                     f"{row['retain']:7.3f} {row['collateral']:8.3f} {row['fd']:7.2f} {row['seconds']:8.0f}")
+    return "\n".join(lines)
+
+
+GRID_COLUMNS = 8
+
+
+def _write_figures(out: Path, eval_set: EvalSet, samples: dict, histories: dict) -> dict:
+    from .evaluate.plots import loss_curves, sample_grid
+
+    half = GRID_COLUMNS // 2
+    rows = {name: np.concatenate([images["forget"][:half], images["retain"][:half]])
+            for name, images in samples.items()}
+    titles = [_short(p) for p in eval_set.forget[:half] + eval_set.retain[:half]]
+    grid = sample_grid(rows, out / f"shapes_{eval_set.value}_grid.png", titles)
+    curves = loss_curves(histories, out / f"shapes_{eval_set.value}_losses.png")
+    return {"grid": str(grid), "losses": str(curves)}
+
+
+def _short(prompt: str, width: int = 18) -> str:
+    """Column titles wrapped to two short lines."""
+    words, lines, line = prompt.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    return "\n".join(lines[:3])
