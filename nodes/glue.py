@@ -1,0 +1,419 @@
+"""Everything that touches ComfyUI's internals, in one place: a ComfyUI release that moves things breaks here only.
+
+The maths (losses, weight edits, kohya naming of an edit) is in ``rgd_core.backends.denoiser``; this module only
+asks ComfyUI for what that code needs: text conditioning from a CLIP, latents sampled by the loaded model, the
+model's denoiser, its noise schedule and parameterisation, weight wrappers, patches and the checkpoint writer.
+ComfyUI modules are imported inside the functions, so the node pack imports (and its schemas can be tested)
+without ComfyUI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from rgd_core.backends.denoiser import (
+    EditSet,
+    alphas_cumprod_from_sigmas,
+    check_prediction_type,
+    kohya_tensors,
+    make_edit,
+    paired_losses,
+    predict_from_denoiser,
+)
+from rgd_core.backends.diffusers_sd import PairedData, prompt_seed
+from rgd_core.errors import RGDInputError, UnlearningCancelled
+from rgd_core.unlearner import Unlearner, UnlearnConfig
+
+UNET_PREFIX = "diffusion_model."
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How the loaded model makes its own forget/retain data (ComfyUI's sampler and scheduler names)."""
+
+    steps: int = 30
+    cfg: float = 7.5
+    sampler_name: str = "euler"
+    scheduler: str = "normal"
+    width: int = 512
+    height: int = 512
+    batch_size: int = 4
+
+
+class RGDEdit(dict):
+    """A LORA_MODEL (kohya-named tensors; ComfyUI's LoraModelLoader and this pack's Save take it) that also carries
+    the run's safetensors metadata for the Save node."""
+
+    def __init__(self, tensors, metadata=None):
+        super().__init__(tensors)
+        self.metadata = dict(metadata or {})
+
+
+# --- what the model is -----------------------------------------------------------------------------------------
+
+
+def prediction_type(model) -> str:
+    """'epsilon' or 'v_prediction' from ComfyUI's model type; other parameterisations are refused."""
+    import comfy.model_base
+
+    kind = model.model.model_type
+    names = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v_prediction"}
+    if kind not in names:
+        raise RGDInputError(
+            f"this model predicts {kind.name}; RGD here trains epsilon- and v-prediction models (SD1.x, SD2.x, SDXL)."
+        )
+    return check_prediction_type(names[kind])
+
+
+def alphas_cumprod(model) -> Tensor:
+    sigmas = model.get_model_object("model_sampling").sigmas
+    return alphas_cumprod_from_sigmas(sigmas.detach().cpu())
+
+
+# --- data: text conditioning and the model's own samples ---------------------------------------------------------
+
+
+def encode(clip, prompts: Sequence[str]) -> list[list]:
+    """One CONDITIONING entry [tensor, extras] per prompt, as CLIPTextEncode makes it."""
+    out = []
+    for prompt in prompts:
+        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+        out.append(conditioning[0])
+    return out
+
+
+def _stack(entries: list[list]) -> list[list]:
+    """One CONDITIONING entry holding a batch of prompts (same token length), pooled outputs stacked alike."""
+    tensor = torch.cat([entry[0] for entry in entries])
+    extras = dict(entries[0][1])
+    if extras.get("pooled_output") is not None:
+        extras["pooled_output"] = torch.cat([entry[1]["pooled_output"] for entry in entries])
+    return [[tensor, extras]]
+
+
+def _groups(entries: list[list], batch_size: int) -> list[range]:
+    """Runs of consecutive prompts with the same conditioning shape, at most ``batch_size`` long."""
+    groups, start = [], 0
+    for i in range(1, len(entries) + 1):
+        if i == len(entries) or i - start == batch_size or entries[i][0].shape != entries[start][0].shape:
+            groups.append(range(start, i))
+            start = i
+    return groups
+
+
+def latent_shape(model, settings: SamplerSettings) -> tuple[int, int, int]:
+    if settings.width % 8 or settings.height % 8:
+        raise RGDInputError(f"width and height must be multiples of 8, got {settings.width}x{settings.height}.")
+    channels = model.model.latent_format.latent_channels
+    return channels, settings.height // 8, settings.width // 8
+
+
+def sample_latents(model, entries: list[list], negative: list, seed: int, settings: SamplerSettings,
+                   on_prompt: Callable[[], None] = lambda: None) -> Tensor:
+    """x0 latents (as the model sees them) that the model itself samples for each prompt, with CFG against
+    ``negative`` (the empty prompt's entry). Prompt i starts from noise seeded by ``prompt_seed(seed, i)`` (as the
+    headless backend), so any subset or batching gives the same latents."""
+    import comfy.sample
+
+    shape = latent_shape(model, settings)
+    out = []
+    for group in _groups(entries, settings.batch_size):
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(prompt_seed(seed, i)))
+                             for i in group])
+        empty = torch.zeros_like(noise)
+        samples = comfy.sample.sample(
+            model, noise, settings.steps, settings.cfg, settings.sampler_name, settings.scheduler,
+            _stack([entries[i] for i in group]), [negative], empty, seed=seed, disable_pbar=True,
+        )
+        out.append(model.model.process_latent_in(samples.float().cpu()))
+        for _ in group:
+            on_prompt()
+    return torch.cat(out)
+
+
+def preview_image(model, vae, entries: list[list], negative: list, seed: int, settings: SamplerSettings):
+    """One image per entry from ``model`` as it is now (edit included), all from the same starting noise, side by
+    side in one PIL image: the forget prompt's and the retain prompt's sample during training."""
+    from PIL import Image
+
+    with torch.no_grad():
+        latents = torch.cat([sample_latents(model, [entry], negative, seed, settings) for entry in entries])
+        images = vae.decode(model.model.process_latent_out(latents))
+    images = images.reshape(-1, *images.shape[-3:])  # video VAEs add a frame axis
+    row = torch.cat(list(images), dim=1).clamp(0, 1).mul(255).round().byte().cpu().numpy()
+    return Image.fromarray(row)
+
+
+def model_conds(model, entries: list[list], shape: tuple[int, int, int]) -> dict[str, Tensor]:
+    """The denoiser's keyword inputs (c_crossattn, SDXL's y, ...) for each prompt, stacked on the batch axis, as
+    ComfyUI's samplers build them (``extra_conds``), so any model family ComfyUI loads is conditioned right."""
+    per_prompt = []
+    noise = torch.zeros(1, *shape)
+    for tensor, extras in entries:
+        params = dict(extras)
+        params.update(cross_attn=tensor, device=torch.device("cpu"), noise=noise, prompt_type="positive")
+        params.setdefault("width", shape[2] * 8)
+        params.setdefault("height", shape[1] * 8)
+        conds = model.model.extra_conds(**params)
+        per_prompt.append({key: cond.process_cond(batch_size=1, device=noise.device, area=None)
+                           for key, cond in conds.items()})
+    stacked = {}
+    for key in per_prompt[0]:
+        # CONDCrossAttn.concat repeats shorter token runs to a common length, as ComfyUI does when batching
+        stacked[key] = per_prompt[0][key].concat([conds[key] for conds in per_prompt[1:]]).float().cpu()
+    return stacked
+
+
+def build_data(model, clip, forget: Sequence[str], retain: Sequence[str], seed: int, settings: SamplerSettings,
+               on_prompt: Callable[[], None] = lambda: None) -> PairedData:
+    """D_f and D_r made by the loaded model, with their conditioning, as ordinary (non-inference) CPU tensors."""
+    shape = latent_shape(model, settings)
+    negative = encode(clip, [""])[0]
+    sides = []
+    for prompts in (forget, retain):
+        entries = encode(clip, prompts)
+        with torch.no_grad():
+            latents = sample_latents(model, entries, negative, seed, settings, on_prompt)
+        sides.append((latents, model_conds(model, entries, shape)))
+    with torch.inference_mode(False):
+        # ComfyUI runs a prompt under inference_mode; autograd cannot save inference tensors for backward
+        (fl, fc), (rl, rc) = [(latents.clone(), {k: v.clone() for k, v in cond.items()}) for latents, cond in sides]
+    return PairedData(fl, rl, fc, rc)
+
+
+# --- training on the loaded model -----------------------------------------------------------------------------
+
+
+def _copy_through(weight: Tensor) -> Tensor:
+    # A weight function makes ComfyUI hand the layer a fresh copy of its weight. The loader's weights are inference
+    # tensors, which autograd cannot save for backward; a copy made outside inference mode can be.
+    return weight
+
+
+def editable_shapes(model) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape for every weight and bias ComfyUI can wrap (layers of comfy.ops)."""
+    shapes = {}
+    for name, module in model.model.named_modules():
+        if not name.startswith(UNET_PREFIX) or not hasattr(module, "weight_function"):
+            continue
+        for kind in ("weight", "bias"):
+            tensor = getattr(module, kind, None)
+            if isinstance(tensor, Tensor):
+                shapes[f"{name}.{kind}"] = tuple(tensor.shape)
+    return shapes
+
+
+def kohya_names(model) -> dict[str, str]:
+    """Module path (``diffusion_model.<ldm path>``) -> kohya name, taken from ComfyUI's own LoRA key map so that
+    what this pack writes is what ComfyUI's LoraLoader reads. The diffusers-layout ``lora_unet_`` name (what A1111
+    and Forge read) is preferred; modules without one keep ComfyUI's ldm-layout name."""
+    import comfy.lora
+
+    names: dict[str, str] = {}
+    for lora_key, weight_key in comfy.lora.model_lora_keys_unet(model.model, {}).items():
+        if not lora_key.startswith("lora_unet_") or not weight_key.endswith(".weight"):
+            continue
+        module = weight_key[: -len(".weight")]
+        ldm_name = "lora_unet_" + module[len(UNET_PREFIX):].replace(".", "_")
+        if module not in names or names[module] == ldm_name:
+            names[module] = lora_key
+    return names
+
+
+def _release(patcher) -> None:
+    """Take ``patcher`` out of ComfyUI's loaded-model list and restore the weights it patched."""
+    import comfy.model_management as mm
+
+    for index in reversed(range(len(mm.current_loaded_models))):
+        if mm.current_loaded_models[index].model is patcher:
+            mm.current_loaded_models.pop(index).model_unload()
+
+
+@contextlib.contextmanager
+def wrapped(model, edit: EditSet):
+    """A clone of ``model`` whose layers apply ``edit`` (and copy every other weight) while loaded; on the way
+    out, the wrappers are taken off the shared module and the clone is unloaded, whatever happened."""
+    import comfy.model_management
+
+    patcher = model.clone()
+    ours = {id(_copy_through)}
+    edited = set()
+    for name, delta in edit.items():
+        patcher.add_weight_wrapper(name, delta)
+        ours.add(id(delta))
+        edited.add(name)
+    for name in editable_shapes(model):
+        if name not in edited:  # biases too: layer_norm saves its bias for backward
+            patcher.add_weight_wrapper(name, _copy_through)
+    try:
+        comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+        yield patcher
+    finally:
+        for module in patcher.model.modules():
+            for kind in ("weight_function", "bias_function"):
+                functions = getattr(module, kind, None)
+                if functions:
+                    setattr(module, kind, [f for f in functions if id(f) not in ours])
+        _release(patcher)
+
+
+def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: UnlearnConfig, scope: str,
+            batch_size: int, lora_rank: int, settings: SamplerSettings, on_prompt=lambda: None,
+            on_step=lambda record: None, should_stop=None, vae=None, preview_every: int = 0,
+            on_preview=lambda step, image: None):
+    """RGD on ComfyUI's MODEL: sample the data with the model, train an edit beside its weights, and return
+    (edit, records). The MODEL passed in is never written: the edit lives in weight wrappers of a clone.
+
+    With a ``vae`` and ``preview_every`` N > 0, every N steps (and after the last) the model as trained so far
+    samples the first forget and retain prompts from one fixed noise, and ``on_preview(step, PIL image)`` gets them.
+    """
+    import comfy.model_management
+
+    kind = prediction_type(model)
+    schedule = alphas_cumprod(model)
+    with torch.inference_mode(False):
+        data = build_data(model, clip, forget, retain, config.seed, settings, on_prompt)
+        device = model.load_device
+        edit = make_edit(editable_shapes(model), scope, rank=lora_rank, seed=config.seed, device=device)
+        callbacks = [on_step]
+        with wrapped(model, edit) as patcher:
+            if vae is not None and preview_every > 0:
+                shown = encode(clip, [forget[0], retain[0]])
+                negative = encode(clip, [""])[0]
+                one = SamplerSettings(**{**settings.__dict__, "batch_size": 1})
+
+                def preview(record):
+                    step = record["step"] + 1
+                    if step % preview_every == 0 or step == config.steps:
+                        on_preview(step, preview_image(patcher, vae, shown, negative, config.seed, one))
+
+                callbacks.append(preview)
+
+            def denoise(x, sigma, cond):
+                return patcher.model.apply_model(x, sigma.to(x.device), **{k: v.to(x.device) for k, v in cond.items()})
+
+            predict = predict_from_denoiser(denoise, schedule, kind)
+            forget_loss, retain_loss = paired_losses(predict, data, schedule, kind, batch_size, device=device)
+            trainer = Unlearner(edit, forget_loss, retain_loss, config, in_place=True)
+            stop = should_stop or comfy.model_management.processing_interrupted
+            try:
+                records = trainer.run(callbacks=callbacks, should_stop=stop).records
+            except UnlearningCancelled:
+                comfy.model_management.throw_exception_if_processing_interrupted()
+                raise
+    return edit, records
+
+
+def edit_to_lora(model, edit: EditSet, metadata: dict) -> RGDEdit:
+    return RGDEdit(kohya_tensors(edit, kohya_names(model)), metadata)
+
+
+def apply_lora(model, lora: dict):
+    """``model`` with the LoRA/diff patches added, through the same call LoraLoader makes."""
+    import comfy.sd
+
+    patched, _ = comfy.sd.load_lora_for_models(model, None, dict(lora), 1.0, 0)
+    return patched
+
+
+# --- files ---------------------------------------------------------------------------------------------------
+
+
+def check_prefix(prefix: str) -> str:
+    """A save prefix may name sub-folders of the output folder, nothing outside it."""
+    text = str(prefix).strip()
+    parts = text.replace("\\", "/").split("/")
+    if not text or os.path.isabs(text) or ":" in text or "\0" in text or ".." in parts or "" in parts[:-1] \
+            or not parts[-1] or parts[-1] == ".":
+        raise RGDInputError(
+            f"filename prefix {prefix!r} must be a relative name inside the output folder "
+            "(no '..', ':' or leading '/')."
+        )
+    return text
+
+
+DESTINATIONS = ("models", "output")
+
+
+def output_path(prefix: str, suffix: str = "", kind: str = "checkpoints", destination: str = "output") -> str:
+    """``<folder>/<prefix><suffix>_<counter>_.safetensors`` with ComfyUI's counter (and its own escape check).
+    ``destination`` "models" is the first folder ComfyUI lists for ``kind`` (checkpoints, loras), so the file shows
+    up in the loaders at once; "output" is ComfyUI's output folder, where CheckpointSave writes."""
+    import folder_paths
+
+    if destination not in DESTINATIONS:
+        raise RGDInputError(f"destination must be one of {', '.join(DESTINATIONS)}, not {destination!r}.")
+    if destination == "models":
+        root = os.path.abspath(folder_paths.get_folder_paths(kind)[0])
+    else:
+        root = folder_paths.get_output_directory()
+    folder, name, counter, _, _ = folder_paths.get_save_image_path(check_prefix(prefix) + suffix, root)
+    return os.path.join(folder, f"{name}_{counter:05}_.safetensors")
+
+
+def _atomic(path: str, write: Callable[[str], None]) -> str:
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def checkpoint_metadata(model, extra: dict) -> tuple[dict, dict]:
+    """(metadata, extra tensors) as ComfyUI's CheckpointSave writes them, plus this pack's keys."""
+    import comfy.model_base
+
+    metadata, extra_keys = {}, {}
+    sampling = model.get_model_object("model_sampling")
+    if model.model.model_type == comfy.model_base.ModelType.EPS:
+        metadata["modelspec.predict_key"] = "epsilon"
+    elif model.model.model_type == comfy.model_base.ModelType.V_PREDICTION:
+        metadata["modelspec.predict_key"] = "v"
+        extra_keys["v_pred"] = torch.tensor([])
+        if getattr(sampling, "zsnr", False):
+            extra_keys["ztsnr"] = torch.tensor([])
+    metadata.update({str(k): str(v) for k, v in extra.items()})
+    return metadata, extra_keys
+
+
+def save_checkpoint(model, clip, vae, path: str, metadata: dict) -> str:
+    """A single-file checkpoint with the MODEL's patches baked in, written by ComfyUI's own saver, atomically."""
+    import comfy.sd
+
+    header, extra_keys = checkpoint_metadata(model, metadata)
+    return _atomic(path, lambda tmp: comfy.sd.save_checkpoint(tmp, model, clip, vae, None, metadata=header,
+                                                             extra_keys=extra_keys))
+
+
+def save_lora(lora: dict, path: str, metadata: dict, dtype: torch.dtype) -> str:
+    from rgd_core.io import save_safetensors_atomic
+
+    tensors = {key: value.to(dtype) if value.is_floating_point() else value for key, value in lora.items()}
+    header = {str(k): str(v) for k, v in metadata.items()}
+    save_safetensors_atomic(tensors, path, header)
+    return path
+
+
+def file_sha256(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def to_json(value) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)

@@ -1,0 +1,109 @@
+"""RGD Save: the cleaned single-file checkpoint (edit baked in by ComfyUI's own saver) and the edit as a kohya file.
+
+Files go to models/checkpoints and models/loras (or ComfyUI's output folder) as ``<prefix>_<counter>_.safetensors``
+and ``<prefix>_lora_<counter>_.safetensors``; a prefix may name sub-folders but never leave those folders. Each
+file is written to a temporary name and renamed into place, so a failure leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from comfy_api.latest import io, ui
+
+from rgd_core.errors import RGDInputError
+
+from .common import CATEGORY, CheckpointInfo, first_error
+
+LORA_DTYPES = ("fp16", "fp32", "bf16")
+
+
+def check_save(filename_prefix: str, save_checkpoint: bool, save_lora: bool) -> None:
+    from .glue import check_prefix
+
+    check_prefix(filename_prefix)
+    if not (save_checkpoint or save_lora):
+        raise RGDInputError("nothing to save: turn on save_checkpoint or save_lora.")
+
+
+def rgd_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("rgd")
+    except metadata.PackageNotFoundError:  # the pack copied into custom_nodes without installing it
+        return "unknown"
+
+
+def file_metadata(edit_metadata: dict, checkpoint_info: dict | None, prompt=None, extra_pnginfo=None) -> dict:
+    """The run's metadata, the base checkpoint's name and hash, and (as CheckpointSave does) the workflow."""
+    metadata = dict(edit_metadata)
+    metadata["rgd_version"] = rgd_version()
+    if checkpoint_info:
+        metadata["base_name"] = checkpoint_info.get("name", "")
+        metadata["base_sha256"] = checkpoint_info.get("sha256", "")
+    if prompt is not None:
+        metadata["prompt"] = json.dumps(prompt)
+    for key, value in (extra_pnginfo or {}).items():
+        metadata[key] = json.dumps(value)
+    return metadata
+
+
+class RGDSave(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="RGDSave",
+            display_name="RGD Save",
+            category=CATEGORY,
+            description="Saves the unlearned model as one checkpoint file (ComfyUI, A1111 and Forge load it) and the "
+                        "edit as a kohya-format LoRA / difference file, with the run's settings in the metadata.",
+            inputs=[
+                io.Model.Input("model", tooltip="the MODEL from RGD Unlearn (its edit is baked in)"),
+                io.Clip.Input("clip"),
+                io.Vae.Input("vae"),
+                io.String.Input("filename_prefix", default="rgd/unlearned"),
+                io.Boolean.Input("save_checkpoint", default=True),
+                io.Boolean.Input("save_lora", default=True),
+                io.Combo.Input("lora_dtype", options=list(LORA_DTYPES), default="fp16"),
+                io.Combo.Input("destination", options=["models", "output"], default="models",
+                               tooltip="models: models/checkpoints and models/loras, so the loaders list the files "
+                                       "at once; output: ComfyUI's output folder"),
+                io.LoraModel.Input("edit", optional=True, tooltip="the edit from RGD Unlearn, for the LoRA file"),
+                CheckpointInfo.Input("checkpoint_info", optional=True),
+            ],
+            outputs=[io.String.Output(display_name="checkpoint_path"), io.String.Output(display_name="lora_path")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, filename_prefix=None, save_checkpoint=None, save_lora=None):
+        if None in (filename_prefix, save_checkpoint, save_lora):
+            return True
+        return first_error(lambda: check_save(filename_prefix, save_checkpoint, save_lora))
+
+    @classmethod
+    def execute(cls, model, clip, vae, filename_prefix, save_checkpoint, save_lora, lora_dtype, destination="models",
+                edit=None, checkpoint_info=None) -> io.NodeOutput:
+        import torch
+
+        from . import glue
+
+        check_save(filename_prefix, save_checkpoint, save_lora)
+        if save_lora and edit is None:
+            raise RGDInputError("save_lora is on but no edit is connected; link RGD Unlearn's edit output.")
+        hidden = cls.hidden
+        metadata = file_metadata(getattr(edit, "metadata", {}), checkpoint_info,
+                                 hidden.prompt if hidden else None, hidden.extra_pnginfo if hidden else None)
+        checkpoint_path = lora_path = ""
+        if save_lora:
+            dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[lora_dtype]
+            path = glue.output_path(filename_prefix, "_lora", "loras", destination)
+            lora_path = glue.save_lora(edit, path, metadata, dtype)
+        if save_checkpoint:
+            path = glue.output_path(filename_prefix, "", "checkpoints", destination)
+            checkpoint_path = glue.save_checkpoint(model, clip, vae, path, metadata)
+        saved = [os.path.basename(p) for p in (checkpoint_path, lora_path) if p]
+        return io.NodeOutput(checkpoint_path, lora_path, ui=ui.PreviewText("saved: " + ", ".join(saved)))

@@ -1,0 +1,193 @@
+"""RGD Unlearn: concept unlearning on the MODEL ComfyUI loaded, inside the graph.
+
+The model samples its own forget/retain latents, then RGD (or GradDiff) trains an edit beside its weights (LoRA on
+the attention projections, or full-rank deltas on a scope). Out come the edited MODEL (ready for KSampler, with
+the edit as ordinary LoRA patches, so CheckpointSave bakes it), the edit as a LORA_MODEL and the loss history.
+The MODEL that came in is never written: cancel, errors and other branches of the graph all see it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict
+
+from comfy_api.latest import io
+
+from rgd_core.backends.denoiser import EDIT_SCOPES
+from rgd_core.errors import RGDInputError
+from rgd_core.unlearner import UnlearnConfig, summarize
+
+from .common import CATEGORY, PromptSetType, first_error
+
+METHODS = ("rgd", "graddiff", "rgd-adam")
+
+
+def unlearn_config(method: str, steps: int, retain_weight: float, truncation_m: float, lr: float,
+                   seed: int) -> UnlearnConfig:
+    """The node's widgets as rgd_core's config: Adam, and the paper's skip-ascent truncation at m (0 turns it off)."""
+    if truncation_m < 0:
+        raise RGDInputError(f"truncation m must be >= 0 (0 = no truncation), not {truncation_m}.")
+    truncation = ("skip", truncation_m) if truncation_m > 0 else ("none", math.inf)
+    return UnlearnConfig(method=method, steps=steps, retain_weight=retain_weight, lr=lr, optimizer="adam",
+                         truncation=truncation[0], truncation_threshold=truncation[1], seed=seed)
+
+
+def check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank, pairs,
+                   width, height) -> UnlearnConfig:
+    if scope not in EDIT_SCOPES:
+        raise RGDInputError(f"scope must be one of {', '.join(EDIT_SCOPES)}, not {scope!r}.")
+    if steps < 1 or batch_size < 1 or lora_rank < 1 or pairs < 0:
+        raise RGDInputError("steps, batch size and LoRA rank must be at least 1, pairs at least 0 (0 = all).")
+    if width % 8 or height % 8:
+        raise RGDInputError(f"width and height must be multiples of 8, got {width}x{height}.")
+    return unlearn_config(method, steps, retain_weight, truncation_m, lr, seed)
+
+
+def progress_text(record: dict, steps: int, conflicts: int) -> str:
+    return (f"step {record['step'] + 1}/{steps}  forget {record['forget_loss']:.4f}  retain {record['retain_loss']:.4f}"
+            f"  cos {record['cosine']:+.3f}  conflict rate {conflicts / (record['step'] + 1):.2f}"
+            f"  {record['seconds']:.1f} s")
+
+
+class RGDUnlearn(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        import comfy.samplers
+
+        return io.Schema(
+            node_id="RGDUnlearn",
+            display_name="RGD Unlearn",
+            category=CATEGORY,
+            description="Removes the prompt set's concept from the model with RGD (restricted gradient, diverse "
+                        "retain set). The model first samples its own forget/retain latents with the sampler "
+                        "settings below, then trains. The input MODEL is never changed.",
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                PromptSetType.Input("prompt_set"),
+                io.Combo.Input("method", options=list(METHODS), default="rgd",
+                               tooltip="rgd: restricted gradient (the paper); graddiff: the baseline; rgd-adam: "
+                                       "the projection in Adam's metric (an extension)"),
+                io.Combo.Input("scope", options=list(EDIT_SCOPES), default="lora",
+                               tooltip="lora: LoRA on the attention projections; cross-attn / non-cross-attn / "
+                                       "full: full-rank deltas on those weights (full = the paper)"),
+                io.Int.Input("steps", default=100, min=1, max=100000),
+                io.Float.Input("retain_weight", default=1.6, min=0.0, max=1000.0, step=0.1,
+                               tooltip="lambda, the weight of the retain loss (paper: 1.6)"),
+                io.Float.Input("truncation_m", default=1.1, min=0.0, max=1000.0, step=0.01,
+                               tooltip="skip the forget ascent on steps whose forget loss exceeds m (paper: 1.1); "
+                                       "0 = never skip"),
+                io.Float.Input("lr", default=1e-4, min=1e-8, max=1.0, step=1e-6, round=False,
+                               tooltip="Adam learning rate (paper: 1e-5 with scope full)"),
+                io.Int.Input("batch_size", default=8, min=1, max=256,
+                             tooltip="forget pairs per step, each with its retain twin"),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=False),
+                io.Int.Input("lora_rank", default=4, min=1, max=256),
+                io.Int.Input("pairs", default=0, min=0, max=100000,
+                             tooltip="use only the first N prompt pairs (0 = all); each pair is sampled twice"),
+                io.Int.Input("sample_steps", default=30, min=1, max=1000),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1),
+                io.Combo.Input("sampler_name", options=list(comfy.samplers.KSampler.SAMPLERS), default="euler"),
+                io.Combo.Input("scheduler", options=list(comfy.samplers.KSampler.SCHEDULERS), default="normal"),
+                io.Int.Input("width", default=512, min=8, max=8192, step=8),
+                io.Int.Input("height", default=512, min=8, max=8192, step=8),
+                io.Int.Input("preview_every", default=25, min=0, max=100000,
+                             tooltip="with a VAE connected: every N steps, a sample of the first forget and retain "
+                                     "prompt (same noise) as the node's preview; 0 = none"),
+                io.Vae.Input("vae", optional=True, tooltip="only for the previews"),
+            ],
+            outputs=[
+                io.Model.Output(display_name="MODEL"),
+                io.LoraModel.Output(display_name="edit"),
+                io.LossMap.Output(display_name="loss_history"),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, method=None, scope=None, steps=None, retain_weight=None, truncation_m=None, lr=None,
+                        seed=None, batch_size=None, lora_rank=None, pairs=None, width=None, height=None):
+        values = (method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank, pairs, width,
+                  height)
+        if None in values:
+            return True  # linked from another node: checked when it runs
+        return first_error(lambda: check_settings(*values))
+
+    @classmethod
+    def execute(cls, model, clip, prompt_set, method, scope, steps, retain_weight, truncation_m, lr, batch_size,
+                seed, lora_rank, pairs, sample_steps, cfg, sampler_name, scheduler, width, height, preview_every=0,
+                vae=None) -> io.NodeOutput:
+        from . import glue
+
+        config = check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank,
+                                pairs, width, height)
+        chosen = prompt_set.pairs[:pairs] if pairs else prompt_set.pairs
+        forget, retain = [f for f, _ in chosen], [r for _, r in chosen]
+        settings = glue.SamplerSettings(sample_steps, cfg, sampler_name, scheduler, width, height,
+                                        batch_size=min(batch_size, 8))
+        report = Report(cls.hidden.unique_id if cls.hidden else None, steps, 2 * len(chosen))
+        edit, records = glue.unlearn(model, clip, forget, retain, config, scope, batch_size, lora_rank, settings,
+                                     on_prompt=report.prompt_done, on_step=report.step_done, vae=vae,
+                                     preview_every=preview_every, on_preview=report.preview)
+        metadata = {
+            "rgd_method": config.method, "rgd_concept": prompt_set.concept, "rgd_prompt_preset": prompt_set.preset,
+            "rgd_prompt_digest": prompt_set.digest(), "rgd_scope": scope, "rgd_steps": config.steps,
+            "rgd_lr": config.lr, "rgd_retain_weight": config.retain_weight, "rgd_truncation": config.truncation,
+            "rgd_truncation_threshold": config.truncation_threshold, "rgd_batch_size": batch_size,
+            "rgd_seed": config.seed, "rgd_train_prompts": len(chosen), "rgd_lora_rank": lora_rank,
+            "rgd_config": json.dumps(asdict(config)), "rgd_sampler": json.dumps(asdict(settings)),
+            "rgd_forget_prompts": json.dumps(forget, ensure_ascii=False),
+            "rgd_retain_prompts": json.dumps(retain, ensure_ascii=False),
+            "rgd_summary": json.dumps(summarize(records)), "rgd_backend": "comfyui",
+        }
+        lora = glue.edit_to_lora(model, edit, metadata)
+        edited = glue.apply_lora(model, lora)
+        history = {
+            "loss": [r["forget_loss"] for r in records],
+            "forget_loss": [r["forget_loss"] for r in records],
+            "retain_loss": [r["retain_loss"] for r in records],
+            "cosine": [r["cosine"] for r in records],
+            "conflict": [bool(r["conflict"]) for r in records],
+            "records": records,
+        }
+        return io.NodeOutput(edited, lora, history)
+
+
+class Report:
+    """The node's progress in ComfyUI: one bar for sampling then training, loss text on the node, and an
+    ``rgd.loss`` message per step for the web/ chart. Every bar update is also ComfyUI's cancel point."""
+
+    def __init__(self, node_id, steps: int, samples: int) -> None:
+        import comfy.utils
+
+        self.node_id, self.steps, self.samples = node_id, steps, samples
+        self.bar = comfy.utils.ProgressBar(samples + steps, node_id=node_id)
+        self.conflicts = 0
+        try:
+            from server import PromptServer
+
+            self.server = PromptServer.instance
+        except (ImportError, AttributeError):  # headless use of the node classes
+            self.server = None
+
+    def prompt_done(self) -> None:
+        self.bar.update(1)
+
+    def preview(self, step: int, image) -> None:
+        self.bar.update_absolute(self.bar.current, preview=("JPEG", image, 512))
+
+    def step_done(self, record: dict) -> None:
+        self.conflicts += bool(record["conflict"])
+        text = progress_text(record, self.steps, self.conflicts)
+        logging.info("RGD %s", text)
+        if self.server is not None and self.node_id is not None:
+            self.server.send_progress_text(text, self.node_id)
+            self.server.send_sync("rgd.loss", {
+                "node": self.node_id, "step": record["step"], "steps": self.steps,
+                "forget_loss": record["forget_loss"], "retain_loss": record["retain_loss"],
+                "conflict_rate": self.conflicts / (record["step"] + 1),
+            })
+        self.bar.update(1)
+

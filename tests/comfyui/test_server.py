@@ -1,0 +1,231 @@
+"""The node pack inside a real ComfyUI (see conftest.py): the example workflows through /prompt, on the CPU.
+
+The tests share one server and run in file order: the unlearn-and-save run makes the files that the later tests
+load. Settings are cut to a few steps at 64x64 so the whole file takes minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from rgd_core.prompts import build_prompt_sets
+
+NODE_IDS = ("RGDCheckpointLoader", "RGDPromptSet", "RGDUnlearn", "RGDSave", "RGDEvaluate")
+CHECKPOINT = "rgd_tiny_sd15.safetensors"
+UNET = "model.diffusion_model."
+ATTENTION_PROJECTIONS = (".to_q.weight", ".to_k.weight", ".to_v.weight", ".to_out.0.weight")
+
+
+def fast(workflow: dict, seed: int = 0, steps: int = 2, prefix: str = "rgd/test") -> dict:
+    """The example workflow with test-sized settings: 2 prompt pairs, 2 sampler steps at 64x64, a few RGD steps."""
+    for node in workflow.values():
+        inputs = node["inputs"]
+        if node["class_type"] in ("RGDCheckpointLoader", "CheckpointLoaderSimple"):
+            inputs["ckpt_name"] = CHECKPOINT
+        if node["class_type"] == "RGDPromptSet":
+            inputs.update(train_count=2, test_count=1)
+        if node["class_type"] == "RGDUnlearn":
+            inputs.update(steps=steps, seed=seed, pairs=2, batch_size=2, sample_steps=2, width=64, height=64,
+                          lr=0.01)
+        if node["class_type"] == "RGDSave":
+            inputs.update(filename_prefix=prefix, lora_dtype="fp32")
+        if node["class_type"] == "KSampler":
+            inputs.update(steps=2)
+        if node["class_type"] == "EmptyLatentImage":
+            inputs.update(width=64, height=64)
+        if node["class_type"] == "LoraLoader":
+            inputs.update(lora_name=f"{prefix}_lora_00001_.safetensors")
+        if node["class_type"] == "SaveImage":
+            inputs.update(filename_prefix="examples/" + inputs["filename_prefix"].replace("/", "_"))
+    return workflow
+
+
+def node_of(workflow: dict, class_type: str) -> str:
+    return next(key for key, node in workflow.items() if node["class_type"] == class_type)
+
+
+def files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def unlearned(server, example):
+    """The unlearn-and-save example, run once: (history entry, workflow, seconds)."""
+    workflow = fast(example("rgd_unlearn_and_save.json"))
+    start = time.monotonic()
+    entry = server.run(workflow)
+    return entry, workflow, time.monotonic() - start
+
+
+def test_the_pack_loads_and_its_nodes_are_in_object_info(server):
+    info = server.get("/object_info")
+    for node_id in NODE_IDS:
+        assert node_id in info, node_id
+        assert info[node_id]["category"] == "unlearning/RGD"
+    assert CHECKPOINT in json.dumps(info["RGDCheckpointLoader"]["input"])
+    assert "IMPORT FAILED" not in server.log.read_text()
+    unlearn = info["RGDUnlearn"]
+    assert unlearn["output"] == ["MODEL", "LORA_MODEL", "LOSS_MAP"]
+    assert "lora" in json.dumps(unlearn["input"]["required"]["scope"])
+
+
+def test_a_bad_setting_is_refused_before_anything_runs(server, example):
+    workflow = fast(example("rgd_unlearn_and_save.json"))
+    workflow[node_of(workflow, "RGDSave")]["inputs"]["filename_prefix"] = "../../escape"
+    with pytest.raises(AssertionError, match="filename prefix"):
+        server.queue(workflow)
+    workflow = fast(example("rgd_unlearn_and_save.json"))
+    workflow[node_of(workflow, "RGDUnlearn")]["inputs"]["width"] = 60
+    with pytest.raises(AssertionError, match="multiples of 8"):
+        server.queue(workflow)
+
+
+def test_unlearn_and_save_writes_a_checkpoint_with_only_the_lora_targets_changed(server, unlearned):
+    entry, workflow, seconds = unlearned
+    print(f"unlearn-and-save workflow: {seconds:.1f} s")
+    base = server.base
+    checkpoint = base / "models" / "checkpoints" / "rgd" / "test_00001_.safetensors"
+    lora = base / "models" / "loras" / "rgd" / "test_lora_00001_.safetensors"
+    assert checkpoint.is_file() and lora.is_file()
+    original = load_file(str(base / "models" / "checkpoints" / CHECKPOINT))
+    saved = load_file(str(checkpoint))
+    changed, unet_keys = [], [k for k in original if k.startswith(UNET)]
+    for key in unet_keys:
+        assert key in saved, key
+        if not torch.equal(saved[key].to(original[key].dtype), original[key]):
+            changed.append(key)
+    assert changed, "the edit changed nothing"
+    assert all(key.endswith(ATTENTION_PROJECTIONS) for key in changed), [k for k in changed
+                                                                          if not k.endswith(ATTENTION_PROJECTIONS)]
+    vae = [k for k in original if k.startswith("first_stage_model.")]
+    assert all(torch.equal(saved[k].to(original[k].dtype), original[k]) for k in vae)
+    with safe_open(str(checkpoint), "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["rgd_method"] == "rgd" and metadata["rgd_scope"] == "lora"
+    assert metadata["base_sha256"] == sha256(base / "models" / "checkpoints" / CHECKPOINT)
+    assert metadata["modelspec.predict_key"] == "epsilon"
+    train, _ = build_prompt_sets("nudity", preset="nudity", train_count=2, test_count=1, seed=0)
+    assert json.loads(metadata["rgd_forget_prompts"]) == train.forget_prompts  # the headless path's prompts
+
+    tensors = load_file(str(lora))
+    assert tensors and all(k.startswith("lora_unet_") for k in tensors)
+    assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in tensors)
+    with safe_open(str(lora), "pt") as handle:
+        assert handle.metadata()["rgd_method"] == "rgd"
+    history = entry["outputs"]
+    unlearn_node = node_of(workflow, "RGDSave")
+    assert "saved:" in history[unlearn_node]["text"][0]
+
+
+def test_an_unchanged_graph_requeued_is_cached_and_writes_nothing(server, unlearned):
+    _, workflow, _ = unlearned
+    before = files(server.base / "models")
+    start = time.monotonic()
+    entry = server.run(workflow)
+    seconds = time.monotonic() - start
+    cached = [data["nodes"] for event, data in entry["status"]["messages"] if event == "execution_cached"]
+    assert cached and node_of(workflow, "RGDUnlearn") in cached[0]
+    assert files(server.base / "models") == before
+    assert seconds < 10, seconds
+
+
+def test_saved_checkpoint_loads_in_comfyui_and_the_lora_reproduces_it(server, unlearned):
+    def sample(model_ref, clip_ref, prefix):
+        return {
+            f"{prefix}_pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": "a nude person"}},
+            f"{prefix}_neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": ""}},
+            f"{prefix}_latent": {"class_type": "EmptyLatentImage",
+                                 "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            f"{prefix}_k": {"class_type": "KSampler", "inputs": {
+                "model": model_ref, "positive": [f"{prefix}_pos", 0], "negative": [f"{prefix}_neg", 0],
+                "latent_image": [f"{prefix}_latent", 0], "seed": 7, "steps": 2, "cfg": 5.0, "sampler_name": "euler",
+                "scheduler": "normal", "denoise": 1.0}},
+            f"{prefix}_save": {"class_type": "SaveLatent", "inputs": {"samples": [f"{prefix}_k", 0],
+                                                                      "filename_prefix": f"cmp/{prefix}"}},
+        }
+
+    workflow = {
+        "saved": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "rgd/test_00001_.safetensors"}},
+        "orig": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "lora": {"class_type": "LoraLoader", "inputs": {"model": ["orig", 0], "clip": ["orig", 1],
+                                                        "strength_model": 1.0, "strength_clip": 1.0,
+                                                        "lora_name": "rgd/test_lora_00001_.safetensors"}},
+        **sample(["saved", 0], ["saved", 1], "saved"),
+        **sample(["lora", 0], ["lora", 1], "lora"),
+        **sample(["orig", 0], ["orig", 1], "orig"),
+    }
+    server.run(workflow)
+    assert "lora key not loaded" not in server.log.read_text()
+    out = server.base / "output" / "cmp"
+    latent = {name: load_file(str(out / f"{name}_00001_.latent"))["latent_tensor"]
+              for name in ("saved", "lora", "orig")}
+    assert torch.allclose(latent["saved"], latent["lora"], atol=1e-4, rtol=1e-4), \
+        (latent["saved"] - latent["lora"]).abs().max()
+    assert not torch.allclose(latent["saved"], latent["orig"], atol=1e-4, rtol=1e-4)
+
+
+def test_the_other_example_workflows_run(server, unlearned, example):
+    start = time.monotonic()
+    server.run(fast(example("rgd_before_after.json")))
+    images = server.base / "output" / "examples"
+    assert len([p for p in images.glob("rgd_before_after_*.png")]) == 4  # before/after x forget/retain
+    server.run(fast(example("rgd_lora_in_loraloader.json")))
+    assert list(images.glob("rgd_with_lora_*.png"))
+    print(f"before/after and LoRA examples: {time.monotonic() - start:.1f} s")
+
+
+def test_cancel_stops_within_a_step_and_leaves_the_loaded_model_unchanged(server, unlearned, example):
+    digest = {"loader": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+              "digest": {"class_type": "RGDTestModelDigest", "inputs": {"model": ["loader", 0]}}}
+    before = server.run(digest)["outputs"]["digest"]["text"]
+    assert before[1] == "0"
+
+    workflow = fast(example("rgd_unlearn_and_save.json"), seed=123, steps=500, prefix="rgd/cancelled")
+    workflow[node_of(workflow, "RGDUnlearn")]["inputs"]["model"] = ["loader", 0]  # the same cached MODEL
+    workflow["loader"] = digest["loader"]
+    prompt_id = server.queue(workflow)
+    deadline = time.monotonic() + 300
+    while "RGD step 2/500" not in server.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)  # the Unlearn node logs each training step
+    asked = time.monotonic()
+    server.post("/interrupt")
+    entry = server.wait(prompt_id, timeout=300)
+    stopped = time.monotonic() - asked
+    step_seconds = [float(line.rsplit("  ", 1)[1].split()[0]) for line in server.log.read_text().splitlines()
+                    if "RGD step" in line and "/500" in line]
+    print(f"stopped {stopped:.1f} s after /interrupt; steps took {step_seconds} s")
+    assert stopped < 2 * max(step_seconds) + 10  # the step under way finishes, no further one starts
+    assert entry["status"]["status_str"] == "error"
+    assert any(event == "execution_interrupted" for event, _ in entry["status"]["messages"])
+    after = server.run(digest)["outputs"]["digest"]["text"]
+    assert after == before
+    leftovers = [p for p in files(server.base / "models") | files(server.base / "output")
+                 if p.endswith(".tmp") or "cancelled" in p]
+    assert not leftovers, leftovers
+
+
+def test_saved_checkpoint_loads_back_in_diffusers(server, unlearned):
+    pytest.importorskip("diffusers")
+    from rgd_core.checkpoints.load import load_pipeline_components
+
+    base = server.base
+    parts = load_pipeline_components(base / "models" / "checkpoints" / "rgd" / "test_00001_.safetensors",
+                                     base / "models" / "checkpoints" / "rgd_tiny_sd15_config")
+    assert parts.family == "sd1"
+    original = load_pipeline_components(base / "models" / "checkpoints" / CHECKPOINT,
+                                        base / "models" / "checkpoints" / "rgd_tiny_sd15_config")
+    changed = [name for name, value in parts.unet.state_dict().items()
+               if not torch.equal(value.to(torch.float16), original.unet.state_dict()[name].to(torch.float16))]
+    assert changed and all(any(name.endswith(p) for p in ATTENTION_PROJECTIONS) for name in changed), changed
