@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 
 from .errors import RGDInputError
 
-PRESET_NAMES = ("nudity", "art-style", "object", "custom")
+PRESET_NAMES = ("nudity", "art-style", "object", "custom", "shapes")  # shapes: the offline benchmark world
 SPLITS = ("train", "test")
 CONCEPT_FIELD = "concept"
 
@@ -607,6 +607,10 @@ def build_prompt_sets(
     concept = " ".join(concept.split())
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise RGDInputError(f"seed must be a whole number, not {seed!r}.")
+    if preset == "shapes":
+        from .worlds.shapes_prompts import shape_prompt_sets
+
+        return shape_prompt_sets(concept, train_count, test_count, seed, narrow)
     if custom is not None and preset != "custom":
         raise RGDInputError(f"a custom template was given with preset={preset!r}; pass preset='custom'.")
     if preset == "custom" and custom is None:

@@ -39,11 +39,11 @@ class ShapesBenchConfig:
 
     concepts: tuple[str, ...] = ("striped", "triangle")
     methods: tuple[str, ...] = METHODS
-    steps: int = 100
+    steps: int = 40
     lr: float = 1e-4
     retain_weight: float = 1.0
-    truncation: str = "skip"
-    truncation_threshold: float = 0.3
+    truncation: str = "none"
+    truncation_threshold: float = float("inf")
     batch_size: int = 16
     scope: str = "full"
     train_pairs: int = 256

@@ -1,0 +1,209 @@
+"""The shapes world's text-to-image model, built as the same ``PipelineComponents`` as Stable Diffusion 1.x.
+
+What runs RGD on SD runs on this model unchanged (``encode_prompts``, ``sample_latents``, ``build_paired_data``,
+``paired_losses``, ``unlearn_sd`` in rgd_core/backends/diffusers_sd.py): family "sd1", a diffusers
+``UNet2DConditionModel`` with cross-attention on the text encoder's last hidden state, a transformers
+``CLIPTextModel`` (trained from scratch here, since no CLIP weights can be had offline) fed by the real CLIP BPE
+tokenizer, and a diffusers DDPM scheduler (v-prediction, as SD 2.x 768-v; the samplers build DDIM from its
+config).
+
+The model works in pixel space (see rgd_core/worlds/shapes.py for why), so the VAE slot holds ``PixelSpaceVAE``, an
+identity with a VAE's interface: one ``block_out_channels`` entry (scale factor 1), ``scaling_factor`` 1, and
+``encode``/``decode`` that hand the pixels through. The "latents" the backend samples are images in [-1, 1].
+
+Prompts are padded to ``MAX_TOKENS`` = 24 tokens instead of SD's 77: the longest caption the builder makes is 17
+tokens with BOS and EOS, and 24 leaves room for benchmark phrasings while keeping cross-attention cheap.
+
+Weights: ``rgd_core/weights/shapes_t2i.safetensors``, UNet and text encoder stored in float16 (the 49408 x 64
+token embedding alone is 12.6 MB in float32) and loaded as float32; train it anew with
+``python -m rgd_core.worlds.train_shapes``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import RGDInputError
+from ..io import save_safetensors_atomic
+from . import shapes
+
+MODEL_PATH = Path(__file__).resolve().parent.parent / "weights" / "shapes_t2i.safetensors"
+FORMAT = "rgd-shapes-t2i-1"
+MAX_TOKENS = 24
+FAMILY = "sd1"
+
+UNET_CONFIG = dict(
+    sample_size=shapes.IMAGE_SIZE,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(16, 32, 64),  # 16 at full size: those convolutions dominate the step time
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=64,
+    attention_head_dim=4,  # diffusers' legacy name: the number of heads
+    norm_num_groups=8,
+)
+TEXT_ENCODER_CONFIG = dict(
+    vocab_size=49408,  # the CLIP BPE vocabulary
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=MAX_TOKENS,
+    hidden_act="quick_gelu",  # SD1's CLIP activation
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=49407,
+)
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_schedule="squaredcos_cap_v2",
+    # v = sqrt(abar) eps - sqrt(1 - abar) x0: at high noise its loss is the error in x0, so the model is taught
+    # to get the image's layout and colours (what the caption decides) right where an epsilon loss hardly cares.
+    # With epsilon, 600 steps left the text unused at t > 700 (x0 error 0.75 with the right caption and with a
+    # shuffled one) while the loss was dominated by t < 300.
+    prediction_type="v_prediction",
+    # No x0 clipping, as in SD: DDIM clips its x0 estimate but not the noise estimate derived from the same
+    # output, and under CFG 4 the two disagree so much that black backgrounds came out white and white ones black.
+    clip_sample=False,
+)
+# DDIM settings at which the committed model is checked (train_shapes prints the accuracy at them).
+SAMPLE_STEPS = 25
+GUIDANCE_SCALE = 4.0
+
+
+class PixelSpaceVAE(nn.Module):
+    """The identity in a VAE's clothes, so pixel-space "latents" pass through code written for SD's VAE.
+
+    ``config.block_out_channels`` has one entry, so ``vae_scale_factor`` is 2**0 = 1; ``scaling_factor`` is 1. The
+    empty parameter gives ``next(vae.parameters())`` a device and dtype, which callers read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(block_out_channels=(3,), latent_channels=3, scaling_factor=1.0)
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.anchor.dtype
+
+    def encode(self, pixels: Tensor, return_dict: bool = True):
+        out = SimpleNamespace(latent_dist=SimpleNamespace(mean=pixels, mode=lambda: pixels, sample=lambda **_: pixels))
+        return out if return_dict else (out.latent_dist,)
+
+    def decode(self, latents: Tensor, return_dict: bool = True):
+        return SimpleNamespace(sample=latents) if return_dict else (latents,)
+
+
+def make_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**UNET_CONFIG)
+
+
+def make_text_encoder():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER_CONFIG))
+
+
+def make_tokenizer():
+    """The real CLIP BPE tokenizer (SD1 settings) padding to MAX_TOKENS."""
+    from ..checkpoints.configs import clip_tokenizer
+
+    tokenizer = clip_tokenizer(FAMILY)
+    tokenizer.model_max_length = MAX_TOKENS
+    return tokenizer
+
+
+def make_scheduler():
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**SCHEDULER_CONFIG)
+
+
+def make_components(unet=None, text_encoder=None, sha256: str | None = None, source: str = "") -> "PipelineComponents":
+    """PipelineComponents around ``unet`` and ``text_encoder`` (fresh random ones when None)."""
+    from ..checkpoints.load import PipelineComponents
+
+    return PipelineComponents(
+        family=FAMILY,
+        unet=unet if unet is not None else make_unet(),
+        vae=PixelSpaceVAE(),
+        text_encoder=text_encoder if text_encoder is not None else make_text_encoder(),
+        tokenizer=make_tokenizer(),
+        scheduler=make_scheduler(),
+        sha256=sha256,
+        source=source,
+    )
+
+
+def tokenize(tokenizer, prompts: Sequence[str]) -> Tensor:
+    """Token ids padded to MAX_TOKENS, exactly as diffusers_sd.encode_prompts pads them (training must match)."""
+    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+def save_model(unet, text_encoder, path: str | Path = MODEL_PATH, metadata: dict | None = None) -> Path:
+    """UNet and text encoder in one safetensors file ("unet." and "text_encoder." keys), float16, atomically."""
+    tensors = {}
+    for prefix, module in (("unet.", unet), ("text_encoder.", text_encoder)):
+        for key, value in module.state_dict().items():
+            tensors[prefix + key] = value.detach().to(torch.float16).contiguous()
+    configs = {"unet": UNET_CONFIG, "text_encoder": TEXT_ENCODER_CONFIG, "scheduler": SCHEDULER_CONFIG}
+    info = {"format": FORMAT, "configs": json.dumps(configs), **{k: str(v) for k, v in (metadata or {}).items()}}
+    return save_safetensors_atomic(tensors, path, info)
+
+
+def load_model(path: str | Path = MODEL_PATH) -> "PipelineComponents":
+    """The committed (or any saved) shapes model as PipelineComponents in float32, eval mode, offline."""
+    from safetensors import safe_open
+
+    from ..checkpoints.load import file_sha256
+
+    path = Path(path)
+    if not path.is_file():
+        raise RGDInputError(f"no shapes model at {path}; train one with `python -m rgd_core.worlds.train_shapes`.")
+    with safe_open(str(path), framework="pt") as handle:
+        if (handle.metadata() or {}).get("format") != FORMAT:
+            raise RGDInputError(f"{path} is not a shapes model file ({FORMAT}); pass one written by train_shapes.")
+        tensors = {key: handle.get_tensor(key).float() for key in handle.keys()}
+    unet, text_encoder = make_unet(), make_text_encoder()
+    for prefix, module in (("unet.", unet), ("text_encoder.", text_encoder)):
+        state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            first = str(error).splitlines()[0]
+            raise RGDInputError(f"{path} does not fit the shapes model configs ({first}); retrain it.") from None
+    return make_components(unet.eval(), text_encoder.eval(), sha256=file_sha256(path), source=str(path))
+
+
+def sample_images(
+    components,
+    prompts: Sequence[str],
+    seed: int = 0,
+    steps: int = SAMPLE_STEPS,
+    guidance_scale: float = GUIDANCE_SCALE,
+    batch_size: int = 64,
+    unet=None,
+) -> np.ndarray:
+    """(N, 16, 16, 3) uint8 images, one per prompt, through the SD backend's own ``sample_latents`` (DDIM, CFG
+    against the empty prompt, prompt i from the noise of ``prompt_seed(seed, i)``). ``unet`` swaps in an edited
+    UNet (what ``unlearn_sd`` returns) without touching ``components``."""
+    from dataclasses import replace
+
+    from ..backends.diffusers_sd import SamplerSettings, sample_latents
+
+    if unet is not None:
+        components = replace(components, unet=unet, sha256=None)  # the hash names the base model, not this one
+    settings = SamplerSettings(steps=steps, guidance_scale=guidance_scale, scheduler="ddim", batch_size=batch_size)
+    return shapes.to_uint8(sample_latents(components, prompts, seed=seed, settings=settings))

@@ -1,0 +1,173 @@
+"""Train the shapes text-to-image model and write it to rgd_core/weights/shapes_t2i.safetensors.
+
+    python -m rgd_core.worlds.train_shapes [--steps N] [--batch-size 64] [--seed 0] [--out PATH] [--init PATH]
+
+The committed model is two stages (27 + 17 minutes at 1.25-1.5 steps/s on one thread of the shared 2-core
+machine); the second continues the first with a fresh one-cycle schedule and new data (seed 1):
+
+    python -m rgd_core.worlds.train_shapes --out /tmp/shapes_stage1.safetensors
+    python -m rgd_core.worlds.train_shapes --init /tmp/shapes_stage1.safetensors --steps 1500 --lr 1e-3 --seed 1
+
+UNet and text encoder train together from scratch on fresh renders every step (infinite data, captions from
+``shapes.random_caption``, none of the held-out phrasings of ``shapes.is_held_out``), with the plain MSE in the
+model's parameterisation (v-prediction) at t ~ U{0..999}; 10% of captions are empty so the model learns the
+unconditional branch of classifier-free guidance. AdamW under a one-cycle schedule (warm-up, then cosine decay: a
+constant lr stalled on the digits world, docs/offline.md section 6) and an EMA of the weights, which is what gets
+saved.
+
+Deterministic for a seed on a given machine (CPU, fixed thread count). At the end it samples every held-out
+phrasing through the SD backend (DDIM, CFG; shapes_model.SAMPLE_STEPS and GUIDANCE_SCALE) and prints the attribute
+accuracy of the samples as judged by the attribute classifier: the check that the model follows its prompts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..losses import denoising_error
+from . import shapes, shapes_model
+
+
+def train(
+    steps: int = 2000,
+    batch_size: int = 64,
+    max_lr: float = 2e-3,
+    warmup: float = 0.05,
+    ema_decay: float = 0.995,
+    caption_dropout: float = 0.1,
+    seed: int = 0,
+    log: Callable[[str], None] | None = print,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 500,
+    init: str | Path | None = None,
+):
+    """Train UNet and text encoder; returns their EMA copies (eval mode). With ``checkpoint``, the EMA weights
+    are also saved there every ``checkpoint_every`` steps, so a long run can be judged while it goes on. ``init``
+    starts from a saved model instead of random weights (a second stage with its own schedule)."""
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    if init is not None:
+        start_from = shapes_model.load_model(init)
+        unet, text_encoder = start_from.unet, start_from.text_encoder
+    else:
+        unet, text_encoder = shapes_model.make_unet(), shapes_model.make_text_encoder()
+    unet, text_encoder = unet.train().requires_grad_(True), text_encoder.train().requires_grad_(True)
+    tokenizer = shapes_model.make_tokenizer()
+    ema_unet = copy.deepcopy(unet).eval().requires_grad_(False)
+    ema_text = copy.deepcopy(text_encoder).eval().requires_grad_(False)
+    parameters = [*unet.parameters(), *text_encoder.parameters()]
+    ema_parameters = [*ema_unet.parameters(), *ema_text.parameters()]
+    scheduler = shapes_model.make_scheduler()
+    alphas_cumprod, prediction_type = scheduler.alphas_cumprod.clone(), scheduler.config.prediction_type
+    optimizer = torch.optim.AdamW(parameters, lr=max_lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=steps, pct_start=warmup)
+    start, losses = time.time(), []
+    for step in range(steps):
+        images, captions = shapes.training_batch(seed, step, batch_size, caption_dropout)
+        ids = shapes_model.tokenize(tokenizer, captions)
+
+        def denoiser(x_t, t):
+            return unet(x_t, t, encoder_hidden_states=text_encoder(ids).last_hidden_state).sample
+
+        loss = denoising_error(denoiser, images, alphas_cumprod, generator, prediction_type).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        # EMA warm-up (the decay grows with the step) so the random initial weights fade quickly.
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema_parameters, parameters, 1 - decay)
+        losses.append(loss.item())
+        if log and (step % 50 == 0 or step == steps - 1):
+            rate = (step + 1) / (time.time() - start)
+            log(f"step {step:5d}  loss {np.mean(losses[-50:]):.4f}  lr {schedule.get_last_lr()[0]:.2e}  "
+                f"{rate:.2f} steps/s  {time.time() - start:.0f} s")
+        if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+            shapes_model.save_model(ema_unet, ema_text, checkpoint, {"steps": str(step + 1), "seed": str(seed)})
+    return ema_unet, ema_text
+
+
+def held_out_prompts(samples_per_pair: int = 2, seed: int = 0) -> tuple[list[str], list[shapes.Attributes], list[int]]:
+    """Captions of every held-out (attributes, template) pair, ``samples_per_pair`` phrasings each (random
+    synonyms; plain named or left out at random), with their attributes and template indices."""
+    rng = np.random.default_rng(seed)
+    prompts, wanted, templates = [], [], []
+    for attributes, template in shapes.held_out_pairs():
+        for _ in range(samples_per_pair):
+            values = attributes.as_dict()
+            if values["modifier"] == "plain" and rng.random() < shapes.PLAIN_OMITTED:
+                values["modifier"] = None
+            synonyms = {name: int(rng.integers(0, n)) for name, n in shapes.synonym_counts(values).items() if n}
+            prompts.append(shapes.caption(values, template, synonyms))
+            wanted.append(attributes)
+            templates.append(template)
+    return prompts, wanted, templates
+
+
+def attribute_accuracy(components, classifier, samples_per_pair: int = 2, seed: int = 0, **sampling) -> dict:
+    """Per-attribute (and per-template) accuracy of the model's samples of the held-out phrasings."""
+    prompts, wanted, templates = held_out_prompts(samples_per_pair, seed)
+    images = shapes_model.sample_images(components, prompts, seed=seed, **sampling)
+    predicted = classifier.predict(images)
+    correct = {name: predicted[name] == np.array([a.label(name) for a in wanted]) for name in shapes.ATTRIBUTES}
+    all_correct = np.all(np.stack(list(correct.values())), axis=0)
+    templates = np.array(templates)
+    return {
+        "count": len(prompts),
+        "per_attribute": {name: float(ok.mean()) for name, ok in correct.items()},
+        "all_four": float(all_correct.mean()),
+        "per_template": {int(t): float(all_correct[templates == t].mean()) for t in np.unique(templates)},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--ema-decay", type=float, default=0.995)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(shapes_model.MODEL_PATH))
+    parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--init", default=None, help="start from this saved model instead of random weights")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    unet, text_encoder = train(args.steps, args.batch_size, args.lr, ema_decay=args.ema_decay, seed=args.seed,
+                               checkpoint=args.out, checkpoint_every=args.checkpoint_every, init=args.init)
+    seconds = time.time() - start
+    print(f"trained {args.steps} steps in {seconds:.0f} s ({args.steps / seconds:.2f} steps/s)")
+    metadata = {"steps": str(args.steps), "seed": str(args.seed), "batch_size": str(args.batch_size),
+                "lr": str(args.lr), "ema_decay": str(args.ema_decay), "train_seconds": f"{seconds:.0f}",
+                "init": str(args.init)}
+    shapes_model.save_model(unet, text_encoder, args.out, metadata)
+    print(f"wrote {args.out}")
+    report(args.out)
+
+
+def report(path) -> None:
+    """Print the attribute accuracy of the saved model (after its float16 round trip) on the held-out phrasings."""
+    from ..evaluate.shapes_classifier import load_classifier
+
+    components = shapes_model.load_model(path)
+    result = attribute_accuracy(components, load_classifier())
+    print(f"held-out phrasings: {result['count']} samples, DDIM {shapes_model.SAMPLE_STEPS} steps, "
+          f"CFG {shapes_model.GUIDANCE_SCALE}")
+    print("accuracy " + "  ".join(f"{name} {value:.3f}" for name, value in result["per_attribute"].items())
+          + f"  all four {result['all_four']:.3f}")
+    print("all four, per template " + "  ".join(f"{t}: {v:.2f}" for t, v in result["per_template"].items()))
+
+
+if __name__ == "__main__":
+    main()
