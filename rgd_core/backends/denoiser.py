@@ -28,8 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import RGDInputError
-from ..losses import denoising_error
-from .diffusers_sd import PairedData, batch_indices
+from .diffusers_sd import PairedData, batched_losses
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 # Which weights an edit touches: LoRA on the attention projections (the UI default: small, fast, exportable as a
@@ -102,30 +101,9 @@ def paired_losses(
     noise and t from ``denoising_error``), so the same data and seed give the same draws in both.
     """
     check_prediction_type(prediction_type)
-    if batch_size < 1:
-        raise RGDInputError("batch_size must be at least 1.")
-    if len(data) == 0 or data.retain_latents.shape[0] == 0:
-        raise RGDInputError("the paired data are empty.")
-    if paired and data.retain_latents.shape[0] != len(data):
-        raise RGDInputError("paired batches need as many retain examples as forget examples.")
     alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float32)
-
-    def make(latents: Tensor, cond: Mapping[str, Tensor], salt: int):
-        def loss(model: nn.Module, generator: torch.Generator) -> Tensor:
-            if paired:
-                index = batch_indices(generator, latents.shape[0], batch_size)
-            else:
-                salted = torch.Generator().manual_seed((generator.initial_seed() + salt) % 2**63)
-                index = batch_indices(salted, latents.shape[0], batch_size)
-            x0 = latents[index].to(device or latents.device)
-            batch_cond = {key: value[index] for key, value in cond.items()}
-            return denoising_error(
-                lambda x_t, t: predict(x_t, t, batch_cond), x0, alphas_cumprod, generator, prediction_type
-            )
-
-        return loss
-
-    return make(data.forget_latents, data.forget_cond, 0), make(data.retain_latents, data.retain_cond, 1)
+    return batched_losses(lambda model, x_t, t, cond: predict(x_t, t, cond), data, alphas_cumprod, prediction_type,
+                          batch_size, paired, place=lambda model, x0: x0.to(device or x0.device))
 
 
 # --- weight edits --------------------------------------------------------------------------------------------

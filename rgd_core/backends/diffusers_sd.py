@@ -534,27 +534,41 @@ def paired_losses(components, data: PairedData, batch_size: int = 8, paired: boo
     independently. Each returns (prediction - target)^2 at t ~ U{0..T-1} in the model's parameterisation
     (epsilon or v_prediction, from the scheduler config), the UNet called with the batch's text conditioning.
     """
+    alphas_cumprod = torch.as_tensor(components.scheduler.alphas_cumprod, dtype=torch.float32)
+    return batched_losses(_unet_call, data, alphas_cumprod, components.prediction_type, batch_size, paired,
+                          place=lambda unet, x0: x0.to(_device(unet), unet.dtype))
+
+
+def batched_losses(
+    call: Callable[[nn.Module, Tensor, Tensor, Mapping[str, Tensor]], Tensor],
+    data: PairedData,
+    alphas_cumprod: Tensor,
+    prediction_type: str,
+    batch_size: int = 8,
+    paired: bool = True,
+    place: Callable[[nn.Module, Tensor], Tensor] = lambda model, x0: x0,
+):
+    """The batching behind ``paired_losses`` for any model call ``call(model, x_t, t, cond) -> prediction``;
+    ``place(model, x0)`` moves a batch to where the model runs. Shared with the in-graph (host) backend, so the same
+    data and seed give the same batches, noise and t in both."""
     if batch_size < 1:
         raise RGDInputError("batch_size must be at least 1.")
     if len(data) == 0 or data.retain_latents.shape[0] == 0:
         raise RGDInputError("the paired data are empty.")
     if paired and data.retain_latents.shape[0] != len(data):
         raise RGDInputError("paired batches need as many retain examples as forget examples.")
-    alphas_cumprod = torch.as_tensor(components.scheduler.alphas_cumprod, dtype=torch.float32)
-    prediction_type = components.prediction_type
 
-    def make(latents: Tensor, cond: dict[str, Tensor], salt: int):
-        def loss(unet: nn.Module, generator: torch.Generator) -> Tensor:
+    def make(latents: Tensor, cond: Mapping[str, Tensor], salt: int):
+        def loss(model: nn.Module, generator: torch.Generator) -> Tensor:
             if paired:
                 index = batch_indices(generator, latents.shape[0], batch_size)
             else:
                 salted = torch.Generator().manual_seed((generator.initial_seed() + salt) % 2**63)
                 index = batch_indices(salted, latents.shape[0], batch_size)
-            device = _device(unet)
-            x0 = latents[index].to(device, unet.dtype)
+            x0 = place(model, latents[index])
             batch_cond = {key: value[index] for key, value in cond.items()}
             return denoising_error(
-                lambda x_t, t: _unet_call(unet, x_t, t, batch_cond), x0, alphas_cumprod, generator, prediction_type
+                lambda x_t, t: call(model, x_t, t, batch_cond), x0, alphas_cumprod, generator, prediction_type
             )
 
         return loss
