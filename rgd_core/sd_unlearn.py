@@ -287,6 +287,9 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
             report["lora"] = str(_save_lora(unet, checkpoint, settings, metadata))
             written.append(Path(report["lora"]))
             unet = _merged(unet)
+        if settings["scope"] == "cross-attn":
+            report["diff"] = str(_save_diff(components.unet, unet, checkpoint, settings, metadata))
+            written.append(Path(report["diff"]))
         if single_file:
             export_single_file(checkpoint, unet, out_path, config_folder=folder, metadata=metadata,
                                allow_pickle=settings["allow_pickle"])
@@ -341,6 +344,18 @@ def _save_lora(unet, checkpoint: Path, settings: Mapping, metadata: Mapping) -> 
     key_map = unet_key_map(read_key_shapes(checkpoint, allow_pickle=settings["allow_pickle"]), unet.config)
     path = safe_output_path(settings["out"], output_name(settings) + "-lora")
     return save_kohya_lora(path, lora_modules(unet), key_map, metadata={k: str(v) for k, v in metadata.items()})
+
+
+def _save_diff(base_unet, edited_unet, checkpoint: Path, settings: Mapping, metadata: Mapping) -> Path:
+    """The cross-attention edit as a difference file (``edited - base`` of the changed tensors, original-layout
+    keys): ~5% of a full checkpoint, to add to the base or share."""
+    from .checkpoints.export import export_unet_diff, safe_output_path, unet_key_map
+    from .checkpoints.load import read_key_shapes
+
+    shapes = read_key_shapes(checkpoint, allow_pickle=settings["allow_pickle"])
+    path = safe_output_path(settings["out"], output_name(settings) + "-diff")
+    return export_unet_diff(base_unet.state_dict(), edited_unet.state_dict(), path, unet_key_map(shapes,
+                            edited_unet.config), shapes, {k: str(v) for k, v in metadata.items()})
 
 
 def _merged(unet):

@@ -52,6 +52,12 @@ def test_unlearn_writes_checkpoint_and_report(sd1_files, tmp_path, capsys):
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     assert changed and all(k.startswith("model.diffusion_model.") and ".attn2." in k for k in changed)
 
+    # the cross-attention edit also comes as a difference file: base + diff = edited, for exactly those tensors
+    diff = load_file(report["diff"])
+    assert set(diff) == changed
+    for key, delta in diff.items():
+        assert torch.allclose(before[key].float() + delta, after[key].float(), atol=1e-6)
+
     with safe_open(str(written), framework="pt") as handle:
         metadata = handle.metadata()
     assert metadata["rgd_concept"] == "nudity" and metadata["rgd_method"] == "rgd"
