@@ -83,3 +83,10 @@ def test_bad_input_and_cancel(sd1):
         run_esd(sd1, [], QUICK)
     with pytest.raises(UnlearningCancelled):
         run_esd(sd1, PROMPTS, QUICK, should_stop=lambda: True)
+
+
+def test_progress_bar_takes_esd_records(sd1):
+    from rgd_core.progress import progress_bar
+
+    _, records = run_esd(sd1, PROMPTS, ESDConfig(steps=2, lr=1e-3, ddim_steps=2), callbacks=[progress_bar(2, "esd")])
+    assert len(records) == 2
