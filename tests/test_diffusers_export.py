@@ -169,7 +169,8 @@ def test_cli_format_both_writes_file_and_folder_with_the_same_unet(sd1_files, tm
     folder = out / "sd1-rgd-nudity"
     assert report["diffusers_folder"] == str(folder.resolve())
     assert report["output"] == str((out / "sd1-rgd-nudity.safetensors").resolve())
-    assert sorted(os.listdir(out)) == ["sd1-rgd-nudity", "sd1-rgd-nudity.json", "sd1-rgd-nudity.safetensors"]
+    assert sorted(os.listdir(out)) == ["sd1-rgd-nudity", "sd1-rgd-nudity-diff.safetensors", "sd1-rgd-nudity.json",
+                                       "sd1-rgd-nudity.safetensors"]  # cross-attn scope: also the difference file
     from_file = load_pipeline_components(report["output"], sd1_files.config_folder)
     from_folder = load_pipeline_components(folder)
     assert same_weights(from_folder.unet, from_file.unet)
@@ -184,7 +185,8 @@ def test_cli_diffusers_format_refuses_an_existing_folder_before_training(sd1_fil
     cli.main(unlearn_args(sd1_files, out, cache, "--format", "diffusers"))
     report = json.loads(capsys.readouterr().out)
     assert report["output"] == report["diffusers_folder"]
-    assert sorted(os.listdir(out)) == ["sd1-rgd-nudity", "sd1-rgd-nudity.json"]  # no single file
+    # no single file (the difference file comes with the cross-attn scope)
+    assert sorted(os.listdir(out)) == ["sd1-rgd-nudity", "sd1-rgd-nudity-diff.safetensors", "sd1-rgd-nudity.json"]
     stamp = (out / "sd1-rgd-nudity" / "model_index.json").stat().st_mtime_ns
 
     with pytest.raises(SystemExit) as exit_info:
