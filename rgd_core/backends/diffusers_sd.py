@@ -355,16 +355,24 @@ def build_paired_data(
                                        forget_images=forget_images, retain_images=retain_images)
     forget, retain = _prompt_lists(forget_set, retain_set)
     key = cache_key(components, forget, retain, settings, seed)
+    return _cached_pairs(cache_dir, key, forget, retain,
+                         lambda: (_sample_side(components, forget, settings, seed),
+                                  _sample_side(components, retain, settings, seed)))
+
+
+def _cached_pairs(cache_dir, key: str, forget_prompts: list[str], retain_prompts: list[str], build) -> PairedData:
+    """``cache_dir/<key>.safetensors`` if it holds this key's data, else ``build()`` -> ((forget latents, cond),
+    (retain latents, cond)), written there atomically."""
     path = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
     if path is not None and path.is_file():
         cached = _read_cache(path, key)
         if cached is not None:
             return cached
-    forget_latents, forget_cond = _sample_side(components, forget, settings, seed)
-    retain_latents, retain_cond = _sample_side(components, retain, settings, seed)
+    (forget_latents, forget_cond), (retain_latents, retain_cond) = build()
     data = PairedData(forget_latents, retain_latents, forget_cond, retain_cond, key)
     if path is not None:
-        metadata = {"format": DATA_FORMAT, "key": key, "forget": json.dumps(forget), "retain": json.dumps(retain)}
+        metadata = {"format": DATA_FORMAT, "key": key, "forget": json.dumps(forget_prompts),
+                    "retain": json.dumps(retain_prompts)}
         save_safetensors_atomic(data.to_tensors(), path, metadata)
     return data
 
@@ -451,19 +459,9 @@ def build_image_paired_data(
     retain = _side_plan(retain_images, retain_prompts, count)
 
     key = _image_cache_key(components, forget, retain, settings, seed)
-    path = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        cached = _read_cache(path, key)
-        if cached is not None:
-            return cached
-    forget_latents, forget_cond = _build_side(components, forget, settings, seed)
-    retain_latents, retain_cond = _build_side(components, retain, settings, seed)
-    data = PairedData(forget_latents, retain_latents, forget_cond, retain_cond, key)
-    if path is not None:
-        metadata = {"format": DATA_FORMAT, "key": key, "forget": json.dumps(forget["prompts"]),
-                    "retain": json.dumps(retain["prompts"])}
-        save_safetensors_atomic(data.to_tensors(), path, metadata)
-    return data
+    return _cached_pairs(cache_dir, key, forget["prompts"], retain["prompts"],
+                         lambda: (_build_side(components, forget, settings, seed),
+                                  _build_side(components, retain, settings, seed)))
 
 
 def _side_plan(images, pool: list[str], count: int) -> dict:
