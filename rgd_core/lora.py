@@ -32,6 +32,16 @@ KOHYA_PREFIX = "lora_unet_"
 LORA_FORMAT = "rgd-kohya-lora-1"
 
 
+def lora_rank_alpha(rank: int, alpha: float | None) -> tuple[int, float]:
+    """Checked (rank, alpha); alpha defaults to the rank (scale 1), kohya's convention."""
+    if rank < 1:
+        raise RGDInputError(f"LoRA rank must be at least 1, not {rank}.")
+    scaled = float(rank if alpha is None else alpha)
+    if not math.isfinite(scaled) or scaled <= 0:
+        raise RGDInputError(f"LoRA alpha must be a positive number, not {alpha}.")
+    return int(rank), scaled
+
+
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a low-rank update: ``base(x) + up(down(x)) * alpha / rank``.
 
@@ -44,12 +54,7 @@ class LoRALinear(nn.Module):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise RGDInputError(f"LoRALinear wraps nn.Linear layers, not {type(base).__name__}.")
-        if rank < 1:
-            raise RGDInputError(f"LoRA rank must be at least 1, not {rank}.")
-        self.rank = int(rank)
-        self.alpha = float(rank if alpha is None else alpha)
-        if not math.isfinite(self.alpha) or self.alpha <= 0:
-            raise RGDInputError(f"LoRA alpha must be a positive number, not {alpha}.")
+        self.rank, self.alpha = lora_rank_alpha(rank, alpha)
         self.base = base
         factory = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.lora_down = nn.Linear(base.in_features, self.rank, bias=False, **factory)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import RGDInputError
+from ..lora import lora_rank_alpha
 from .diffusers_sd import PairedData, batched_losses
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -121,12 +122,7 @@ class LoRADelta(nn.Module):
         super().__init__()
         if len(shape) != 2:
             raise RGDInputError(f"LoRA edits 2-D weights, not a weight of shape {tuple(shape)}.")
-        if rank < 1:
-            raise RGDInputError(f"LoRA rank must be at least 1, not {rank}.")
-        self.rank = int(rank)
-        self.alpha = float(rank if alpha is None else alpha)
-        if not math.isfinite(self.alpha) or self.alpha <= 0:
-            raise RGDInputError(f"LoRA alpha must be a positive number, not {alpha}.")
+        self.rank, self.alpha = lora_rank_alpha(rank, alpha)
         out_features, in_features = shape
         down = torch.empty(self.rank, in_features)
         nn.init.kaiming_uniform_(down, a=math.sqrt(5), generator=generator)
