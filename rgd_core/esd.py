@@ -74,7 +74,8 @@ def _repeat(uncond: dict[str, Tensor], count: int) -> dict[str, Tensor]:
 def sample_until(unet: nn.Module, scheduler, noise: Tensor, cond: dict, uncond: dict, guidance: float, stop: int):
     """Run ``stop`` guided DDIM steps from ``noise`` with ``unet``; return x and the timestep it now sits at."""
     count = noise.shape[0]
-    both = {key: torch.cat([_repeat(uncond, count)[key], cond[key]]) for key in cond}
+    repeated = _repeat(uncond, count)
+    both = {key: torch.cat([repeated[key], cond[key]]) for key in cond}
     latents = noise * scheduler.init_noise_sigma
     for t in scheduler.timesteps[:stop]:
         model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
@@ -128,7 +129,8 @@ def run_esd(
         edited.eval()
         x_t, t = sample_until(edited, scheduler, noise, batch, uncond, config.start_guidance, stop)
         with torch.no_grad():
-            both = {key: torch.cat([_repeat(uncond, config.batch_size)[key], batch[key]]) for key in batch}
+            repeated = _repeat(uncond, config.batch_size)
+            both = {key: torch.cat([repeated[key], batch[key]]) for key in batch}
             frozen_uncond, frozen_concept = _unet_call(frozen, torch.cat([x_t, x_t]), t, both).chunk(2)
             target = esd_target(frozen_uncond, frozen_concept, config.negative_guidance)
         loss = (_unet_call(edited, x_t, t, batch) - target).square().mean()
