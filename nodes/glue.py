@@ -60,16 +60,22 @@ class RGDEdit(dict):
 
 
 def prediction_type(model) -> str:
-    """'epsilon' or 'v_prediction' from ComfyUI's model type; other parameterisations are refused."""
-    import comfy.model_base
+    """'epsilon' or 'v_prediction', read from the model's sampling object (what ComfyUI's samplers use), so a
+    ModelSamplingDiscrete node that switches an SD2-768 or v-pred SDXL checkpoint to v_prediction is honoured; other
+    parameterisations (x0, LCM, EDM, flow) are refused."""
+    import comfy.model_sampling as sampling_types
 
-    kind = model.model.model_type
-    names = {comfy.model_base.ModelType.EPS: "epsilon", comfy.model_base.ModelType.V_PREDICTION: "v_prediction"}
-    if kind not in names:
-        raise RGDInputError(
-            f"this model predicts {kind.name}; RGD here trains epsilon- and v-prediction models (SD1.x, SD2.x, SDXL)."
-        )
-    return check_prediction_type(names[kind])
+    sampling = model.get_model_object("model_sampling")
+    denoise = type(sampling).calculate_denoised
+    if isinstance(sampling, sampling_types.ModelSamplingDiscrete) and not isinstance(sampling, sampling_types.EDM):
+        if isinstance(sampling, sampling_types.V_PREDICTION) and denoise is sampling_types.V_PREDICTION.calculate_denoised:
+            return check_prediction_type("v_prediction")
+        if isinstance(sampling, sampling_types.EPS) and denoise is sampling_types.EPS.calculate_denoised:
+            return check_prediction_type("epsilon")
+    raise RGDInputError(
+        f"this model samples as {type(sampling).__name__} ({model.model.model_type.name}); RGD here trains discrete "
+        "epsilon- and v-prediction models (SD1.x, SD2.x, SDXL)."
+    )
 
 
 def alphas_cumprod(model) -> Tensor:

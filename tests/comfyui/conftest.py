@@ -156,3 +156,24 @@ def server(base_dir):
 def example():
     """example(name) -> a fresh copy of example_workflows/api/<name> (API format, as /prompt takes it)."""
     return lambda name: json.loads((ROOT / "example_workflows" / "api" / name).read_text())
+
+
+@pytest.fixture(scope="session")
+def comfy_glue():
+    """ComfyUI imported into this process (CPU) and nodes/glue.py, loaded by path: ComfyUI's own top-level module
+    is also called ``nodes``."""
+    import importlib.util
+
+    if not COMFYUI:
+        pytest.skip(SKIP_REASON)
+    if COMFYUI not in sys.path:
+        sys.path.insert(0, COMFYUI)
+    from comfy.cli_args import args
+
+    args.cpu = True
+    if "rgd_nodes_glue" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("rgd_nodes_glue", ROOT / "nodes" / "glue.py")
+        glue = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = glue  # dataclasses look their module up there
+        spec.loader.exec_module(glue)
+    return sys.modules["rgd_nodes_glue"]

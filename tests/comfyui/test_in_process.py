@@ -7,37 +7,18 @@ ComfyUI's model wrapper equal those of rgd_core.backends.diffusers_sd on the dif
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def comfy(base_dir):
-    comfyui = os.environ.get("RGD_COMFYUI")
-    if not comfyui:
-        pytest.skip("RGD_COMFYUI is not set")
-    sys.path.insert(0, comfyui)
-    from comfy.cli_args import args
-
-    args.cpu = True
+def comfy(comfy_glue, base_dir):
     import comfy.sd
 
-    # nodes/glue.py by path: ComfyUI's own top-level module is also called `nodes`
-    spec = importlib.util.spec_from_file_location("rgd_nodes_glue", ROOT / "nodes" / "glue.py")
-    glue = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = glue  # dataclasses look their module up there
-    spec.loader.exec_module(glue)
     checkpoint = base_dir / "models" / "checkpoints" / "rgd_tiny_sd15.safetensors"
     with torch.inference_mode():  # as ComfyUI runs a prompt: the loaded weights are inference tensors
         model, clip, _, _ = comfy.sd.load_checkpoint_guess_config(str(checkpoint), output_vae=True, output_clip=True)
-    return glue, model, clip, checkpoint
+    return comfy_glue, model, clip, checkpoint
 
 
 def test_first_step_losses_match_the_headless_backend(comfy):

@@ -141,46 +141,95 @@ def test_an_unchanged_graph_requeued_is_cached_and_writes_nothing(server, unlear
     assert seconds < 10, seconds
 
 
-def test_saved_checkpoint_loads_in_comfyui_and_the_lora_reproduces_it(server, unlearned):
-    def sample(model_ref, clip_ref, prefix):
-        return {
-            f"{prefix}_pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": "a nude person"}},
-            f"{prefix}_neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": ""}},
-            f"{prefix}_latent": {"class_type": "EmptyLatentImage",
-                                 "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-            f"{prefix}_k": {"class_type": "KSampler", "inputs": {
-                "model": model_ref, "positive": [f"{prefix}_pos", 0], "negative": [f"{prefix}_neg", 0],
-                "latent_image": [f"{prefix}_latent", 0], "seed": 7, "steps": 2, "cfg": 5.0, "sampler_name": "euler",
-                "scheduler": "normal", "denoise": 1.0}},
-            f"{prefix}_save": {"class_type": "SaveLatent", "inputs": {"samples": [f"{prefix}_k", 0],
-                                                                      "filename_prefix": f"cmp/{prefix}"}},
-        }
+def sample_nodes(model_ref: list, clip_ref: list, prefix: str) -> dict:
+    """Nodes that sample "a nude person" (seed 7, 2 steps at 64x64) from a MODEL and save the latent as cmp/<prefix>."""
+    return {
+        f"{prefix}_pos": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": "a nude person"}},
+        f"{prefix}_neg": {"class_type": "CLIPTextEncode", "inputs": {"clip": clip_ref, "text": ""}},
+        f"{prefix}_latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        f"{prefix}_k": {"class_type": "KSampler", "inputs": {
+            "model": model_ref, "positive": [f"{prefix}_pos", 0], "negative": [f"{prefix}_neg", 0],
+            "latent_image": [f"{prefix}_latent", 0], "seed": 7, "steps": 2, "cfg": 5.0, "sampler_name": "euler",
+            "scheduler": "normal", "denoise": 1.0}},
+        f"{prefix}_save": {"class_type": "SaveLatent", "inputs": {"samples": [f"{prefix}_k", 0],
+                                                                  "filename_prefix": f"cmp/{prefix}"}},
+    }
 
+
+def assert_lora_reproduces_checkpoint(server, checkpoint: str, lora: str, tag: str) -> None:
+    """The saved checkpoint and the original checkpoint + the saved LoRA/diff through LoraLoader sample the same
+    latent, and it differs from the original's."""
     workflow = {
-        "saved": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "rgd/test_00001_.safetensors"}},
-        "orig": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
-        "lora": {"class_type": "LoraLoader", "inputs": {"model": ["orig", 0], "clip": ["orig", 1],
-                                                        "strength_model": 1.0, "strength_clip": 1.0,
-                                                        "lora_name": "rgd/test_lora_00001_.safetensors"}},
-        **sample(["saved", 0], ["saved", 1], "saved"),
-        **sample(["lora", 0], ["lora", 1], "lora"),
-        **sample(["orig", 0], ["orig", 1], "orig"),
+        f"{tag}_saved_ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        f"{tag}_orig_ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        f"{tag}_loader": {"class_type": "LoraLoader", "inputs": {
+            "model": [f"{tag}_orig_ckpt", 0], "clip": [f"{tag}_orig_ckpt", 1], "strength_model": 1.0,
+            "strength_clip": 1.0, "lora_name": lora}},
+        **sample_nodes([f"{tag}_saved_ckpt", 0], [f"{tag}_saved_ckpt", 1], f"{tag}_saved"),
+        **sample_nodes([f"{tag}_loader", 0], [f"{tag}_loader", 1], f"{tag}_lora"),
+        **sample_nodes([f"{tag}_orig_ckpt", 0], [f"{tag}_orig_ckpt", 1], f"{tag}_orig"),
     }
     server.run(workflow)
     assert "lora key not loaded" not in server.log.read_text()
     out = server.base / "output" / "cmp"
-    latent = {name: load_file(str(out / f"{name}_00001_.latent"))["latent_tensor"]
+    latent = {name: load_file(str(out / f"{tag}_{name}_00001_.latent"))["latent_tensor"]
               for name in ("saved", "lora", "orig")}
     assert torch.allclose(latent["saved"], latent["lora"], atol=1e-4, rtol=1e-4), \
         (latent["saved"] - latent["lora"]).abs().max()
     assert not torch.allclose(latent["saved"], latent["orig"], atol=1e-4, rtol=1e-4)
 
 
+def changed_unet_keys(base: Path, saved_path: Path) -> list[str]:
+    """UNet keys whose tensors differ between the test checkpoint and a saved one; every other tensor both files
+    hold (VAE, text encoder) must be equal, and every UNet tensor must be saved."""
+    original, saved = load_file(str(base / "models" / "checkpoints" / CHECKPOINT)), load_file(str(saved_path))
+    changed = []
+    for key, value in original.items():
+        if key not in saved:  # ComfyUI's saver leaves out buffers such as the text encoder's position_ids
+            assert not key.startswith(UNET), key
+            continue
+        if not torch.equal(saved[key].to(value.dtype), value):
+            assert key.startswith(UNET), f"{key} is outside the UNet"
+            changed.append(key)
+    return changed
+
+
+def test_saved_checkpoint_loads_in_comfyui_and_the_lora_reproduces_it(server, unlearned):
+    assert_lora_reproduces_checkpoint(server, "rgd/test_00001_.safetensors", "rgd/test_lora_00001_.safetensors",
+                                      "lora")
+
+
+@pytest.mark.parametrize("scope", ["cross-attn", "full"])
+def test_other_scopes_change_only_their_weights_and_the_difference_file_reproduces_them(server, example, scope):
+    prefix = f"rgd/{scope.replace('-', '_')}"
+    workflow = fast(example("rgd_unlearn_and_save.json"), prefix=prefix)
+    workflow[node_of(workflow, "RGDUnlearn")]["inputs"]["scope"] = scope
+    server.run(workflow)
+    name = prefix.split("/")[1]
+    changed = changed_unet_keys(server.base, server.base / "models" / "checkpoints" / "rgd" / f"{name}_00001_.safetensors")
+    assert changed, "the edit changed nothing"
+    if scope == "cross-attn":
+        assert all(".attn2." in key for key in changed), [key for key in changed if ".attn2." not in key]
+    else:
+        assert any(".attn" not in key for key in changed)  # convolutions, norms, ... train too
+    difference = load_file(str(server.base / "models" / "loras" / "rgd" / f"{name}_lora_00001_.safetensors"))
+    assert difference and all(key.endswith((".diff", ".diff_b")) for key in difference), sorted(difference)[:4]
+    assert_lora_reproduces_checkpoint(server, f"rgd/{name}_00001_.safetensors", f"rgd/{name}_lora_00001_.safetensors",
+                                      name)
+
+
 def test_the_other_example_workflows_run(server, unlearned, example):
     start = time.monotonic()
-    server.run(fast(example("rgd_before_after.json")))
+    entry = server.run(fast(example("rgd_before_after.json")))
     images = server.base / "output" / "examples"
-    assert len([p for p in images.glob("rgd_before_after_*.png")]) == 4  # before/after x forget/retain
+    grids = list(images.glob("rgd_before_after_*.png"))
+    assert len(grids) == 1
+    from PIL import Image
+
+    assert Image.open(grids[0]).size == (2 * 64, 2 * 64)  # forget, retain across; before above after
+    workflow = example("rgd_before_after.json")
+    report = entry["outputs"][node_of(workflow, "RGDEvaluate")]["text"][0]
+    assert "NudeNet >= 0.5: exposed parts" in report  # NudeNet's own detector ran on both batches
     server.run(fast(example("rgd_lora_in_loraloader.json")))
     assert list(images.glob("rgd_with_lora_*.png"))
     print(f"before/after and LoRA examples: {time.monotonic() - start:.1f} s")
