@@ -52,6 +52,23 @@ def test_modifiers_are_visibly_distinct():
     assert shares["outlined"] < 0.6 * shares["plain"]
 
 
+def test_dotted_spots_are_two_by_two_and_keep_the_silhouette():
+    for shape in shapes.SHAPES:
+        mask = shapes.shape_mask(shape, 12, 2, 2)
+        dotted = shapes.pattern_mask(mask, "dotted", (-2, -2))
+        border = mask & ~shapes.interior(mask)
+        assert (dotted[border]).all(), shape  # every border pixel keeps the colour
+        spots = mask & ~dotted
+        assert spots.sum() >= 4, shape
+    square_spots = ~shapes.pattern_mask(shapes.shape_mask("square", 12, 2, 2), "dotted", (-2, -2))[2:14, 2:14]
+    # A 12-pixel square holds a 3x3 grid of whole 2x2 spots, rows and columns 1-2, 5-6, 9-10 of the square.
+    expected = np.zeros((12, 12), bool)
+    for top in (1, 5, 9):
+        for left in (1, 5, 9):
+            expected[top : top + 2, left : left + 2] = True
+    assert (square_spots == expected).all()
+
+
 def test_shapes_differ_at_the_same_size_and_place():
     masks = {shape: shapes.shape_mask(shape, 12, 2, 2) for shape in shapes.SHAPES}
     for a, b in itertools.combinations(shapes.SHAPES, 2):

@@ -10,10 +10,11 @@ An image has four attributes:
     colour      red, green, blue, yellow          (the shape's colour)
     background  black, white, gray
     modifier    plain, striped, dotted, outlined  (the style: the analogue of a style or nudity concept)
-plus a random size (10-13 px) and position and a small colour jitter. 4*4*3*4 = 192 combinations: few enough
+plus a random size (12-14 px) and position and a small colour jitter. 4*4*3*4 = 192 combinations: few enough
 for a 16x16 model trained in minutes to learn every one. Patterns show the background
-through the shape: striped = every third row of the shape is background, dotted = background spots on a
-three-pixel lattice, outlined = a one-pixel border. At 16x16 these stay distinct from each other and from the
+through the shape: striped = every third row of the shape is background, dotted = 2x2 background spots on a
+four-pixel lattice inside the shape's border (one-pixel spots on a three-pixel lattice were too fine: the model's
+samples of them came out plain), outlined = a one-pixel border. At 16x16 these stay distinct from each other and from the
 shape's outline, which the attribute classifier and a glance at an upscaled grid both confirm.
 
 Why 16x16 pixels: a 16x16x3 image is already as small as a latent, so the model runs in pixel space and needs no
@@ -53,7 +54,7 @@ VALUES = {"shape": SHAPES, "colour": COLOURS, "background": BACKGROUNDS, "modifi
 COLOUR_RGB = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (235, 205, 40)}
 BACKGROUND_RGB = {"black": (15, 15, 15), "white": (240, 240, 240), "gray": (128, 128, 128)}
 COLOUR_JITTER = 12  # per channel, uniform in [-12, 12]: samples need not hit one exact RGB value
-SIZE_RANGE = (10, 13)  # inclusive; the shape's bounding box in pixels
+SIZE_RANGE = (12, 14)  # inclusive; the shape's bounding box in pixels (large: circle and square differ in corners)
 MARGIN = 1  # pixels kept free between the shape's box and the image border
 
 # Every word that names a value, first the canonical one. No word names two values (parse_caption relies on it).
@@ -146,6 +147,12 @@ def shape_mask(shape: str, size: int, left: int, top: int, image_size: int = IMA
     raise RGDInputError(f"shape must be one of {', '.join(SHAPES)}, not {shape!r}.")
 
 
+def interior(mask: np.ndarray) -> np.ndarray:
+    """The mask's 4-neighbour erosion: its pixels whose four neighbours are all inside it."""
+    padded = np.pad(mask, 1)
+    return padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+
+
 def pattern_mask(mask: np.ndarray, modifier: str, phase: tuple[int, int]) -> np.ndarray:
     """The shape's pixels that carry its colour; the rest of the shape shows the background."""
     y, x = np.mgrid[0 : mask.shape[0], 0 : mask.shape[1]]
@@ -153,12 +160,11 @@ def pattern_mask(mask: np.ndarray, modifier: str, phase: tuple[int, int]) -> np.
         return mask
     if modifier == "striped":  # horizontal bars two pixels thick, one-pixel gaps
         return mask & ((y + phase[0]) % 3 != 2)
-    if modifier == "dotted":  # one-pixel spots on a three-pixel lattice, so the silhouette survives
-        return mask & ~(((y + phase[0]) % 3 == 1) & ((x + phase[1]) % 3 == 1))
-    if modifier == "outlined":  # the mask minus its 4-neighbour erosion: a one-pixel border
-        padded = np.pad(mask, 1)
-        interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-        return mask & ~interior
+    if modifier == "dotted":  # 2x2 spots on a four-pixel lattice, kept off the border so the silhouette survives
+        spots = ((y + phase[0] + 3) % 4 < 2) & ((x + phase[1] + 3) % 4 < 2)
+        return mask & ~(spots & interior(mask))
+    if modifier == "outlined":  # a one-pixel border
+        return mask & ~interior(mask)
     raise RGDInputError(f"modifier must be one of {', '.join(MODIFIERS)}, not {modifier!r}.")
 
 
