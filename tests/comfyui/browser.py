@@ -47,10 +47,11 @@ def start(binary: str, profile: Path) -> tuple[subprocess.Popen, str]:
         time.sleep(0.5)
 
 
-def stop(process: subprocess.Popen) -> None:
+def stop(process: subprocess.Popen, timeout: float = 20) -> None:
+    """Terminate ``process``, and kill it if it has not exited after ``timeout`` seconds."""
     process.terminate()
     try:
-        process.wait(timeout=20)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()

@@ -20,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from browser import stop  # tests/comfyui is on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -144,12 +145,7 @@ def server(base_dir):
                 time.sleep(0.5)
         yield running
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=30)
 
 
 @pytest.fixture(scope="session")

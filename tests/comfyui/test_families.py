@@ -72,6 +72,15 @@ def headless_losses(unet, prediction_type: str, data) -> list[float]:
                 for loss in diffusers_sd.paired_losses(parts, data, batch_size=2)]
 
 
+def halves(latents, cond: dict):
+    """PairedData with the first half of the batch as the forget side and the second as the retain side."""
+    from rgd_core.backends.diffusers_sd import PairedData
+
+    half = latents.shape[0] // 2
+    return PairedData(latents[:half], latents[half:], {k: v[:half] for k, v in cond.items()},
+                      {k: v[half:] for k, v in cond.items()})
+
+
 def in_graph_losses(glue, model, data) -> list[float]:
     from rgd_core.backends.denoiser import make_edit, paired_losses, predict_from_denoiser
 
@@ -121,8 +130,6 @@ def sd2(comfy_glue, tmp_path_factory):
 
 
 def test_sd2_v_prediction_losses_match_the_headless_backend(sd2):
-    from rgd_core.backends.diffusers_sd import PairedData
-
     glue, model, unet = sd2
     assert glue.prediction_type(model) == "epsilon"  # a small SD2 file carries no v-prediction marker
     model = v_prediction(model)
@@ -131,10 +138,8 @@ def test_sd2_v_prediction_losses_match_the_headless_backend(sd2):
     latents, entries = latents_and_conds(1024, pooled=False)
     cond = glue.model_conds(model, entries, (4, 8, 8))
     assert set(cond) == {"c_crossattn"}
-    data = PairedData(latents[:2], latents[2:], {"c_crossattn": cond["c_crossattn"][:2]},
-                      {"c_crossattn": cond["c_crossattn"][2:]})
-    headless_data = PairedData(latents[:2], latents[2:], {"encoder_hidden_states": cond["c_crossattn"][:2]},
-                               {"encoder_hidden_states": cond["c_crossattn"][2:]})
+    data = halves(latents, cond)
+    headless_data = halves(latents, {"encoder_hidden_states": cond["c_crossattn"]})
     in_graph, headless = in_graph_losses(glue, model, data), headless_losses(unet, "v_prediction", headless_data)
     print("in-graph", in_graph, "headless", headless)
     assert in_graph == pytest.approx(headless, rel=1e-3)
@@ -180,22 +185,15 @@ def sdxl(comfy_glue):
 
 
 def sdxl_data(glue, model):
-    from rgd_core.backends.diffusers_sd import PairedData, sdxl_time_ids
+    from rgd_core.backends.diffusers_sd import sdxl_time_ids
 
     latents, entries = latents_and_conds(SDXL_CONTEXT, pooled=True)
     cond = glue.model_conds(model, entries, (4, 8, 8))
     assert set(cond) == {"c_crossattn", "y"} and cond["y"].shape == (4, SDXL_POOLED + 6 * SDXL_TIME_EMBED)
     pooled = torch.cat([extras["pooled_output"] for _, extras in entries])
-    hidden = cond["c_crossattn"]
-    time_ids = sdxl_time_ids(64, 64, 4)
-    in_graph = PairedData(latents[:2], latents[2:], {k: v[:2] for k, v in cond.items()},
-                          {k: v[2:] for k, v in cond.items()})
-    headless = PairedData(
-        latents[:2], latents[2:],
-        {"encoder_hidden_states": hidden[:2], "text_embeds": pooled[:2], "time_ids": time_ids[:2]},
-        {"encoder_hidden_states": hidden[2:], "text_embeds": pooled[2:], "time_ids": time_ids[2:]},
-    )
-    return in_graph, headless
+    headless = {"encoder_hidden_states": cond["c_crossattn"], "text_embeds": pooled,
+                "time_ids": sdxl_time_ids(64, 64, 4)}
+    return halves(latents, cond), halves(latents, headless)
 
 
 def test_sdxl_losses_match_the_headless_backend(sdxl):

@@ -24,9 +24,8 @@ def comfy(comfy_glue, base_dir):
 def test_first_step_losses_match_the_headless_backend(comfy):
     pytest.importorskip("diffusers")
     from rgd_core.backends import diffusers_sd
-    from rgd_core.backends.denoiser import make_edit, paired_losses, predict_from_denoiser
-    from rgd_core.backends.diffusers_sd import PairedData
     from rgd_core.checkpoints.load import load_pipeline_components
+    from test_families import halves, in_graph_losses  # tests/comfyui is on sys.path under pytest
 
     glue, model, clip, checkpoint = comfy
     prompts = ["a nude person on a beach", "a nude person in a park", "a person on a beach", "a person in a park"]
@@ -34,16 +33,8 @@ def test_first_step_losses_match_the_headless_backend(comfy):
         cond = glue.model_conds(model, glue.encode(clip, prompts), (4, 8, 8))["c_crossattn"]
     cond = cond.clone()  # out of inference mode
     latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    comfy_data = PairedData(latents[:2], latents[2:], {"c_crossattn": cond[:2]}, {"c_crossattn": cond[2:]})
-    headless_data = PairedData(latents[:2], latents[2:], {"encoder_hidden_states": cond[:2]},
-                               {"encoder_hidden_states": cond[2:]})
-
-    schedule, kind = glue.alphas_cumprod(model), glue.prediction_type(model)
-    edit = make_edit(glue.editable_shapes(model), "lora", seed=0)  # LoRA starts as the identity
-    with torch.inference_mode(False), torch.no_grad(), glue.wrapped(model, edit) as patcher:
-        predict = predict_from_denoiser(lambda x, s, c: patcher.model.apply_model(x, s, **c), schedule, kind)
-        in_graph = [loss(None, torch.Generator().manual_seed(5)).mean().item()
-                    for loss in paired_losses(predict, comfy_data, schedule, kind, batch_size=2)]
+    in_graph = in_graph_losses(glue, model, halves(latents, {"c_crossattn": cond}))
+    headless_data = halves(latents, {"encoder_hidden_states": cond})
 
     parts = load_pipeline_components(checkpoint, checkpoint.parent / "rgd_tiny_sd15_config")
     with torch.no_grad():
