@@ -21,7 +21,7 @@ prompt, SalUn's choice) and ESD (rgd_core.esd; text only, no retain set).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,7 +30,6 @@ import numpy as np
 from .errors import RGDInputError
 
 METHODS = ("RGD", "GradDiff", "RGD (narrow retain)", "ESD")
-MEASURES = ("erasure", "in_prompt", "retain", "collateral", "fd")
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,8 @@ def score(components, unet, eval_set: EvalSet, classifier, config: ShapesBenchCo
 
     concept_index = shapes.VALUES[eval_set.attribute].index(eval_set.value)
     forget_images, retain_images = sample(eval_set.forget), sample(eval_set.retain)
-    forget_pred, retain_pred = classifier.predict(forget_images), classifier.predict(retain_images)
+    forget_pred = classifier.predict(forget_images)
+    retain_pred, retain_features = classifier.predict_and_features(retain_images)
     collateral = {}
     for other, prompts in eval_set.neighbours.items():
         seen = classifier.predict(sample(prompts))[eval_set.attribute]
@@ -148,7 +148,7 @@ def score(components, unet, eval_set: EvalSet, classifier, config: ShapesBenchCo
         "retain": float(attribute_hits(retain_pred, asked_attributes(eval_set.retain)).mean()),
         "collateral": float(np.mean(list(collateral.values()))) if collateral else float("nan"),
         "collateral_per_value": collateral,
-        "fd": frechet_distance(classifier.features(retain_images), eval_set.reference_features),
+        "fd": frechet_distance(retain_features, eval_set.reference_features),
     }
     return scores, {"forget": forget_images, "retain": retain_images}
 
@@ -156,9 +156,11 @@ def score(components, unet, eval_set: EvalSet, classifier, config: ShapesBenchCo
 # --- the methods -------------------------------------------------------------------------------------------------
 
 
-def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, cache_dir, callbacks=()):
-    """(edited UNet, step records) for one method; ``components`` is never changed."""
-    from .backends.diffusers_sd import SamplerSettings, unlearn_sd
+def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, cache_dir, callbacks=(),
+            sampled: dict | None = None):
+    """(edited UNet, step records) for one method; ``components`` is never changed. ``sampled`` keeps the
+    self-sampled paired data between calls, so RGD and GradDiff train on data sampled once."""
+    from .backends.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
     from .esd import ESDConfig, run_esd
     from .prompts import build_prompt_sets
     from .unlearner import UnlearnConfig
@@ -175,8 +177,11 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
                                    truncation=config.truncation, truncation_threshold=config.truncation_threshold,
                                    seed=config.seed)
     sampler = SamplerSettings(steps=config.sample_steps, guidance_scale=config.guidance, batch_size=64)
+    sampled = {} if sampled is None else sampled
+    if narrow not in sampled:
+        sampled[narrow] = build_paired_data(components, train, None, sampler, config.seed, cache_dir)
     return unlearn_sd(components, train, config=unlearn_config, scope=config.scope, batch_size=config.batch_size,
-                      sampler=sampler, data_seed=config.seed, cache_dir=cache_dir, callbacks=callbacks)
+                      data=sampled[narrow], callbacks=callbacks)
 
 
 def run_shapes_bench(
@@ -200,13 +205,13 @@ def run_shapes_bench(
     rows, figures = [], {}
     for concept in config.concepts:
         eval_set = EvalSet.build(concept, config.test_prompts, config.seed, classifier)
-        samples, histories = {}, {}
+        samples, histories, sampled = {}, {}, {}
         scores, samples["original"] = score(components, None, eval_set, classifier, config)
         rows.append({"concept": eval_set.value, "method": "original", **scores, "seconds": 0.0})
         log(_row_text(rows[-1]))
         for method in config.methods:
             callbacks = [progress_bar(config.steps, f"{eval_set.value} {method}")] if progress else []
-            unet, records = unlearn(components, method, concept, config, cache_dir, callbacks)
+            unet, records = unlearn(components, method, concept, config, cache_dir, callbacks, sampled)
             scores, samples[method] = score(components, unet, eval_set, classifier, config)
             rows.append({"concept": eval_set.value, "method": method, **scores,
                          "seconds": float(sum(r["seconds"] for r in records))})

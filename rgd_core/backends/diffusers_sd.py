@@ -76,7 +76,8 @@ def paper_nudity_sd14_config(seed: int = 0) -> UnlearnConfig:
 # --- text conditioning ---------------------------------------------------------------------------------------
 
 
-def _tokenize(tokenizer, prompts: Sequence[str]) -> Tensor:
+def tokenize(tokenizer, prompts: Sequence[str]) -> Tensor:
+    """Token ids padded to the tokenizer's full length, as every prompt reaching the text encoder is padded."""
     # SD pads every prompt to the full 77 tokens: the UNet was trained on padded embeddings, so shorter padding
     # would change the conditioning.
     return tokenizer(
@@ -109,7 +110,7 @@ def encode_prompts(components, prompts: Sequence[str], batch_size: int = 32) -> 
 
 def _encode_batch(components, prompts: list[str]) -> dict[str, Tensor]:
     encoder = components.text_encoder
-    ids = _tokenize(components.tokenizer, prompts).to(_device(encoder))
+    ids = tokenize(components.tokenizer, prompts).to(_device(encoder))
     if components.family != "sdxl":
         return {"encoder_hidden_states": encoder(ids).last_hidden_state}
     first = encoder(ids, output_hidden_states=True).hidden_states[-2]

@@ -64,21 +64,14 @@ class ShapesClassifier(nn.Module):
                 logits[name].append(head(hidden))
         return {name: torch.cat(value) for name, value in logits.items()}, torch.cat(features)
 
-    def probabilities(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """{attribute: (N, number of values) softmax}, columns in the order of shapes.VALUES[attribute]."""
-        logits, _ = self._run(images)
-        return {name: value.softmax(-1).numpy() for name, value in logits.items()}
-
     def predict(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """{attribute: (N,) index of the most likely value} for (N, 16, 16, 3) uint8 images."""
-        logits, _ = self._run(images)
-        return {name: value.argmax(-1).numpy() for name, value in logits.items()}
+        return self.predict_and_features(images)[0]
 
-    def predict_values(self, images: np.ndarray) -> list[dict[str, str]]:
-        """The most likely value of every attribute, by name, per image."""
-        predicted = self.predict(images)
-        return [{name: shapes.VALUES[name][predicted[name][i]] for name in shapes.ATTRIBUTES}
-                for i in range(len(images))]
+    def predict_and_features(self, images: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """``predict`` and ``features`` of the same images from one pass through the network."""
+        logits, hidden = self._run(images)
+        return {name: value.argmax(-1).numpy() for name, value in logits.items()}, hidden.double().numpy()
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """(N, 128) float64 ReLU features, the space of the Frechet distance."""

@@ -130,26 +130,20 @@ def make_scheduler():
     return DDPMScheduler(**SCHEDULER_CONFIG)
 
 
-def make_components(unet=None, text_encoder=None, sha256: str | None = None, source: str = "") -> "PipelineComponents":
-    """PipelineComponents around ``unet`` and ``text_encoder`` (fresh random ones when None)."""
+def make_components(unet, text_encoder, sha256: str | None = None, source: str = "") -> "PipelineComponents":
+    """PipelineComponents around ``unet`` and ``text_encoder``."""
     from ..checkpoints.load import PipelineComponents
 
     return PipelineComponents(
         family=FAMILY,
-        unet=unet if unet is not None else make_unet(),
+        unet=unet,
         vae=PixelSpaceVAE(),
-        text_encoder=text_encoder if text_encoder is not None else make_text_encoder(),
+        text_encoder=text_encoder,
         tokenizer=make_tokenizer(),
         scheduler=make_scheduler(),
         sha256=sha256,
         source=source,
     )
-
-
-def tokenize(tokenizer, prompts: Sequence[str]) -> Tensor:
-    """Token ids padded to MAX_TOKENS, exactly as diffusers_sd.encode_prompts pads them (training must match)."""
-    return tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
 
 
 def save_model(unet, text_encoder, path: str | Path = MODEL_PATH, metadata: dict | None = None) -> Path:

@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..backends.diffusers_sd import tokenize
 from ..losses import denoising_error
 from . import shapes, shapes_model
 
@@ -73,7 +74,7 @@ def train(
     start, losses = time.time(), []
     for step in range(steps):
         images, captions = shapes.training_batch(seed, step, batch_size, caption_dropout)
-        ids = shapes_model.tokenize(tokenizer, captions)
+        ids = tokenize(tokenizer, captions)
 
         def denoiser(x_t, t):
             return forward(x_t, t, encoder_hidden_states=text_encoder(ids).last_hidden_state).sample
