@@ -10,7 +10,6 @@ without ComfyUI.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -21,7 +20,6 @@ from torch import Tensor
 from rgd_core.backends.denoiser import (
     EditSet,
     alphas_cumprod_from_sigmas,
-    check_prediction_type,
     kohya_tensors,
     make_edit,
     paired_losses,
@@ -69,9 +67,9 @@ def prediction_type(model) -> str:
     denoise = type(sampling).calculate_denoised
     if isinstance(sampling, sampling_types.ModelSamplingDiscrete) and not isinstance(sampling, sampling_types.EDM):
         if isinstance(sampling, sampling_types.V_PREDICTION) and denoise is sampling_types.V_PREDICTION.calculate_denoised:
-            return check_prediction_type("v_prediction")
+            return "v_prediction"
         if isinstance(sampling, sampling_types.EPS) and denoise is sampling_types.EPS.calculate_denoised:
-            return check_prediction_type("epsilon")
+            return "epsilon"
     raise RGDInputError(
         f"this model samples as {type(sampling).__name__} ({model.model.model_type.name}); RGD here trains discrete "
         "epsilon- and v-prediction models (SD1.x, SD2.x, SDXL)."
@@ -293,12 +291,11 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
             if vae is not None and preview_every > 0:
                 shown = encode(clip, [forget[0], retain[0]])
                 negative = encode(clip, [""])[0]
-                one = SamplerSettings(**{**settings.__dict__, "batch_size": 1})
 
                 def preview(record):
                     step = record["step"] + 1
                     if step % preview_every == 0 or step == config.steps:
-                        on_preview(step, preview_image(patcher, vae, shown, negative, config.seed, one))
+                        on_preview(step, preview_image(patcher, vae, shown, negative, config.seed, settings))
 
                 callbacks.append(preview)
 
@@ -409,17 +406,3 @@ def save_lora(lora: dict, path: str, metadata: dict, dtype: torch.dtype) -> str:
     header = {str(k): str(v) for k, v in metadata.items()}
     save_safetensors_atomic(tensors, path, header)
     return path
-
-
-def file_sha256(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def to_json(value) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)

@@ -32,10 +32,10 @@ class RGDCheckpointLoader(io.ComfyNode):
         import comfy.sd
         import folder_paths
 
-        from . import glue
+        from rgd_core.checkpoints.load import file_sha256
 
         path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
         model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
             path, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))
-        info = {"name": ckpt_name, "sha256": glue.file_sha256(path)}
+        info = {"name": ckpt_name, "sha256": file_sha256(path)}
         return io.NodeOutput(model, clip, vae, info)

@@ -12,6 +12,7 @@ import os
 
 from comfy_api.latest import io, ui
 
+from rgd_core.checkpoints.export import rgd_version
 from rgd_core.errors import RGDInputError
 
 from .common import CATEGORY, CheckpointInfo, first_error
@@ -25,15 +26,6 @@ def check_save(filename_prefix: str, save_checkpoint: bool, save_lora: bool) -> 
     check_prefix(filename_prefix)
     if not (save_checkpoint or save_lora):
         raise RGDInputError("nothing to save: turn on save_checkpoint or save_lora.")
-
-
-def rgd_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("rgd")
-    except metadata.PackageNotFoundError:  # the pack copied into custom_nodes without installing it
-        return "unknown"
 
 
 def file_metadata(edit_metadata: dict, checkpoint_info: dict | None, prompt=None, extra_pnginfo=None) -> dict:

@@ -320,7 +320,7 @@ def _export_header(source_path: Path | None, metadata: Mapping[str, Any] | None,
     """An export's metadata: the source file's, then the caller's (values as strings), then provenance."""
     header = {**(_source_metadata(source_path) if source_path is not None else {}),
               **{str(k): str(v) for k, v in (metadata or {}).items()}}
-    header["rgd_version"] = _rgd_version()
+    header["rgd_version"] = rgd_version()
     if base_sha256:
         header["base_sha256"] = base_sha256
     return header
@@ -350,7 +350,7 @@ def export_unet_diff(
         if not torch.equal(edited[key].to(base[key].dtype), base[key])
     }
     header = {str(k): str(v) for k, v in (metadata or {}).items()}
-    header.update(rgd_version=_rgd_version(), rgd_kind="unet_delta")
+    header.update(rgd_version=rgd_version(), rgd_kind="unet_delta")
     return save_safetensors_atomic(deltas, out_path, header)
 
 
@@ -494,10 +494,10 @@ def _source_metadata(path: Path) -> dict[str, str]:
         return dict(handle.metadata() or {})
 
 
-def _rgd_version() -> str:
+def rgd_version() -> str:
     from importlib import metadata
 
     try:
         return metadata.version("rgd")
-    except metadata.PackageNotFoundError:  # running from a checkout without installing
+    except metadata.PackageNotFoundError:  # a checkout or ComfyUI pack used without installing it
         return "unknown"
