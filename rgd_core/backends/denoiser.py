@@ -28,15 +28,13 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import RGDInputError
-from ..lora import lora_rank_alpha
+from ..checkpoints.load import PREDICTION_TYPES
+from ..lora import ATTENTION_BLOCKS, DEFAULT_TARGETS, lora_rank_alpha
 from .diffusers_sd import PairedData, batched_losses
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
 # Which weights an edit touches: LoRA on the attention projections (the UI default: small, fast, exportable as a
 # LoRA), or full-rank deltas on the cross-attention layers, on everything else, or on the whole denoiser (the paper).
 EDIT_SCOPES = ("lora", "cross-attn", "non-cross-attn", "full")
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-ATTENTION_BLOCKS = ("attn1", "attn2")
 
 # denoise(x, sigma, cond) -> x0, k-diffusion form: x = x0 + sigma * eps, sigma of shape (batch,)
 Denoiser = Callable[[Tensor, Tensor, Mapping[str, Tensor]], Tensor]
@@ -71,17 +69,24 @@ def predict_from_denoiser(denoise: Denoiser, alphas_cumprod: Tensor, prediction_
     """
     check_prediction_type(prediction_type)
     alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float32)
+    tables: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def schedule_on(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        # sqrt(abar), sqrt(1 - abar) and sigma for every t, moved and computed once per device, not every call
+        if device not in tables:
+            abar = alphas_cumprod.to(device)
+            tables[device] = (abar.sqrt(), (1 - abar).sqrt(), ((1 - abar) / abar).sqrt())
+        return tables[device]
 
     def predict(x_t: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
-        abar = alphas_cumprod.to(x_t.device)[t.long()]
-        sigma = ((1 - abar) / abar).sqrt()
+        sqrt_abar, sqrt_one_minus_abar, sigma = (table[t.long()] for table in schedule_on(x_t.device))
         shape = (-1, *([1] * (x_t.ndim - 1)))
-        x = x_t / abar.sqrt().reshape(shape).to(x_t.dtype)
+        x = x_t / sqrt_abar.reshape(shape).to(x_t.dtype)
         x0 = denoise(x, sigma, cond)
         eps = (x - x0) / sigma.reshape(shape).to(x.dtype)
         if prediction_type == "epsilon":
             return eps
-        return abar.sqrt().reshape(shape) * eps - (1 - abar).sqrt().reshape(shape) * x0
+        return sqrt_abar.reshape(shape) * eps - sqrt_one_minus_abar.reshape(shape) * x0
 
     return predict
 
@@ -153,10 +158,9 @@ class FullDelta(nn.Module):
 class EditSet(nn.Module):
     """The trainable edits of one run, by the model's own parameter name (``...attn2.to_k.weight``)."""
 
-    def __init__(self, edits: Mapping[str, nn.Module], scope: str) -> None:
+    def __init__(self, edits: Mapping[str, nn.Module]) -> None:
         super().__init__()
         self.names = list(edits)
-        self.scope = scope
         # ModuleDict keys may not contain dots
         self.edits = nn.ModuleDict({name.replace(".", "/"): edit for name, edit in edits.items()})
 
@@ -175,7 +179,7 @@ def in_scope(name: str, scope: str) -> bool:
     if scope == "lora":
         module = ".".join(parts[:-1])
         return parts[-1] == "weight" and any(
-            module.endswith(f"{block}.{target}") for block in ATTENTION_BLOCKS for target in LORA_TARGETS
+            module.endswith(f"{block}.{target}") for block in ATTENTION_BLOCKS for target in DEFAULT_TARGETS
         )
     if scope == "cross-attn":
         return "attn2" in parts
@@ -207,7 +211,7 @@ def make_edit(
             edits[name] = LoRADelta(shapes[name], rank, alpha, generator, device)
         else:
             edits[name] = FullDelta(shapes[name], device)
-    return EditSet(edits, scope)
+    return EditSet(edits)
 
 
 @torch.no_grad()
