@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import ema_update
+
 NUM_CLASSES = 10
 NULL_CLASS = 10
 IMAGE_SIZE = 8
@@ -124,11 +126,7 @@ def train_base_model(
         loss.backward()
         optimizer.step()
         schedule.step()
-        # EMA warm-up (decay grows with the step) so early, poor weights fade quickly.
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema.parameters(), unet.parameters()):
-                e.lerp_(p, 1 - decay)
+        ema_update(ema.parameters(), unet.parameters(), step, ema_decay)
         if log and (step % 100 == 0 or step == steps - 1):
             log(f"step {step:5d}  loss {loss.item():.4f}  lr {schedule.get_last_lr()[0]:.2e}")
     return ema

@@ -32,7 +32,7 @@ import torch
 
 from ..backends.diffusers_sd import tokenize
 from ..losses import denoising_error
-from . import shapes, shapes_model
+from . import ema_update, shapes, shapes_model
 
 
 def train(
@@ -85,10 +85,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         schedule.step()
-        # EMA warm-up (the decay grows with the step) so the random initial weights fade quickly.
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_parameters, parameters, 1 - decay)
+        ema_update(ema_parameters, parameters, step, ema_decay)
         losses.append(loss.item())
         if log and (step % 50 == 0 or step == steps - 1):
             rate = (step + 1) / (time.time() - start)
