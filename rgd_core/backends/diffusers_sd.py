@@ -115,7 +115,7 @@ def _encode_batch(components, prompts: list[str]) -> dict[str, Tensor]:
         return {"encoder_hidden_states": encoder(ids).last_hidden_state}
     first = encoder(ids, output_hidden_states=True).hidden_states[-2]
     encoder_2 = components.text_encoder_2
-    output = encoder_2(_tokenize(components.tokenizer_2, prompts).to(_device(encoder_2)), output_hidden_states=True)
+    output = encoder_2(tokenize(components.tokenizer_2, prompts).to(_device(encoder_2)), output_hidden_states=True)
     hidden = torch.cat([first, output.hidden_states[-2].to(first.device)], dim=-1)
     return {"encoder_hidden_states": hidden, "text_embeds": output.text_embeds}
 
