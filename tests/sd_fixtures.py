@@ -69,10 +69,11 @@ def byte_level_vocab() -> dict[str, int]:
 
 def byte_level_tokenizer(pad_token: str = "<|endoftext|>"):
     """A CLIPTokenizer over the byte-level vocabulary; pad "!" (id 0) gives the OpenCLIP variant of SD2/SDXL."""
-    from transformers import CLIPTokenizer
+    from rgd_core.checkpoints.configs import bpe_clip_tokenizer
 
-    # model_max_length must be set: the default is 1e30 and the pipelines pad to it.
-    return CLIPTokenizer(vocab=byte_level_vocab(), merges=[], pad_token=pad_token, model_max_length=77)
+    # model_max_length must be set: the default is 1e30 and the pipelines pad to it. bpe_clip_tokenizer builds it
+    # on transformers 4.x (file-based constructor) and 5 (vocab/merges constructor) alike.
+    return bpe_clip_tokenizer(byte_level_vocab(), [], pad_token=pad_token, model_max_length=77)
 
 
 # --- tiny diffusers models -------------------------------------------------------------------------------------

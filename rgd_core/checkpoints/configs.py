@@ -124,8 +124,41 @@ def clip_tokenizer(family: str, which: int = 1) -> "CLIPTokenizer":
         choices = " or ".join(str(n) for n in range(1, len(subfolders) + 1))
         raise RGDInputError(f"{family} has no tokenizer {which!r}: pass which={choices}")
     settings = component_config(family, subfolders[which - 1])
-    vocab, merges = _bpe()
-    return CLIPTokenizer(vocab=vocab, merges=merges, **{key: settings[key] for key in _TOKENIZER_KWARGS})
+    kwargs = {key: settings[key] for key in _TOKENIZER_KWARGS}
+    if _takes_bpe(CLIPTokenizer):
+        vocab, merges = _bpe()
+        return CLIPTokenizer(vocab=vocab, merges=merges, **kwargs)
+    # transformers 4.x: its CLIPTokenizer reads the shipped files itself.
+    return CLIPTokenizer(vocab_file=str(TOKENIZER_DIR / "vocab.json"), merges_file=str(TOKENIZER_DIR / "merges.txt"),
+                         **kwargs)
+
+
+def _takes_bpe(tokenizer_class) -> bool:
+    """Whether this CLIPTokenizer is transformers 5's (tokenizers-backed, built from an in-memory vocab and merges;
+    its constructor ignores ``vocab_file``) rather than transformers 4.x's pure-Python one, which only reads
+    ``vocab_file`` and ``merges_file``."""
+    import inspect
+
+    return "vocab" in inspect.signature(tokenizer_class.__init__).parameters
+
+
+def bpe_clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], **settings) -> "CLIPTokenizer":
+    """A ``transformers.CLIPTokenizer`` over an in-memory BPE (token -> id, merge pairs), on transformers 4.x and 5.
+
+    transformers 5 takes them directly; on 4.x they go through a temporary vocab.json + merges.txt (the merges
+    file starts with a version line, which the reader skips). ``settings`` are constructor keywords (pad_token,
+    model_max_length, ...).
+    """
+    from transformers import CLIPTokenizer
+
+    if _takes_bpe(CLIPTokenizer):
+        return CLIPTokenizer(vocab=vocab, merges=[tuple(pair) for pair in merges], **settings)
+    with tempfile.TemporaryDirectory(prefix="rgd-clip-bpe-") as folder:
+        vocab_file, merges_file = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        lines = ["#version: 0.2"] + [f"{left} {right}" for left, right in merges]
+        merges_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return CLIPTokenizer(vocab_file=str(vocab_file), merges_file=str(merges_file), **settings)
 
 
 def default_cache_dir() -> Path:
