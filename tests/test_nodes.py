@@ -8,8 +8,12 @@ afterwards. tests/comfyui/ runs the same nodes in a real ComfyUI.
 
 from __future__ import annotations
 
+import enum
+import importlib
 import importlib.util
 import math
+import os
+import re
 import sys
 import types
 from pathlib import Path
@@ -208,13 +212,15 @@ def test_prompt_set_node_pairs_user_lists_line_by_line(pack):
     message = node.validate_inputs("cat", "my lists", 1, 1, 0, forget_prompts="a cat", retain_prompts="")
     assert "one retain prompt per forget prompt" in message
     message = node.validate_inputs("cat", "my lists", 1, 1, 0, forget_prompts="a cat", retain_prompts="a cat")
-    assert isinstance(message, str)  # a retain prompt that still names the concept (rgd_core's check)
+    # a retain prompt that still names the concept: rgd_core's check, its one-line message on the node
+    assert "retain prompt 'a cat' still contains the concept word 'cat'" in message and "\n" not in message
 
 
 def test_prompt_set_node_reports_rgd_core_errors(pack):
     node = pack.NODE_CLASS_MAPPINGS["RGDPromptSet"]
     assert "{concept}" in node.validate_inputs("cat", "custom", 5, 1, 0, custom_template="a photo")
-    assert isinstance(node.validate_inputs("", "nudity", 5, 1, 0), str)
+    message = node.validate_inputs("", "nudity", 5, 1, 0)
+    assert message.startswith("concept is empty") and "\n" not in message
     assert node.validate_inputs("nudity", "nudity", 5, 1, 0) is True
 
 
@@ -396,3 +402,456 @@ def test_lora_delta_is_alpha_over_rank_up_down():
     expected = (delta.up @ delta.down) * 0.5
     assert torch.allclose(delta(torch.zeros(4, 3)), expected)
     assert math.isclose(delta.alpha / delta.rank, 0.5)
+
+
+# --- the in-graph recipe and the Save node against a small fake of ComfyUI's runtime --------------------------------
+#
+# What nodes/glue.py touches, and no more: a ModelPatcher (clone, add_weight_wrapper, get_model_object, load_device)
+# around a BaseModel (model_sampling, latent_format, process_latent_in/out, extra_conds, apply_model) whose layers carry
+# comfy.ops' weight_function / bias_function lists; comfy.model_sampling's EPS / V_PREDICTION / ModelSamplingDiscrete;
+# comfy.sample.sample; comfy.model_management (load_models_gpu, current_loaded_models, the interrupt flag);
+# comfy.utils.ProgressBar; comfy.lora.model_lora_keys_unet; comfy.sd (load_lora_for_models, save_checkpoint); and
+# folder_paths' output folders. As in ComfyUI, loading a patcher appends its weight wrappers to the layers of the
+# model it shares with every other clone, and unloading takes them off.
+
+
+class _Interrupted(Exception):
+    """comfy.model_management.InterruptProcessingException."""
+
+
+def _comfy_runtime_modules(tmp_path):
+    import torch.nn.functional as F
+
+    sampling = types.ModuleType("comfy.model_sampling")
+
+    class EPS:
+        def calculate_input(self, sigma, noise):
+            return noise / (sigma.reshape(-1, 1, 1, 1) ** 2 + 1) ** 0.5
+
+        def calculate_denoised(self, sigma, model_output, model_input):
+            return model_input - model_output * sigma.reshape(-1, 1, 1, 1)
+
+    class V_PREDICTION(EPS):
+        def calculate_denoised(self, sigma, model_output, model_input):
+            s = sigma.reshape(-1, 1, 1, 1)
+            return model_input / (s**2 + 1) - model_output * s / (s**2 + 1) ** 0.5
+
+    class EDM(V_PREDICTION):
+        pass
+
+    class ModelSamplingDiscrete(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("sigmas", ((1 - schedule()) / schedule()).sqrt())
+
+        def timestep(self, sigma):
+            return (self.sigmas[None, :] - sigma[:, None]).abs().argmin(1)
+
+    sampling.EPS, sampling.V_PREDICTION, sampling.EDM = EPS, V_PREDICTION, EDM
+    sampling.ModelSamplingDiscrete = ModelSamplingDiscrete
+
+    class Layer(nn.Module):
+        """A comfy.ops layer: the weight and bias pass through the wrapper functions on every call."""
+
+        def __init__(self, op, weight_shape, out_features, **kwargs):
+            super().__init__()
+            self.op, self.kwargs = op, kwargs
+            self.weight = nn.Parameter(torch.randn(*weight_shape) * 0.3, requires_grad=False)
+            self.bias = nn.Parameter(torch.randn(out_features) * 0.1, requires_grad=False)
+            self.weight_function, self.bias_function = [], []
+
+        def forward(self, x):
+            weight, bias = self.weight, self.bias
+            for function in self.weight_function:
+                weight = function(weight)
+            for function in self.bias_function:
+                bias = function(bias)
+            return self.op(x, weight, bias, **self.kwargs)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn2 = nn.Module()
+            self.attn2.to_k = Layer(F.linear, (8, 6), 8)
+
+    class DiffusionModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.in_conv = Layer(F.conv2d, (8, 4, 3, 3), 8, padding=1)
+            self.block = Block()
+            self.out_conv = Layer(F.conv2d, (4, 8, 3, 3), 4, padding=1)
+
+        def forward(self, x, timesteps, context):
+            text = self.block.attn2.to_k(context.mean(1))
+            h = self.in_conv(x) + text[:, :, None, None] * (1 + timesteps.float() / 1000)[:, None, None, None]
+            return self.out_conv(F.silu(h))
+
+    class ModelSampling(ModelSamplingDiscrete, EPS):  # ComfyUI builds this class from the model type
+        pass
+
+    ModelType = enum.Enum("ModelType", ["EPS", "V_PREDICTION"])
+
+    class BaseModel(nn.Module):
+        latent_format = types.SimpleNamespace(latent_channels=4)
+        model_type = ModelType.EPS
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.diffusion_model = DiffusionModel()
+            self.model_sampling = ModelSampling()
+
+        def process_latent_in(self, latent):
+            return latent * 0.5
+
+        def process_latent_out(self, latent):
+            return latent / 0.5
+
+        def extra_conds(self, cross_attn, **kwargs):
+            return {"c_crossattn": _Cond(cross_attn)}
+
+        def apply_model(self, x, t, c_crossattn):
+            sampling = self.model_sampling
+            out = self.diffusion_model(sampling.calculate_input(t, x), sampling.timestep(t), c_crossattn)
+            return sampling.calculate_denoised(t, out, x)
+
+    class ModelPatcher:
+        load_device = torch.device("cpu")
+
+        def __init__(self, model, wrappers=None, loras=()):
+            self.model, self.weight_wrapper_patches, self.loras = model, dict(wrappers or {}), list(loras)
+
+        def clone(self):
+            return ModelPatcher(self.model, {k: list(v) for k, v in self.weight_wrapper_patches.items()}, self.loras)
+
+        def add_weight_wrapper(self, name, function):
+            self.weight_wrapper_patches.setdefault(name, []).append(function)
+
+        def get_model_object(self, name):
+            return getattr(self.model, name)
+
+        def functions(self):
+            for key, functions in self.weight_wrapper_patches.items():
+                module, kind = key.rsplit(".", 1)
+                yield getattr(self.model.get_submodule(module), f"{kind}_function"), functions
+
+    management = types.ModuleType("comfy.model_management")
+    management.current_loaded_models = []
+    management.InterruptProcessingException = _Interrupted
+    management.interrupt_after = None  # stop asking after this many polls
+    management.polls = 0
+    management.loads = []
+
+    class LoadedModel:
+        def __init__(self, patcher):
+            self.model = patcher
+
+        def model_unload(self):
+            for applied, functions in self.model.functions():
+                applied[:] = [f for f in applied if all(f is not g for g in functions)]
+
+    def load_models_gpu(patchers, force_full_load=False):
+        for patcher in patchers:
+            for applied, functions in patcher.functions():
+                applied.extend(functions)
+            management.loads.append(sum(len(f) for f in patcher.weight_wrapper_patches.values()))
+            management.current_loaded_models.insert(0, LoadedModel(patcher))
+
+    def processing_interrupted():
+        management.polls += 1
+        return management.interrupt_after is not None and management.polls > management.interrupt_after
+
+    def throw_exception_if_processing_interrupted():
+        if management.interrupt_after is not None and management.polls > management.interrupt_after:
+            raise _Interrupted()
+
+    management.load_models_gpu = load_models_gpu
+    management.processing_interrupted = processing_interrupted
+    management.throw_exception_if_processing_interrupted = throw_exception_if_processing_interrupted
+
+    sample = types.ModuleType("comfy.sample")
+
+    def sample_fn(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, seed=None,
+                  disable_pbar=False):
+        """One guided denoiser call at the top of the schedule: a deterministic function of noise and prompt."""
+        base = model.model
+        sigma = base.model_sampling.sigmas[-1:].expand(noise.shape[0])
+        x = noise * sigma.reshape(-1, 1, 1, 1)
+        cond = base.apply_model(x, sigma, c_crossattn=positive[0][0])
+        uncond = base.apply_model(x, sigma, c_crossattn=negative[0][0].expand(noise.shape[0], -1, -1))
+        return base.process_latent_out(uncond + cfg * (cond - uncond)).tanh()
+
+    sample.sample = sample_fn
+
+    utils = types.ModuleType("comfy.utils")
+
+    class ProgressBar:
+        def __init__(self, total, node_id=None):
+            self.total, self.current = total, 0
+
+        def update(self, value):
+            self.current += value
+
+        def update_absolute(self, value, total=None, preview=None):
+            self.current = value
+
+    utils.ProgressBar = ProgressBar
+
+    lora = types.ModuleType("comfy.lora")
+
+    def model_lora_keys_unet(model, key_map):
+        for name, module in model.named_modules():
+            if name.startswith("diffusion_model.") and hasattr(module, "weight_function"):
+                key_map["lora_unet_" + name[len("diffusion_model."):].replace(".", "_")] = f"{name}.weight"
+        return key_map
+
+    lora.model_lora_keys_unet = model_lora_keys_unet
+
+    sd = types.ModuleType("comfy.sd")
+    sd.saved = []
+
+    def load_lora_for_models(model, clip, lora_tensors, strength_model, strength_clip):
+        return ModelPatcher(model.model, model.weight_wrapper_patches, [*model.loras, lora_tensors]), clip
+
+    def save_checkpoint(path, model, clip, vae, clip_vision, metadata=None, extra_keys=None):
+        from safetensors.torch import save_file
+
+        save_file({"model.diffusion_model.in_conv.weight": model.model.diffusion_model.in_conv.weight.contiguous()},
+                  path, metadata=metadata)
+        sd.saved.append(path)
+
+    sd.load_lora_for_models, sd.save_checkpoint = load_lora_for_models, save_checkpoint
+
+    model_base = types.ModuleType("comfy.model_base")
+    model_base.ModelType = ModelType
+
+    class Clip:
+        """CLIP: one [tensor (1, 5, 6), extras] CONDITIONING entry per prompt, a function of the prompt's bytes."""
+
+        def tokenize(self, text):
+            return text
+
+        def encode_from_tokens_scheduled(self, tokens):
+            seed = int.from_bytes(tokens.encode()[:6].ljust(6, b"\0"), "little") + len(tokens)
+            tensor = torch.randn(1, 5, 6, generator=torch.Generator().manual_seed(seed))
+            return [[tensor, {"pooled_output": None}]]
+
+    roots = {"checkpoints": tmp_path / "models" / "checkpoints", "loras": tmp_path / "models" / "loras"}
+
+    def get_save_image_path(prefix, output_dir, image_width=0, image_height=0):
+        """ComfyUI's folder + name + next counter, without its own escape check (the pack's guard is under test)."""
+        subfolder, name = os.path.split(prefix)
+        folder = os.path.join(output_dir, subfolder)
+        os.makedirs(folder, exist_ok=True)
+        numbers = [int(found.group(1)) for entry in os.listdir(folder)
+                   if (found := re.fullmatch(re.escape(name) + r"_(\d+)_\..*", entry))]
+        counter = max(numbers, default=0) + 1
+        return folder, name, counter, subfolder, prefix
+
+    folders = types.SimpleNamespace(
+        get_folder_paths=lambda kind: [str(roots[kind])],
+        get_output_directory=lambda: str(tmp_path / "output"),
+        get_save_image_path=get_save_image_path,
+    )
+    modules = {"comfy.model_sampling": sampling, "comfy.model_management": management, "comfy.sample": sample,
+               "comfy.utils": utils, "comfy.lora": lora, "comfy.sd": sd, "comfy.model_base": model_base}
+    return modules, folders, ModelPatcher(BaseModel()), Clip()
+
+
+class _Cond:
+    """comfy.conds.CONDCrossAttn, as model_conds uses it."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+    def process_cond(self, batch_size, device, area=None):
+        return self
+
+    def concat(self, others):
+        return torch.cat([self.tensor] + [other.tensor for other in others])
+
+
+@pytest.fixture
+def comfy_runtime(pack, monkeypatch, tmp_path):
+    """(node module namespace, fake ComfyUI modules, MODEL, CLIP) with the fakes installed over the pack's."""
+    modules, folders, model, clip = _comfy_runtime_modules(tmp_path / "comfyui")
+    comfy = sys.modules["comfy"]
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+        monkeypatch.setattr(comfy, name.split(".", 1)[1], module, raising=False)
+    folder_paths = sys.modules["folder_paths"]
+    for name, value in vars(folders).items():
+        monkeypatch.setattr(folder_paths, name, value, raising=False)
+    nodes = types.SimpleNamespace(**{name: importlib.import_module(f"rgd_pack_under_test.nodes.{name}")
+                                     for name in ("glue", "unlearn", "save")})
+    return types.SimpleNamespace(nodes=nodes, comfy=types.SimpleNamespace(**{k.split(".")[1]: v
+                                                                            for k, v in modules.items()}),
+                                 model=model, clip=clip, root=tmp_path / "comfyui")
+
+
+def _unlearn_node_args(prompt_set, **changes):
+    args = dict(method="rgd", scope="full", steps=3, retain_weight=1.0, truncation_m=0.0, lr=1e-2, batch_size=2,
+                seed=0, lora_rank=2, pairs=2, sample_steps=2, cfg=5.0, sampler_name="euler", scheduler="normal",
+                width=32, height=32, preview_every=0)
+    args.update(changes)
+    return args
+
+
+def _model_state(model):
+    """Everything another branch of the graph could see of the shared MODEL."""
+    base = model.model
+    x = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    sigma = base.model_sampling.sigmas[[10, 500]]
+    context = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        output = base.apply_model(x, sigma, c_crossattn=context)
+    wrappers = [(name, len(m.weight_function), len(m.bias_function))
+                for name, m in base.named_modules() if hasattr(m, "weight_function")]
+    return {k: v.clone() for k, v in base.state_dict().items()}, output, wrappers, dict(model.weight_wrapper_patches)
+
+
+def _assert_untouched(runtime, before):
+    weights, output, wrappers, patches = _model_state(runtime.model)
+    assert weights.keys() == before[0].keys()
+    assert all(torch.equal(weights[k], before[0][k]) for k in weights)  # the input MODEL: bit for bit
+    assert torch.equal(output, before[1])  # the same computation on the same weights
+    assert wrappers == before[2] and patches == before[3]  # no wrapper left on the shared layers
+    assert runtime.comfy.model_management.current_loaded_models == []  # the training clone was unloaded
+
+
+@pytest.fixture
+def small_prompt_set():
+    return build_prompt_sets("nudity", train_count=2, test_count=1, seed=0)[0]
+
+
+def test_unlearn_node_trains_an_edit_beside_the_model(comfy_runtime, small_prompt_set):
+    runtime = comfy_runtime
+    before = _model_state(runtime.model)
+    node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDUnlearn"]
+    out = node.execute(runtime.model, runtime.clip, small_prompt_set, **_unlearn_node_args(small_prompt_set))
+    edited, lora, history = out.args
+    assert runtime.comfy.model_management.loads == [6]  # the edit's 6 deltas were on the layers while training
+    assert set(lora) == {f"lora_unet_{name}.{kind}" for name in ("in_conv", "block_attn2_to_k", "out_conv")
+                         for kind in ("diff", "diff_b")}
+    assert all(bool(tensor.any()) for tensor in lora.values())
+    assert lora.metadata["rgd_seed"] == 0 and lora.metadata["rgd_backend"] == "comfyui"
+    assert edited.loras == [lora] and edited is not runtime.model
+    assert [r["step"] for r in history["records"]] == [0, 1, 2] and len(history["forget_loss"]) == 3
+    _assert_untouched(runtime, before)
+
+
+def test_unlearn_node_seed_is_a_fixed_widget_and_the_same_seed_gives_the_same_edit(comfy_runtime,
+                                                                                    small_prompt_set):
+    """Seeds do not randomise after each queue (no control_after_generate widget), so a re-queued graph is the same
+    graph; and a fixed seed is a fixed edit (the same computation again, bit for bit)."""
+    pack_module = sys.modules["rgd_pack_under_test"]
+    for node_id in ("RGDUnlearn", "RGDPromptSet"):
+        seed = inputs_of(schema(pack_module, node_id))["seed"]
+        assert seed.options["control_after_generate"] is False, node_id
+    node = pack_module.NODE_CLASS_MAPPINGS["RGDUnlearn"]
+    runtime = comfy_runtime
+    run = lambda seed: node.execute(runtime.model, runtime.clip, small_prompt_set,  # noqa: E731
+                                    **_unlearn_node_args(small_prompt_set, seed=seed)).args[1]
+    first, again, other = run(5), run(5), run(6)
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first)
+
+
+def test_cancel_in_the_graph_leaves_the_input_model_untouched(comfy_runtime, small_prompt_set):
+    runtime = comfy_runtime
+    before = _model_state(runtime.model)
+    management = runtime.comfy.model_management
+    management.interrupt_after = 2  # ComfyUI's Cancel, pressed during the third step's check
+    node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDUnlearn"]
+    with pytest.raises(_Interrupted):  # ComfyUI's own interrupt, so the queue shows "interrupted", not an error
+        node.execute(runtime.model, runtime.clip, small_prompt_set, **_unlearn_node_args(small_prompt_set, steps=50))
+    assert management.polls == 3 and management.loads == [6]  # two steps trained with the edit on, then stopped
+    _assert_untouched(runtime, before)
+
+
+@pytest.mark.parametrize("where", ["training", "sampling"])
+def test_an_error_in_the_graph_leaves_the_input_model_untouched(comfy_runtime, small_prompt_set, monkeypatch, where):
+    from rgd_core.unlearner import Unlearner
+
+    runtime = comfy_runtime
+    before = _model_state(runtime.model)
+    if where == "training":
+        real_step = Unlearner.step
+
+        def failing_step(self, step):
+            if step == 1:
+                raise RuntimeError("out of memory (simulated)")
+            return real_step(self, step)
+
+        monkeypatch.setattr(Unlearner, "step", failing_step)
+    else:
+        def failing_sample(*args, **kwargs):
+            raise RuntimeError("sampler failed (simulated)")
+
+        monkeypatch.setattr(runtime.comfy.sample, "sample", failing_sample)
+    node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDUnlearn"]
+    with pytest.raises(RuntimeError, match="simulated"):
+        node.execute(runtime.model, runtime.clip, small_prompt_set, **_unlearn_node_args(small_prompt_set))
+    assert runtime.comfy.model_management.loads == ([6] if where == "training" else [])
+    _assert_untouched(runtime, before)
+
+
+def _all_files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def _edit():
+    glue = importlib.import_module("rgd_pack_under_test.nodes.glue")
+    return glue.RGDEdit({"lora_unet_x.diff": torch.ones(2, 2)}, {"rgd_method": "rgd"})
+
+
+@pytest.mark.parametrize("prefix", ["../escape", "/abs/path", "rgd/../../x", "C:evil", "", "a//b"])
+def test_save_node_refuses_an_escaping_prefix_at_run_time_and_writes_nothing(comfy_runtime, prefix):
+    """validate_inputs is skipped when the prefix is linked from another node; execute itself must refuse it."""
+    runtime = comfy_runtime
+    node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDSave"]
+    with pytest.raises(RGDInputError, match="filename prefix"):
+        node.execute(runtime.model, runtime.clip, None, prefix, True, True, "fp16", "models", edit=_edit())
+    assert _all_files(runtime.root.parent) == []
+    assert runtime.comfy.sd.saved == []
+
+
+@pytest.mark.parametrize("destination", ["models", "output"])
+def test_save_node_writes_inside_its_folders_with_the_runs_metadata(comfy_runtime, destination):
+    from safetensors import safe_open
+
+    runtime = comfy_runtime
+    node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDSave"]
+    info = {"name": "base.safetensors", "sha256": "ab" * 32}
+    out = node.execute(runtime.model, runtime.clip, None, "rgd/unlearned", True, True, "fp16", destination,
+                       edit=_edit(), checkpoint_info=info)
+    checkpoint, lora = out.args
+    root = runtime.root
+    if destination == "models":
+        assert checkpoint == str(root / "models" / "checkpoints" / "rgd" / "unlearned_00001_.safetensors")
+        assert lora == str(root / "models" / "loras" / "rgd" / "unlearned_lora_00001_.safetensors")
+    else:
+        assert checkpoint == str(root / "output" / "rgd" / "unlearned_00001_.safetensors")
+        assert lora == str(root / "output" / "rgd" / "unlearned_lora_00001_.safetensors")
+    assert _all_files(root.parent) == sorted(str(Path(p).relative_to(root.parent)) for p in (checkpoint, lora))
+    for path in (checkpoint, lora):
+        with safe_open(path, "pt") as handle:
+            metadata = handle.metadata()
+        assert metadata["rgd_method"] == "rgd" and metadata["base_sha256"] == "ab" * 32 and metadata["rgd_version"]
+        assert metadata["base_name"] == "base.safetensors"
+    with safe_open(checkpoint, "pt") as handle:
+        assert handle.metadata()["modelspec.predict_key"] == "epsilon"  # as ComfyUI's CheckpointSave writes it
+    with safe_open(lora, "pt") as handle:
+        assert handle.get_tensor("lora_unet_x.diff").dtype == torch.float16
+    assert out.ui.text == "saved: unlearned_00001_.safetensors, unlearned_lora_00001_.safetensors"
+    again = node.execute(runtime.model, runtime.clip, None, "rgd/unlearned", True, False, "fp16", destination)
+    assert again.args[0].endswith("unlearned_00002_.safetensors")  # ComfyUI's counter: nothing is overwritten
+
+
+def test_save_node_without_an_edit_for_the_lora_writes_nothing(comfy_runtime):
+    runtime = comfy_runtime
+    node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDSave"]
+    with pytest.raises(RGDInputError, match="no edit is connected"):
+        node.execute(runtime.model, runtime.clip, None, "rgd/x", True, True, "fp16", "models")
+    assert _all_files(runtime.root.parent) == []

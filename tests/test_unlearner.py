@@ -133,16 +133,42 @@ def test_in_place_edits_the_given_model():
     assert not torch.equal(model.body[0].weight, before["body.0.weight"])
 
 
-def test_cancel_leaves_model_untouched_and_writes_nothing(tmp_path):
+def test_cancel_leaves_model_untouched_and_leaves_only_a_complete_checkpoint(tmp_path):
+    """Cancel with a checkpoint path: the model passed in is untouched, and the folder holds the checkpoint file and
+    nothing else (no temporary file). That file is complete: it loads, and holds exactly the state of a run of its
+    step count: the state at the stop (``run`` saves on cancel) or, where a version does not, the last periodic one
+    (step 3)."""
     model, forget, retain = make_problem()
     before = snapshot(model)
     seen = []
+    checkpoint = tmp_path / "run.safetensors"
+    unlearner = Unlearner(model, forget, retain, UnlearnConfig(**CONFIG))
     with pytest.raises(UnlearningCancelled):
-        Unlearner(model, forget, retain, UnlearnConfig(**CONFIG)).run(
-            callbacks=[seen.append], should_stop=lambda: len(seen) >= 5
-        )
+        unlearner.run(callbacks=[seen.append], should_stop=lambda: len(seen) >= 5, checkpoint_path=checkpoint,
+                      checkpoint_every=3)
     assert len(seen) == 5
     assert_same_weights(snapshot(model), before)
+    assert list(tmp_path.iterdir()) == [checkpoint]
+
+    saved = Unlearner(model, forget, retain, UnlearnConfig(**CONFIG))
+    saved.load_checkpoint(checkpoint)
+    assert saved.completed_steps in (3, 5)
+    assert saved.records == seen[: saved.completed_steps]
+    if saved.completed_steps == 5:
+        reference = unlearner.model
+    else:
+        reference = Unlearner(model, forget, retain, UnlearnConfig(**{**CONFIG, "steps": 3})).run().model
+    assert_same_weights(snapshot(saved.model), snapshot(reference))  # the saved state is that run's, bit for bit
+
+
+def test_cancel_without_a_checkpoint_path_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a stray relative write would land here
+    model, forget, retain = make_problem()
+    seen = []
+    with pytest.raises(UnlearningCancelled):
+        Unlearner(model, forget, retain, UnlearnConfig(**CONFIG)).run(
+            callbacks=[seen.append], should_stop=lambda: len(seen) >= 2, checkpoint_every=1
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -239,3 +265,117 @@ def test_empty_scope_is_an_error():
     model, forget, retain = make_problem()
     with pytest.raises(RGDInputError, match="no trainable parameters"):
         Unlearner(model, forget, retain, trainable=lambda name, p: False)
+
+
+@pytest.mark.parametrize("side", ["forget", "retain"])
+def test_an_infinite_gradient_with_a_finite_loss_stops_before_the_step(side):
+    """sqrt at 0 has value 0 and an infinite derivative: every loss stays finite, one gradient does not."""
+    model, forget, retain = make_problem()
+    probe = nn.Parameter(torch.zeros(()))
+    model.register_parameter("probe", probe)  # a trainable parameter the poisoned loss goes through at 0
+    before = snapshot(model)
+
+    losses = []
+
+    def poisoned(loss):
+        def wrapped(m, generator):
+            error = loss(m, generator) + m.probe.sqrt() * (m.probe.detach() == 0)
+            losses.append(error.detach())
+            return error
+
+        return wrapped
+
+    forget_loss, retain_loss = (poisoned(forget), retain) if side == "forget" else (forget, poisoned(retain))
+    unlearner = Unlearner(model, forget_loss, retain_loss, UnlearnConfig(**CONFIG), in_place=True)
+    seen = []
+    with pytest.raises(NonFiniteError, match="step 0") as caught:
+        unlearner.run(callbacks=[seen.append])
+    assert losses and all(torch.isfinite(error).all() for error in losses)  # the losses were finite
+    assert f"|g_{side[0]}| inf" in str(caught.value)
+    assert seen == [] and unlearner.completed_steps == 0
+    assert_same_weights(snapshot(model), before)  # nothing was applied
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_zero_retain_gradient_passes_the_forget_gradient_through():
+    """g_r = 0 (a retain loss that no trainable weight changes): no conflict, no 0/0, and the update is g_f alone
+    (README's table: "g_r = 0 -> g_f + lambda g_r"). Plain SGD, so the step is -lr * g_f exactly as computed here."""
+    from rgd_core.unlearner import step_seed
+
+    model, forget, _ = make_problem()
+    model.eval()  # no dropout: the forget gradient below is a function of the step generator only
+    zero_retain = lambda m, generator: (m(torch.ones(4, 4)) * 0.0).square()  # noqa: E731
+    config = UnlearnConfig(method="rgd", optimizer="sgd", steps=1, lr=0.1, retain_weight=2.0, seed=3)
+    result = Unlearner(model, forget, zero_retain, config).run()
+    (record,) = result.records
+    assert record["retain_grad_norm"] == 0.0 and record["forget_grad_norm"] > 0
+    assert record["conflict"] is False and record["cosine"] == 0.0
+
+    reference = Unlearner(model, forget, zero_retain, config).model  # a fresh copy of the same weights
+    objective = -forget(reference, torch.Generator().manual_seed(step_seed(3, 0))).mean()
+    grads = torch.autograd.grad(objective, list(reference.parameters()))
+    for (name, edited), start, g_f in zip(result.model.named_parameters(), reference.parameters(), grads):
+        # same maths, a separately built graph: equal up to float round-off
+        torch.testing.assert_close(edited, start - 0.1 * g_f, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_load_checkpoint_refuses_a_foreign_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+
+    model, forget, retain = make_problem()
+    foreign = tmp_path / "model.safetensors"
+    save_file(snapshot(model), str(foreign))  # a real weights file, not a run's checkpoint
+    with pytest.raises(RGDInputError, match="not an rgd unlearner checkpoint"):
+        Unlearner(model, forget, retain, UnlearnConfig(**CONFIG)).load_checkpoint(foreign)
+    with pytest.raises(RGDInputError, match="not found"):
+        Unlearner(model, forget, retain, UnlearnConfig(**CONFIG)).run(resume_from=tmp_path / "missing.safetensors")
+
+
+def test_load_checkpoint_refuses_other_trainable_parameters(tmp_path):
+    model, forget, retain = make_problem()
+    checkpoint = tmp_path / "run.safetensors"
+    Unlearner(model, forget, retain, UnlearnConfig(**{**CONFIG, "steps": 2}),
+              trainable=lambda name, p: name.startswith("body.3")).run(checkpoint_path=checkpoint, checkpoint_every=2)
+    before = snapshot(model)
+    unlearner = Unlearner(model, forget, retain, UnlearnConfig(**CONFIG), in_place=True)
+    with pytest.raises(RGDInputError, match="other trainable parameters"):
+        unlearner.load_checkpoint(checkpoint)
+    assert_same_weights(snapshot(model), before)
+    assert unlearner.completed_steps == 0
+
+
+class WideDenoiser(TinyDenoiser):
+    """TinyDenoiser's parameter names with a wider hidden layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 64), nn.Tanh(), nn.Dropout(0.1), nn.Linear(64, 4))
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: Unlearner.load_checkpoint checks parameter names but not shapes; "
+                   "a checkpoint of same-named, other-shaped parameters raises torch's RuntimeError from p.copy_ "
+                   "after the parameters before it (head_bias) were already overwritten")
+def test_load_checkpoint_refuses_other_shapes_and_changes_nothing(tmp_path):
+    model, forget, retain = make_problem()
+    checkpoint = tmp_path / "run.safetensors"
+    Unlearner(model, forget, retain, UnlearnConfig(**{**CONFIG, "steps": 2})).run(checkpoint_path=checkpoint,
+                                                                                 checkpoint_every=2)
+    wide = WideDenoiser()
+    before = snapshot(wide)
+    unlearner = Unlearner(wide, forget, retain, UnlearnConfig(**CONFIG), in_place=True)
+    try:
+        with pytest.raises(RGDInputError):
+            unlearner.load_checkpoint(checkpoint)
+    finally:
+        assert_same_weights(snapshot(wide), before)
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: Unlearner.load_checkpoint lets safetensors' own SafetensorError "
+                   "through for a file that is not safetensors (truncated, or another format), not an RGDInputError "
+                   "naming the file")
+def test_load_checkpoint_refuses_a_file_that_is_not_safetensors(tmp_path):
+    model, forget, retain = make_problem()
+    broken = tmp_path / "run.safetensors"
+    broken.write_bytes(b"not a safetensors file")
+    with pytest.raises(RGDInputError, match="run.safetensors"):
+        Unlearner(model, forget, retain, UnlearnConfig(**CONFIG)).load_checkpoint(broken)
