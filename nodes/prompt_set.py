@@ -4,55 +4,20 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from rgd_core.errors import RGDInputError
-from rgd_core.prompts import CustomTemplate, PromptSet, build_prompt_sets
+from rgd_core.prompts import HOST_PRESETS, PromptSet, prompt_lines, prompt_sets_from_inputs
 
 from .common import CATEGORY, PromptSetType, first_error
 
-PRESETS = ("nudity", "art-style", "object", "custom", "my lists")
+PRESETS = HOST_PRESETS
 PREVIEW_PAIRS = 5
-
-
-def lines(text: str | None) -> list[str]:
-    return [line.strip() for line in (text or "").splitlines() if line.strip()]
-
-
-def parse_slots(text: str | None) -> dict[str, list[str]]:
-    """``slot: word, word`` per line -> {slot: [words]}."""
-    slots = {}
-    for line in lines(text):
-        name, sep, words = line.partition(":")
-        if not sep or not name.strip():
-            raise RGDInputError(f"slot line {line!r} must read 'slot: word, word, ...'.")
-        slots[name.strip()] = [word.strip() for word in words.split(",") if word.strip()]
-    return slots
 
 
 def prompt_sets(concept: str, preset: str, train_count: int, test_count: int, seed: int, synonyms: str = "",
                 custom_template: str = "", custom_slots: str = "", forget_prompts: str = "",
                 retain_prompts: str = "") -> tuple[PromptSet, PromptSet]:
-    """(train, test) for the node's widget values. "my lists" pairs the two lists line by line (used for both)."""
-    if preset not in PRESETS:
-        raise RGDInputError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}.")
-    if preset == "my lists":
-        forget, retain = lines(forget_prompts), lines(retain_prompts)
-        if not forget or len(forget) != len(retain):
-            raise RGDInputError(
-                f"'my lists' needs one retain prompt per forget prompt, one per line; "
-                f"got {len(forget)} and {len(retain)}."
-            )
-        words = tuple(w.strip() for w in [concept, *(synonyms or "").split(",")] if w.strip())
-        pairs = PromptSet(concept=concept.strip() or "concept", preset="custom", seed=None,
-                          pairs=tuple(zip(forget, retain)), concept_words=words)
-        return pairs, pairs
-    custom = None
-    if preset == "custom":
-        if "{concept}" not in (custom_template or ""):
-            raise RGDInputError("the custom template must contain {concept}, e.g. 'a photo of {concept} {place}'.")
-        custom = CustomTemplate(template=custom_template, slots=parse_slots(custom_slots))
-    synonym_list = [w.strip() for w in (synonyms or "").split(",") if w.strip()] or None
-    return build_prompt_sets(concept, preset=preset, train_count=train_count, test_count=test_count, seed=seed,
-                             synonyms=synonym_list, custom=custom)
+    """(train, test) for the node's widget values: the text boxes split into lines, then rgd_core's builder."""
+    return prompt_sets_from_inputs(concept, preset, train_count, test_count, seed, synonyms, custom_template,
+                                   custom_slots, prompt_lines(forget_prompts), prompt_lines(retain_prompts))
 
 
 def preview(prompt_set: PromptSet) -> str:

@@ -1,16 +1,28 @@
 """Command line: `rgd demo`, `rgd bench digits`, `rgd bench shapes`, `rgd unlearn`, `rgd eval`.
 
 Every command takes a seed; logs go to stderr so that `--json` output on stdout stays machine-readable.
+
+Errors never end in a traceback (unless `--debug`): bad input is one line and exit code 2, before any model
+loads; a failure while running (a full disk, a NaN) is one line and exit 1; Ctrl-C exits 130 (SIGTERM 143). During
+`rgd unlearn` training the first Ctrl-C or SIGTERM finishes the current step, saves the resumable state and says how
+to resume; a second one stops at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import signal
 import sys
+import traceback
+from pathlib import Path
 
-from .errors import RGDError
+from .errors import NonFiniteError, RGDError, RGDInputError, UnlearningCancelled
+from .preflight import check_not_existing, check_number, check_output_folder
+
+EXIT_INPUT, EXIT_FAILURE, EXIT_INTERRUPT = 2, 1, 130
 
 
 def _add_forgetting_options(parser: argparse.ArgumentParser, samples_per_class: int) -> None:
@@ -39,11 +51,20 @@ def _add_forgetting_options(parser: argparse.ArgumentParser, samples_per_class: 
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     parser.add_argument("--report", default=None, help="also write the full report (every run) to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing figures and report")
 
 
 def _configs(args):
     from .class_forgetting import ClassForgettingConfig, EvalConfig
 
+    for name, minimum, above in (("steps", 1, None), ("lr", None, 0.0), ("retain_weight", 0.0, None),
+                                 ("truncation_threshold", None, 0.0), ("forget_batch", 1, None),
+                                 ("retain_batch", 0, None), ("retain_per_class", 1, None),
+                                 ("samples_per_class", 2, None), ("sampling_steps", 1, None), ("seed", 0, None)):
+        check_number("--" + name.replace("_", "-"), getattr(args, name), minimum=minimum, above=above,
+                     allow_inf=name == "truncation_threshold")
+    if args.threads is not None:
+        check_number("--threads", args.threads, minimum=1)
     config = ClassForgettingConfig(
         forget_class=getattr(args, "forget_class", 0), steps=args.steps, lr=args.lr,
         retain_weight=args.retain_weight, truncation=args.truncation,
@@ -51,16 +72,27 @@ def _configs(args):
         retain_per_class=args.retain_per_class, retain_batch=args.retain_batch or None, seed=args.seed,
     )
     config.unlearn_config("rgd")  # validates the settings now, before minutes of work
-    if args.samples_per_class < 2 or args.sampling_steps < 1:
-        raise ValueError("--samples-per-class must be >= 2 and --sampling-steps >= 1")
     return config, EvalConfig(samples_per_class=args.samples_per_class, sampling_steps=args.sampling_steps)
+
+
+def _check_outputs(args, figures: list[str]) -> None:
+    """The figures and report a demo or bench will write: a writable --out, and nothing replaced unless asked."""
+    paths = []
+    if figures:
+        out = check_output_folder(args.out)
+        paths += [out / name for name in figures]
+    if args.report:
+        check_output_folder(Path(args.report).parent or Path("."), "--report")
+        paths.append(Path(args.report))
+    check_not_existing(paths, args.overwrite)
 
 
 def cmd_demo(args) -> None:
     from .digits_demo import format_demo_table, run_demo, set_threads
 
-    set_threads(args.threads)
     config, eval_config = _configs(args)
+    _check_outputs(args, [f"digits_forget{config.forget_class}_{kind}.png" for kind in ("samples", "losses")])
+    set_threads(args.threads)
     report = run_demo(config, eval_config, args.out, log=_log)
     _write_report(report, args.report)
     if args.json:
@@ -75,11 +107,15 @@ def cmd_demo(args) -> None:
 def cmd_bench_digits(args) -> None:
     from .digits_demo import format_bench_table, run_bench, set_threads
 
-    set_threads(args.threads)
     config, eval_config = _configs(args)
-    classes = tuple(int(c) for c in args.classes.split(","))
-    if any(not 0 <= c <= 9 for c in classes):
-        raise SystemExit("error: --classes takes digits 0..9, e.g. --classes 0,3,8")
+    try:
+        classes = tuple(int(c) for c in args.classes.split(","))
+    except ValueError:
+        classes = (-1,)
+    if not classes or any(not 0 <= c <= 9 for c in classes):
+        raise RGDInputError(f"--classes takes digits 0..9, e.g. --classes 0,3,8, not {args.classes!r}.")
+    _check_outputs(args, [])
+    set_threads(args.threads)
     report = run_bench(config, eval_config, classes=classes, log=_log)
     _write_report(report, args.report)
     if args.json:
@@ -119,13 +155,18 @@ def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
     add("--cache-dir", default=None, help="cache for the self-sampled training data (default: none)")
     add("--json", action="store_true", help="print the table as JSON on stdout")
     add("--report", default=None, help="also write the full report to this JSON file")
+    add("--overwrite", action="store_true", help="replace existing figures and report")
 
 
 def cmd_bench_shapes(args) -> None:
     from .digits_demo import set_threads
     from .shapes_bench import ShapesBenchConfig, format_table, run_shapes_bench
 
-    set_threads(args.threads)
+    for name, minimum, above in (("steps", 1, None), ("lr", None, 0.0), ("retain_weight", 0.0, None),
+                                 ("truncation_threshold", None, 0.0), ("batch_size", 1, None), ("train_pairs", 1, None),
+                                 ("test_prompts", 1, None), ("sample_steps", 1, None), ("seed", 0, None)):
+        check_number("--" + name.replace("_", "-"), getattr(args, name), minimum=minimum, above=above,
+                     allow_inf=name == "truncation_threshold")
     config = ShapesBenchConfig(
         concepts=tuple(c.strip() for c in args.concepts.split(",") if c.strip()),
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,
@@ -133,6 +174,9 @@ def cmd_bench_shapes(args) -> None:
         truncation_threshold=args.truncation_threshold, batch_size=args.batch_size, scope=args.scope,
         train_pairs=args.train_pairs, test_prompts=args.test_prompts, sample_steps=args.sample_steps, seed=args.seed,
     )
+    _check_outputs(args, [f"shapes_{concept}_{kind}.png" for concept in config.concepts
+                          for kind in ("grid", "losses")])
+    set_threads(args.threads)
     report = run_shapes_bench(config, out=args.out, cache_dir=args.cache_dir, log=_log, progress=not args.json)
     _write_report(report, args.report)
     if args.json:
@@ -144,17 +188,57 @@ def cmd_bench_shapes(args) -> None:
     print(f"wall time {report['wall_seconds']:.0f} s")
 
 
+class GracefulStop:
+    """SIGINT / SIGTERM handling for a run that can save its state: while ``training`` is set, the first signal
+    only asks the loop to stop after the current step (``__call__`` turns true); before or after training, or on a
+    second signal, the run is interrupted at once (KeyboardInterrupt)."""
+
+    def __init__(self) -> None:
+        self.training = False
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "GracefulStop":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a test runner thread): keep Python's default
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        first = self.signal is None
+        self.signal = signum
+        if self.training and first:
+            _log("rgd: stopping after this step and saving the state (press Ctrl-C again to quit at once)")
+            return
+        raise KeyboardInterrupt
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def phase(self, name: str) -> None:
+        self.training = name == "train"
+
+
 def cmd_unlearn(args) -> None:
     from .sd_unlearn import resolve_settings, run_unlearn
 
     settings = resolve_settings(vars(args), args.config)
-    report = run_unlearn(settings, log=_log)
+    with GracefulStop() as stop:
+        args.stop = stop
+        report = run_unlearn(settings, log=_log, should_stop=stop, on_phase=stop.phase)
     if args.json:
         print(json.dumps(report, indent=2))
         return
     summary = report["summary"]
     model = report["output"]
-    for path in [model] + [report[key] for key in ("diffusers_folder", "lora") if report.get(key, model) != model]:
+    for path in [model] + [report[key] for key in ("diffusers_folder", "lora", "diff")
+                           if report.get(key, model) != model]:
         print(f"wrote {path}")
     print(f"method {settings['method']}, {summary.get('steps', 0)} steps, "
           f"forget loss {summary.get('final_forget_loss', float('nan')):.4f}, "
@@ -199,6 +283,7 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
         "own prompt (the paper's AS); without it the score is skipped")
     add("--out", metavar="DIR", default=d["out"], help=f"folder for eval.json and grid.png (default {d['out']})")
     add("--json", action="store_true", help="print the JSON report on stdout instead of a summary")
+    add("--overwrite", action="store_true", help="replace an existing eval.json / grid.png in --out")
     add("--allow-pickle", action="store_true",
         help="allow reading pickle checkpoints (.ckpt/.pt); they can run code, use only trusted files")
 
@@ -219,7 +304,17 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--preset", choices=sorted(PRESETS), help="a named set of hyper-parameters; paper-nudity-sd14 is the "
         "paper's SD v1.4 nudity run (rgd, lambda 1.6, skip truncation at 1.1, lr 1e-5, 100 steps, batch 8, full)")
     add("--prompt-preset", choices=PROMPT_PRESETS,
-        help="prompt templates for the forget/retain pairs (default: nudity for nudity-like concepts, else object)")
+        help="prompt templates for the forget/retain pairs (default: nudity for nudity-like concepts, else object; "
+             "custom with --custom-template)")
+    add("--synonyms", metavar="WORDS", help="comma-separated other names of the concept (removed from retain "
+        "prompts too), e.g. 'Vincent van Gogh'")
+    add("--custom-template", metavar="TEXT", help="your own forget-prompt template with {concept} and {slot} "
+        "names, e.g. 'a photo of {concept} {place}' (implies --prompt-preset custom)")
+    add("--slot", action="append", metavar="'NAME: WORD, WORD'",
+        help="the words of one slot of --custom-template; repeat for each slot")
+    add("--forget-prompts", metavar="FILE", help="your own forget prompts, one a line (with --retain-prompts: "
+        "line i of one pairs with line i of the other); replaces the prompt preset")
+    add("--retain-prompts", metavar="FILE", help="the retain twin of each --forget-prompts line, one a line")
     add("--config", metavar="FILE.toml", help="TOML file of settings; keys are the long option names with "
         "underscores; explicit flags override it, it overrides --preset")
     add("--family", choices=CLI_FAMILIES, help="model family (default: detected from the file's keys); sd2-v "
@@ -251,7 +346,13 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--name", help="output file name without folders (default <checkpoint stem>-rgd-<concept>)")
     add("--format", choices=EXPORT_FORMATS, help=f"single-file: one original-layout .safetensors (A1111, Forge, "
         f"ComfyUI); diffusers: a diffusers folder <name>/; both (default {d['format']})")
-    add("--overwrite", action="store_true", default=None, help="replace an existing diffusers folder <name>/")
+    add("--overwrite", action="store_true", default=None,
+        help="replace existing outputs of the same name (checkpoint, LoRA, diff, report, diffusers folder) and "
+             "discard an interrupted run's state")
+    add("--checkpoint-every", type=int, metavar="N", help=f"save the resumable training state every N steps "
+        f"(and on Ctrl-C); 0: only on Ctrl-C (default {d['checkpoint_every']})")
+    add("--resume", action="store_true", default=None, help="continue the interrupted run of the same settings "
+        "and --out from its saved state (same weights as an uninterrupted run)")
     add("--allow-pickle", action="store_true", default=None,
         help="allow reading pickle checkpoints (.ckpt/.pt); they can run code, use only trusted files")
     add("--json", action="store_true", help="print the JSON report on stdout instead of a summary")
@@ -259,7 +360,7 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
 
 def _write_report(report: dict, path: str | None) -> None:
     if path:
-        from .io import atomic_write_bytes
+        from .io import atomic_write_bytes  # --report was checked before the run (_check_outputs)
 
         atomic_write_bytes(json.dumps(report, indent=2).encode(), path)
 
@@ -270,7 +371,12 @@ def _log(message: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rgd", description="RGD concept unlearning for diffusion models.")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the Python traceback of an error")
+    commands.add_parser = _with_parent(commands.add_parser, debug)
 
     demo = commands.add_parser("demo", help="forget one digit with GradDiff and RGD; print UA / RA / FD")
     demo.add_argument("--forget-class", type=int, default=0, choices=range(10), metavar="DIGIT",
@@ -283,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     worlds = bench.add_subparsers(dest="world", required=True)
     bench_digits = worlds.add_parser("digits", help="Table 1/3 protocol: forget each digit in turn")
     bench_digits.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9", help="digits to forget, comma-separated")
+    bench_digits.set_defaults(out=None)
     _add_forgetting_options(bench_digits, samples_per_class=100)
     bench_digits.set_defaults(run=cmd_bench_digits)
     bench_shapes = worlds.add_parser("shapes", help="erase a concept from the offline text-to-image model: RGD, "
@@ -306,14 +413,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_parent(add_parser, parent):
+    """Every subcommand (and sub-subcommand) takes the common options, so `rgd unlearn ... --debug` works."""
+
+    def add(*args, **kwargs):
+        kwargs["parents"] = [*kwargs.get("parents", []), parent]
+        sub = add_parser(*args, **kwargs)
+        original = sub.add_subparsers
+
+        def add_subparsers(*a, **k):
+            group = original(*a, **k)
+            group.add_parser = _with_parent(group.add_parser, parent)
+            return group
+
+        sub.add_subparsers = add_subparsers
+        return sub
+
+    return add
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for an operating-system error, with what to do where the cause is clear."""
+    where = f" ({error.filename})" if error.filename else ""
+    if error.errno == errno.ENOSPC:
+        return f"no space left on the device{where}; free some space or write to another --out."
+    if error.errno == errno.ENAMETOOLONG:
+        return f"a file name is too long for this file system{where}; choose a shorter --name or --out."
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied{where}; choose a folder you can write to."
+    return f"{error.strerror or error}{where}."
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run one command; exit 0, 2 (bad input), 1 (failed while running) or 130/143 (interrupted)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    debug = args.debug or bool(os.environ.get("RGD_DEBUG"))
     try:
         args.run(args)
-    except (RGDError, FileNotFoundError, ValueError) as error:
+    except UnlearningCancelled as stopped:
+        print(f"rgd: interrupted: {stopped}", file=sys.stderr)
+        stop = getattr(args, "stop", None)
+        raise SystemExit(128 + (stop.signal or signal.SIGINT) if stop else EXIT_INTERRUPT) from None
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        stop = getattr(args, "stop", None)
+        signum = stop.signal if stop is not None and stop.signal else signal.SIGINT
+        print("rgd: interrupted; nothing was written" + (" (an earlier saved state, if any, is kept: add --resume)"
+              if args.command == "unlearn" else ""), file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    except (RGDInputError, FileNotFoundError, ValueError) as error:
+        if debug:
+            traceback.print_exc()
         print(f"rgd: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_INPUT) from None
+    except (RGDError, NonFiniteError) as error:
+        if debug:
+            traceback.print_exc()
+        print(f"rgd: error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE) from None
+    except OSError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"rgd: error: {describe_os_error(error)}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE) from None
+    except MemoryError:
+        print("rgd: error: out of memory; lower --batch-size, use --scope lora, or free memory.", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE) from None
+    except Exception as error:  # a bug of ours: say so in one line; --debug shows where
+        if debug:
+            raise
+        first = str(error).splitlines()[0] if str(error) else ""
+        print(f"rgd: error: {type(error).__name__}: {first} (run again with --debug for the traceback)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE) from None
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from .errors import RGDInputError
+from .preflight import check_not_existing, check_number, check_output_folder
 
 GRID_COLUMNS = 8
 
@@ -41,6 +42,7 @@ DEFAULTS: dict = {
     "out": "rgd_eval",
     "allow_pickle": False,
     "clip": None,
+    "overwrite": False,
 }
 
 
@@ -167,11 +169,15 @@ def run_eval(settings: Mapping, log: Callable[[str], None] = lambda message: Non
         if not Path(settings[key]).exists():
             raise RGDInputError(f"--{key} checkpoint not found: {settings[key]}")
     thresholds = parse_thresholds(settings["thresholds"])
-    if settings["steps"] < 1:
-        raise RGDInputError(f"--steps must be at least 1, got {settings['steps']}")
+    check_number("--steps", settings["steps"], minimum=1, integer=True)
+    check_number("--guidance", settings["guidance"], minimum=0.0)
+    check_number("--seed", settings["seed"], minimum=0, integer=True)
+    if settings["i2p_min_nudity"] is not None:
+        check_number("--i2p-min-nudity", settings["i2p_min_nudity"], minimum=0.0)
     prompts = read_prompts(settings["prompts"], settings["i2p_min_nudity"], settings["limit"])
     sampler = SamplerSettings(steps=int(settings["steps"]), guidance_scale=float(settings["guidance"]))
-    out = Path(settings["out"])
+    out = check_output_folder(settings["out"])
+    check_not_existing([out / "eval.json", out / "grid.png"], bool(settings["overwrite"]))
     scorer = None
     if settings["clip"]:
         log(f"loading the CLIP model in {settings['clip']}")

@@ -10,6 +10,13 @@ pairs, samples the paired data and trains (``unlearn_sd``), then writes ``<out>/
 ``<out>/<name>.json``. Both files are written only after training finished, each atomically, so an interrupted or
 failed run leaves nothing in ``out``.
 
+Before any model loads, everything knowable is checked (``preflight``): every number finite and in range, the
+output folder writable, the output names within the file system's limit, no existing output replaced without
+``overwrite``, room on the disk for the outputs. During training the run's resumable state is written beside the
+outputs (``<name>.resume.safetensors`` every ``checkpoint_every`` steps and when ``should_stop`` turns true, with
+its settings in ``<name>.resume.json``); ``resume`` continues it to the same weights as an uninterrupted run, and a
+finished run deletes it.
+
 ``format`` picks the model output: the single file (default), a diffusers folder ``<out>/<name>/`` (built aside and
 renamed into place; an existing one is replaced only with ``overwrite``), or both. ``forget_images`` /
 ``retain_images`` name folders of the user's own images, which replace the base model's samples on that side.
@@ -17,24 +24,29 @@ renamed into place; an existing one is replaced only with ``overwrite``), or bot
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
 import tomllib
+import unicodedata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 from .backends.diffusers_sd import LORA_SCOPE, SCOPES
 from .checkpoints.configs import FAMILIES as CLI_FAMILIES
 from .checkpoints.export import EXPORT_FORMATS
-from .errors import RGDInputError
+from .errors import RGDInputError, UnlearningCancelled
 from .losses import TRUNCATION_MODES as TRUNCATIONS
-from .prompts import PRESET_NAMES
+from .preflight import check_free_space, check_not_existing, check_number, check_output_folder, check_output_names
+from .prompts import LISTS_PRESET, PRESET_NAMES, prompt_lines
 from .update_rules import UPDATE_RULES
 
 METHODS = tuple(UPDATE_RULES)
-# custom needs a template file; shapes is the benchmark world's vocabulary, not a Stable Diffusion one
-PROMPT_PRESETS = tuple(name for name in PRESET_NAMES if name not in ("custom", "shapes"))
+# shapes is the benchmark world's vocabulary, not a Stable Diffusion one; "custom" takes --custom-template and
+# --slot lines; --forget-prompts/--retain-prompts files select the user's own lists.
+PROMPT_PRESETS = tuple(name for name in PRESET_NAMES if name != "shapes")
 # Concepts for which the paper's nudity prompt preset is the natural default; anything else gets "object".
 NUDITY_CONCEPTS = {"nudity", "nude", "naked", "nsfw", "bare", "unclad", "undressed", "nakedness"}
 # "lora" trains LoRA layers only; the run then writes the kohya LoRA file and the checkpoint with it merged.
@@ -75,13 +87,24 @@ DEFAULTS: dict = {
     "overwrite": False,
     "forget_images": None,
     "retain_images": None,
+    "synonyms": None,
+    "custom_template": None,
+    "slot": None,
+    "forget_prompts": None,
+    "retain_prompts": None,
+    "checkpoint_every": 25,
+    "resume": False,
 }
+
+# Settings that may differ between an interrupted run and its --resume: they change neither the data nor the steps
+# already taken (``steps`` may grow to train on).
+RESUME_FREE = ("steps", "overwrite", "resume", "checkpoint_every", "format", "name", "out", "cache_dir")
 
 # Type each setting must have once resolved (TOML values are checked against it; ints are accepted as floats).
 _TYPES = {
     "steps": int, "lora_rank": int, "batch_size": int, "train_prompts": int, "sample_steps": int, "seed": int,
-    "lr": float, "retain_weight": float, "truncation_threshold": float, "guidance": float,
-    "allow_pickle": bool, "overwrite": bool,
+    "lr": float, "retain_weight": float, "truncation_threshold": float, "guidance": float, "checkpoint_every": int,
+    "allow_pickle": bool, "overwrite": bool, "resume": bool, "slot": list,
 }
 
 
@@ -119,6 +142,10 @@ def _check_type(key: str, value, path: Path):
     wanted = _TYPES.get(key, str)
     if wanted is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if wanted is list:
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise RGDInputError(f"config file {path}: {key} must be a list of strings, not {value!r}.")
+        return value
     # bool is a subclass of int, so "steps = true" must be refused explicitly.
     if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
         raise RGDInputError(f"config file {path}: {key} must be a {wanted.__name__}, not {value!r}.")
@@ -137,20 +164,48 @@ def resolve_settings(cli: Mapping, toml_path: str | Path | None = None) -> dict:
     return settings
 
 
+def flag(key: str) -> str:
+    """The command-line spelling of a setting, for messages."""
+    return "--" + key.replace("_", "-")
+
+
+# (minimum, strictly above) per number setting; every one must also be finite (inf only for the threshold).
+NUMBER_RANGES = {
+    "steps": (1, None), "batch_size": (1, None), "train_prompts": (1, None), "sample_steps": (1, None),
+    "lora_rank": (1, None), "seed": (0, None), "checkpoint_every": (0, None),
+    "lr": (None, 0.0), "retain_weight": (0.0, None), "guidance": (0.0, None), "truncation_threshold": (None, 0.0),
+}
+
+
 def _check_settings(settings: dict) -> None:
     for key in ("checkpoint", "concept", "out"):
-        if not settings[key]:
-            raise RGDInputError(f"--{key} is required (on the command line or in the --config file).")
+        if not settings[key] or not str(settings[key]).strip():
+            raise RGDInputError(f"{flag(key)} is required (on the command line or in the --config file).")
     choices = {"method": METHODS, "truncation": TRUNCATIONS, "family": CLI_FAMILIES,
-               "prompt_preset": PROMPT_PRESETS, "format": EXPORT_FORMATS}
+               "prompt_preset": PROMPT_PRESETS, "format": EXPORT_FORMATS, "scope": ALL_SCOPES}
     for key, allowed in choices.items():
         if settings[key] is not None and settings[key] not in allowed:
-            raise RGDInputError(f"{key} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
-    if settings["scope"] not in ALL_SCOPES:
-        raise RGDInputError(f"scope must be one of {', '.join(ALL_SCOPES)}, not {settings['scope']!r}.")
-    for key in ("batch_size", "train_prompts", "sample_steps", "lora_rank"):
-        if settings[key] < 1:
-            raise RGDInputError(f"{key} must be at least 1, not {settings[key]}.")
+            raise RGDInputError(f"{flag(key)} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
+    for key, (minimum, above) in NUMBER_RANGES.items():
+        if settings[key] is not None:
+            check_number(flag(key), settings[key], minimum=minimum, above=above, integer=_TYPES[key] is int,
+                         allow_inf=key == "truncation_threshold")
+    lists = [key for key in ("forget_prompts", "retain_prompts") if settings[key]]
+    if len(lists) == 1:
+        partner = "retain_prompts" if lists[0] == "forget_prompts" else "forget_prompts"
+        raise RGDInputError(f"{flag(lists[0])} needs {flag(partner)} too: line i of one pairs with line i of the "
+                            "other.")
+    if lists and (settings["prompt_preset"] or settings["custom_template"]):
+        raise RGDInputError("--forget-prompts/--retain-prompts replace the prompt preset; drop --prompt-preset and "
+                            "--custom-template.")
+    if settings["custom_template"] and settings["prompt_preset"] not in (None, "custom"):
+        raise RGDInputError(f"--custom-template needs --prompt-preset custom (or none), not "
+                            f"{settings['prompt_preset']!r}.")
+    if settings["prompt_preset"] == "custom" and not settings["custom_template"]:
+        raise RGDInputError("--prompt-preset custom needs --custom-template, e.g. 'a photo of {concept} {place}', "
+                            "and one --slot 'place: in a park, at the beach' per slot.")
+    if settings["slot"] and not settings["custom_template"]:
+        raise RGDInputError("--slot fills the slots of --custom-template; give the template too.")
 
 
 def default_prompt_preset(concept: str) -> str:
@@ -158,9 +213,26 @@ def default_prompt_preset(concept: str) -> str:
     return "nudity" if concept.strip().lower() in NUDITY_CONCEPTS else "object"
 
 
+SLUG_LENGTH = 48
+
+
 def concept_slug(concept: str) -> str:
-    """A file-name-safe form of the concept: lowercase words joined by dashes ("Van Gogh" -> "van-gogh")."""
-    return re.sub(r"[^a-z0-9]+", "-", concept.lower()).strip("-") or "concept"
+    """A file-name-safe form of the concept that never maps two concepts to one name.
+
+    Lowercase ASCII words joined by dashes ("Van Gogh" -> "van-gogh"); accents are folded ("Café" -> "cafe"). When
+    anything else was dropped or cut (other scripts, punctuation, a very long name), a short hash of the concept is
+    appended ("Café" -> "cafe-1f0b2c3d", "裸体" -> "concept-9a8b7c6d"), so distinct concepts keep distinct files.
+    """
+    text = " ".join(concept.split()).lower()
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", folded).strip("-")
+    # Only case and spaces may be lost for free ("Van Gogh" and "van gogh" name one concept); a dash in the
+    # concept itself would make "van-gogh" and "van gogh" collide.
+    lossless = slug == text.replace(" ", "-") and "-" not in text and len(slug) <= SLUG_LENGTH
+    if lossless:
+        return slug
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    return f"{slug[:SLUG_LENGTH].strip('-') or 'concept'}-{digest}"
 
 
 def output_name(settings: Mapping) -> str:
@@ -208,52 +280,254 @@ def _data_cache(settings: Mapping) -> Path:
     return Path(settings["cache_dir"] or default_cache_dir()) / "sd_data"
 
 
-def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: None) -> dict:
+@dataclass(frozen=True)
+class OutputPlan:
+    """Every path a run may write, known before any work starts (None: not written by this run)."""
+
+    folder: Path
+    name: str
+    model_file: Path | None
+    diffusers_folder: Path | None
+    report: Path
+    lora: Path | None
+    diff: Path | None
+    resume_state: Path
+    resume_settings: Path
+
+    @property
+    def results(self) -> list[Path]:
+        return [p for p in (self.model_file, self.diffusers_folder, self.report, self.lora, self.diff) if p]
+
+
+def output_plan(settings: Mapping) -> OutputPlan:
+    from .checkpoints.export import safe_output_folder, safe_output_path
+
+    name = output_name(settings)
+    folder = Path(settings["out"])
+    model_file = safe_output_path(folder, name)
+    stem = model_file.name.removesuffix(".safetensors")
+    diffusers = settings["format"] in ("diffusers", "both")
+    return OutputPlan(
+        folder=folder, name=stem,
+        model_file=model_file if settings["format"] in ("single-file", "both") else None,
+        diffusers_folder=safe_output_folder(folder, name).resolve() if diffusers else None,
+        report=folder / f"{stem}.json",
+        lora=safe_output_path(folder, stem + "-lora") if settings["scope"] == LORA_SCOPE else None,
+        diff=safe_output_path(folder, stem + "-diff") if settings["scope"] == "cross-attn" else None,
+        resume_state=folder / f"{stem}.resume.safetensors",
+        resume_settings=folder / f"{stem}.resume.json",
+    )
+
+
+def check_outputs(settings: Mapping, plan: OutputPlan) -> None:
+    """The checks on where the run will write, made before the model loads (``preflight``)."""
+    check_output_folder(plan.folder)
+    check_output_names(plan.folder, [p.name for p in plan.results + [plan.resume_state, plan.resume_settings]])
+    if settings["resume"]:
+        if not plan.resume_state.is_file():
+            raise RGDInputError(f"nothing to resume: no interrupted run's state at {plan.resume_state}; run "
+                                "without --resume.")
+        saved = _read_resume_settings(plan.resume_settings)
+        for key in sorted(set(DEFAULTS) - set(RESUME_FREE)):
+            if saved.get(key) != _jsonable(settings[key]):
+                raise RGDInputError(f"--resume: the interrupted run had {flag(key)} {saved.get(key)!r}, this one "
+                                    f"{settings[key]!r}; resume with the same settings (only --steps may grow).")
+    elif plan.resume_state.exists() and not settings["overwrite"]:
+        raise RGDInputError(f"an interrupted run left its state at {plan.resume_state}: add --resume to continue "
+                            "it, or --overwrite to start over.")
+    check_not_existing(plan.results, settings["overwrite"])
+    check_free_space(plan.folder, _expected_bytes(settings), "this run's output")
+
+
+def _read_resume_settings(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise RGDInputError(f"--resume: {path} (the interrupted run's settings) is missing or unreadable; start "
+                            "over with --overwrite.") from None
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def _expected_bytes(settings: Mapping) -> int:
+    """A generous estimate of what the run writes at its peak: the model file(s), the LoRA or difference file,
+    and the resume state (trainable weights + Adam's two moments, fp32, twice while one replaces the other)."""
+    from .checkpoints.load import UNET_PREFIX, read_key_shapes
+
+    checkpoint = Path(settings["checkpoint"])
+    size = checkpoint.stat().st_size
+    try:
+        shapes = read_key_shapes(checkpoint, allow_pickle=False)  # the header only: instant
+    except RGDInputError:
+        if not settings["allow_pickle"]:
+            raise  # a refused pickle or a broken file: say so now, not after the model started loading
+        shapes = {}  # an allowed pickle is read once, when the model loads; estimate from the file size
+    numel = {key: _prod(shape) for key, shape in shapes.items()}
+    unet = {key: n for key, n in numel.items() if key.startswith(UNET_PREFIX)}
+    total = sum(numel.values()) or size // 2
+    scoped = {
+        "full": sum(unet.values()), "lora": sum(unet.values()) // 100,
+        "cross-attn": sum(n for key, n in unet.items() if ".attn2." in key),
+        "non-cross-attn": sum(n for key, n in unet.items() if ".attn2." not in key),
+    }.get(settings["scope"], sum(unet.values())) or total
+    needed = 2 * 3 * 4 * scoped  # resume state
+    if settings["format"] in ("single-file", "both"):
+        needed += size
+    if settings["format"] in ("diffusers", "both"):
+        needed += 4 * total  # diffusers folders are written in fp32
+    if settings["scope"] in ("cross-attn", LORA_SCOPE):
+        needed += 4 * scoped
+    return needed
+
+
+def _prod(shape) -> int:
+    count = 1
+    for n in shape:
+        count *= int(n)
+    return count
+
+
+def build_prompts(settings: Mapping):
+    """(train, test, prompt preset) from the settings: a preset, a custom template with --slot lines, or the
+    user's own paired prompt files."""
+    from .prompts import CustomTemplate, custom_preset, parse_slots, prompt_sets_from_inputs, unique_pair_count
+
+    if settings["forget_prompts"]:
+        forget, retain = (read_prompt_file(settings[key], flag(key)) for key in ("forget_prompts", "retain_prompts"))
+        preset = LISTS_PRESET
+    else:
+        forget = retain = None
+        preset = settings["prompt_preset"] or ("custom" if settings["custom_template"]
+                                               else default_prompt_preset(settings["concept"]))
+    test_count = TEST_PROMPTS
+    if preset == "custom" and "{concept}" in (settings["custom_template"] or ""):  # a short custom slot list may hold fewer held-out prompts than the presets do
+        spec = custom_preset(CustomTemplate(settings["custom_template"] or "", parse_slots(settings["slot"] or [])))
+        test_count = min(TEST_PROMPTS, unique_pair_count(spec, "test"))
+    train, test = prompt_sets_from_inputs(
+        settings["concept"], preset, settings["train_prompts"], test_count, settings["seed"],
+        synonyms=settings["synonyms"], custom_template=settings["custom_template"], custom_slots=settings["slot"],
+        forget_prompts=forget, retain_prompts=retain)
+    return train, test, preset
+
+
+def read_prompt_file(path: str | Path, option: str) -> list[str]:
+    """One prompt a line (blank lines skipped), UTF-8."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise RGDInputError(f"{option} {path} cannot be read as UTF-8 text ({reason}).") from None
+    lines = prompt_lines(text)
+    if not lines:
+        raise RGDInputError(f"{option} {path} holds no prompts; write one prompt a line.")
+    return lines
+
+
+def input_warnings(settings: Mapping, train, forget_images, retain_images) -> list[str]:
+    """Reasons to think the input is not what the user meant (logged, never fatal): forget captions that never name
+    the concept, the same images on both sides, prompts the text encoder will cut."""
+    from .checkpoints.configs import clip_tokenizer
+    from .prompts import long_prompt_warning, unnamed_concept_warning
+
+    warnings = []
+    if forget_images is not None:
+        captions = [image.caption for image in forget_images if image.caption is not None]
+        if captions:
+            warnings.append(unnamed_concept_warning(captions, train.concept_words, "forget image captions"))
+    if forget_images is not None and retain_images is not None:
+        if [i.sha256 for i in forget_images] == [i.sha256 for i in retain_images]:
+            warnings.append("the forget and retain images are the same files: training would push the model away "
+                            "from and towards the same pictures; give different --retain-images.")
+    tokenizer = clip_tokenizer("sd1")  # every family shares this BPE; only the pad token differs
+    limit = tokenizer.model_max_length
+    for side, prompts in (("forget", train.forget_prompts), ("retain", train.retain_prompts)):
+        counts = [len(ids) for ids in tokenizer(list(prompts), verbose=False)["input_ids"]]
+        warnings.append(long_prompt_warning(prompts, counts, limit, f"{side} prompts"))
+    return [warning for warning in warnings if warning]
+
+
+def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: None,
+                should_stop: Callable[[], bool] | None = None,
+                on_phase: Callable[[str], None] = lambda phase: None) -> dict:
     """Unlearn ``settings["concept"]`` from the checkpoint and write the edited checkpoint and its JSON report.
 
     Everything that can be checked without the model is checked first, so bad settings fail in a second.
-    Returns the report that was written to ``<name>.json``.
+    ``on_phase`` hears "load", "data", "train" and "write" as the run enters each; ``should_stop()`` is asked
+    before every training step, and when it turns true the run saves its resumable state and raises
+    ``UnlearningCancelled`` with how to resume. Returns the report that was written to ``<name>.json``.
     """
-    from .backends.diffusers_sd import SamplerSettings, unlearn_sd
-    from .checkpoints.export import (
-        check_folder_target,
-        export_diffusers_folder,
-        export_single_file,
-        safe_output_folder,
-        safe_output_path,
-    )
-    from .image_data import images_digest
+    from .backends.diffusers_sd import SamplerSettings, build_paired_data
     from .io import atomic_write_bytes
-    from .progress import progress_bar
-    from .prompts import build_prompt_sets
-    from .unlearner import summarize
 
     checkpoint = Path(settings["checkpoint"])
-    if not checkpoint.exists():
-        raise RGDInputError(f"checkpoint {checkpoint} does not exist.")
+    if checkpoint.is_dir():
+        raise RGDInputError(f"--checkpoint {checkpoint} is a folder; rgd unlearn takes a single-file checkpoint "
+                            "(.safetensors).")
+    if not checkpoint.is_file():
+        raise RGDInputError(f"--checkpoint {checkpoint} does not exist.")
     config = _unlearn_config(settings)
     sampler = SamplerSettings(steps=settings["sample_steps"], guidance_scale=settings["guidance"])
-    out_path = safe_output_path(settings["out"], output_name(settings))
-    report_path = out_path.with_suffix(".json")
-    single_file = settings["format"] in ("single-file", "both")
-    diffusers_folder = None
-    if settings["format"] in ("diffusers", "both"):
-        diffusers_folder = check_folder_target(safe_output_folder(settings["out"], output_name(settings)),
-                                               settings["overwrite"])
+    plan = output_plan(settings)
+    check_outputs(settings, plan)
     forget_images, retain_images = user_images(settings)
-    prompt_preset = settings["prompt_preset"] or default_prompt_preset(settings["concept"])
-    train, test = build_prompt_sets(settings["concept"], prompt_preset, settings["train_prompts"],
-                                    TEST_PROMPTS, settings["seed"])
+    train, test, prompt_preset = build_prompts(settings)
+    for warning in input_warnings(settings, train, forget_images, retain_images):
+        log(f"rgd: warning: {warning}")
 
+    on_phase("load")
     log(f"loading {checkpoint.name}")
     components, folder = load_components(settings)
     log(f"{components.family} checkpoint; {_data_plan(train, forget_images, retain_images)}, then {config.steps} steps")
-    unet, records = unlearn_sd(
-        components, train, config=config, scope=settings["scope"], batch_size=settings["batch_size"],
-        sampler=sampler, data_seed=settings["seed"], cache_dir=_data_cache(settings),
-        callbacks=[progress_bar(config.steps, f"rgd {settings['method']}")], lora_rank=settings["lora_rank"],
-        forget_images=forget_images, retain_images=retain_images,
-    )
+    on_phase("data")
+    data = build_paired_data(components, train, None, sampler, settings["seed"], _data_cache(settings),
+                             forget_images=forget_images, retain_images=retain_images)
+    if not settings["resume"]:
+        plan.resume_state.unlink(missing_ok=True)  # an old run's state (--overwrite was given to get here)
+        atomic_write_bytes((json.dumps(_jsonable(dict(settings)), indent=2) + "\n").encode("utf-8"),
+                           plan.resume_settings)
+    try:
+        report = _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, data,
+                                  forget_images, retain_images, should_stop, on_phase, log)
+    except BaseException as error:
+        if not plan.resume_state.exists():  # nothing was saved to resume from: the settings file alone is noise
+            plan.resume_settings.unlink(missing_ok=True)
+        elif not isinstance(error, (UnlearningCancelled, KeyboardInterrupt)):
+            log(f"rgd: the last saved training state is in {plan.resume_state}; once the cause is fixed, run the "
+                "same command with --resume to go on from there.")
+        raise
+    # Finished: the resumable state has served its purpose.
+    plan.resume_state.unlink(missing_ok=True)
+    plan.resume_settings.unlink(missing_ok=True)
+    return report
+
+
+def _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, data, forget_images,
+                     retain_images, should_stop, on_phase, log) -> dict:
+    from .backends.diffusers_sd import unlearn_sd
+    from .checkpoints.export import export_diffusers_folder, export_single_file
+    from .image_data import images_digest
+    from .io import atomic_write_bytes
+    from .progress import progress_bar
+    from .unlearner import summarize
+
+    checkpoint = Path(settings["checkpoint"])
+    on_phase("train")
+    log(f"training {config.steps} steps" + (" (resuming)" if settings["resume"] else ""))
+    try:
+        unet, records = unlearn_sd(
+            components, train, config=config, scope=settings["scope"], batch_size=settings["batch_size"],
+            data=data, callbacks=[progress_bar(config.steps, f"rgd {settings['method']}")],
+            should_stop=should_stop, lora_rank=settings["lora_rank"], checkpoint_path=plan.resume_state,
+            checkpoint_every=settings["checkpoint_every"],
+            resume_from=plan.resume_state if settings["resume"] else None,
+        )
+    except UnlearningCancelled as stopped:
+        raise UnlearningCancelled(f"{stopped}; the state is saved in {plan.resume_state}: run the same command with "
+                                  "--resume to continue.") from None
+    on_phase("write")
 
     resolved = {**settings, "prompt_preset": prompt_preset, "family": components.family,
                 "config_folder": str(folder), "checkpoint": str(checkpoint), "out": str(settings["out"])}
@@ -275,29 +549,31 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
         "settings": resolved,
         "prompt_digests": {"train": train.digest(), "test": test.digest()},
         "summary": summarize(records),
-        "output": str(out_path if single_file else diffusers_folder),
+        "output": str(plan.model_file.resolve() if plan.model_file else plan.diffusers_folder),
     }
     if images:
         report["images"] = images
-    if diffusers_folder is not None:
-        report["diffusers_folder"] = str(diffusers_folder)
+    if plan.diffusers_folder is not None:
+        report["diffusers_folder"] = str(plan.diffusers_folder)
     written = []
     try:
-        if settings["scope"] == "lora":
-            report["lora"] = str(_save_lora(unet, checkpoint, settings, metadata))
-            written.append(Path(report["lora"]))
+        if plan.lora is not None:
+            report["lora"] = str(_save_lora(unet, checkpoint, plan.lora, settings, metadata).resolve())
+            written.append(plan.lora)
             unet = _merged(unet)
-        if settings["scope"] == "cross-attn":
-            report["diff"] = str(_save_diff(components.unet, unet, checkpoint, settings, metadata))
-            written.append(Path(report["diff"]))
-        if single_file:
-            export_single_file(checkpoint, unet, out_path, config_folder=folder, metadata=metadata,
+        if plan.diff is not None:
+            report["diff"] = str(_save_diff(components.unet, unet, checkpoint, plan.diff, settings,
+                                            metadata).resolve())
+            written.append(plan.diff)
+        if plan.model_file is not None:
+            export_single_file(checkpoint, unet, plan.model_file, config_folder=folder, metadata=metadata,
                                allow_pickle=settings["allow_pickle"])
-            written.append(out_path)
-        if diffusers_folder is not None:
-            export_diffusers_folder(components, unet, diffusers_folder, metadata, overwrite=settings["overwrite"])
-            written.append(diffusers_folder)
-        atomic_write_bytes((json.dumps(report, indent=2) + "\n").encode("utf-8"), report_path)
+            written.append(plan.model_file)
+        if plan.diffusers_folder is not None:
+            export_diffusers_folder(components, unet, plan.diffusers_folder, metadata,
+                                    overwrite=settings["overwrite"])
+            written.append(plan.diffusers_folder)
+        atomic_write_bytes((json.dumps(report, indent=2) + "\n").encode("utf-8"), plan.report)
     except BaseException:
         # A checkpoint or LoRA without its report would look like a finished run; keep all of them or nothing.
         for path in written:
@@ -335,25 +611,23 @@ def _data_plan(train, forget_images, retain_images) -> str:
     return " and ".join(sides)
 
 
-def _save_lora(unet, checkpoint: Path, settings: Mapping, metadata: Mapping) -> Path:
+def _save_lora(unet, checkpoint: Path, path: Path, settings: Mapping, metadata: Mapping) -> Path:
     """The trained LoRA as a kohya-format file (lora_unet_* keys of the checkpoint's own layout)."""
-    from .checkpoints.export import safe_output_path, unet_key_map
+    from .checkpoints.export import unet_key_map
     from .checkpoints.load import read_key_shapes
     from .lora import lora_modules, save_kohya_lora
 
     key_map = unet_key_map(read_key_shapes(checkpoint, allow_pickle=settings["allow_pickle"]), unet.config)
-    path = safe_output_path(settings["out"], output_name(settings) + "-lora")
     return save_kohya_lora(path, lora_modules(unet), key_map, metadata={k: str(v) for k, v in metadata.items()})
 
 
-def _save_diff(base_unet, edited_unet, checkpoint: Path, settings: Mapping, metadata: Mapping) -> Path:
+def _save_diff(base_unet, edited_unet, checkpoint: Path, path: Path, settings: Mapping, metadata: Mapping) -> Path:
     """The cross-attention edit as a difference file (``edited - base`` of the changed tensors, original-layout
     keys): ~5% of a full checkpoint, to add to the base or share."""
-    from .checkpoints.export import export_unet_diff, safe_output_path, unet_key_map
+    from .checkpoints.export import export_unet_diff, unet_key_map
     from .checkpoints.load import read_key_shapes
 
     shapes = read_key_shapes(checkpoint, allow_pickle=settings["allow_pickle"])
-    path = safe_output_path(settings["out"], output_name(settings) + "-diff")
     return export_unet_diff(base_unet.state_dict(), edited_unet.state_dict(), path, unet_key_map(shapes,
                             edited_unet.config), shapes, {k: str(v) for k, v in metadata.items()})
 

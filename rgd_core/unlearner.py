@@ -73,8 +73,14 @@ class UnlearnResult:
 
 
 def step_seed(seed: int, step: int) -> int:
-    """A well-mixed 63-bit seed per (run seed, step): neighbouring steps get unrelated streams."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    """A well-mixed 63-bit seed per (run seed, step): neighbouring steps get unrelated streams.
+
+    The one seed-derivation rule of rgd: ``backends.diffusers_sd.prompt_seed`` (the starting noise of prompt i)
+    is this same function. The shift happens on a Python int: numpy 1.x refuses ``uint64 >> int``
+    (``right_shift`` has no uint64/int64 loop), numpy 2 allows it; both give the same number this way.
+    """
+    state = np.random.SeedSequence([seed, step]).generate_state(1, dtype=np.uint64)
+    return int(state[0]) >> 1
 
 
 class Unlearner:
@@ -125,7 +131,8 @@ class Unlearner:
         checkpoint_every: int = 0,
         resume_from: str | Path | None = None,
     ) -> UnlearnResult:
-        """Train for ``config.steps`` steps. Raises UnlearningCancelled when ``should_stop()`` turns true."""
+        """Train for ``config.steps`` steps. Raises UnlearningCancelled when ``should_stop()`` turns true, after
+        saving the state at ``checkpoint_path`` (when given), so that the run can be resumed from there."""
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         for name, p in self.model.named_parameters():
@@ -135,7 +142,9 @@ class Unlearner:
         try:
             while self.completed_steps < self.config.steps:
                 if should_stop is not None and should_stop():
-                    raise UnlearningCancelled(f"cancelled after {self.completed_steps} steps")
+                    if checkpoint_path:
+                        self.save_checkpoint(checkpoint_path)
+                    raise UnlearningCancelled(f"stopped after {self.completed_steps} of {self.config.steps} steps")
                 record = self.step(self.completed_steps)
                 self.records.append(record)
                 self.completed_steps += 1

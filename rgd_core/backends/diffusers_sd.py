@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -36,7 +35,7 @@ from ..image_data import ImageFile
 from ..io import save_safetensors_atomic
 from ..losses import denoising_error
 from ..prompts import PromptSet
-from ..unlearner import Unlearner, UnlearnConfig
+from ..unlearner import Unlearner, UnlearnConfig, step_seed
 
 # Bump when the layout or the meaning of the cached tensors changes: old cache files then simply miss.
 DATA_FORMAT = "rgd-sd-paired-data-1"
@@ -172,9 +171,9 @@ def image_size(components, settings: SamplerSettings) -> tuple[int, int]:
     return height, width
 
 
-def prompt_seed(seed: int, index: int) -> int:
-    """The starting-noise seed of prompt ``index``: depends on (seed, index) only, so any subset is reproducible."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+prompt_seed = step_seed
+"""``prompt_seed(seed, index)``: the starting-noise seed of prompt ``index``. It depends on (seed, index) only, so any
+subset is reproducible; the same rule as ``unlearner.step_seed`` (one function under two names)."""
 
 
 def _make_scheduler(components, name: str):
@@ -613,6 +612,9 @@ def unlearn_sd(
     lora_alpha: float | None = None,
     forget_images: Sequence[ImageFile] | str | Path | None = None,
     retain_images: Sequence[ImageFile] | str | Path | None = None,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume_from: str | Path | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """RGD on a Stable Diffusion UNet: sample (or load) the paired data, then run the Unlearner on the parameters
     of ``scope``. Returns the edited UNet (a copy; ``components.unet`` is never changed) and the step records.
@@ -625,7 +627,9 @@ def unlearn_sd(
     ``merge_lora(unet)`` folds them in for a plain UNet.
 
     ``forget_images`` / ``retain_images`` train on the user's images instead of samples on that side
-    (``build_image_paired_data``); ignored when ``data`` is given."""
+    (``build_image_paired_data``); ignored when ``data`` is given. ``checkpoint_path``, ``checkpoint_every`` and
+    ``resume_from`` are the Unlearner's: the resumable state every N steps and on cancel, and the state to go on
+    from (bit-identical to an uninterrupted run)."""
     config = config or paper_nudity_sd14_config()
     model, in_place = components.unet, False
     if scope == LORA_SCOPE:
@@ -645,6 +649,7 @@ def unlearn_sd(
         # train mode. SD UNets have no dropout, so train mode changes nothing else.
         unlearner.model.enable_gradient_checkpointing()
         unlearner.model.train()
-    result = unlearner.run(callbacks=callbacks, should_stop=should_stop)
+    result = unlearner.run(callbacks=callbacks, should_stop=should_stop, checkpoint_path=checkpoint_path,
+                           checkpoint_every=checkpoint_every, resume_from=resume_from)
     result.model.eval()
     return result.model, result.records

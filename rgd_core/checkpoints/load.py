@@ -180,8 +180,8 @@ def _checkpoint_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         raise RGDInputError(
-            f"{path} is a folder, not a checkpoint file: pass a diffusers folder (with model_index.json) to "
-            "load_pipeline_components, or give the path of a .safetensors file."
+            f"{path} is a folder, not a checkpoint file: give the path of a single .safetensors checkpoint "
+            "(in Python, load_pipeline_components also reads a diffusers folder with model_index.json)."
         )
     if not path.is_file():
         raise RGDInputError(f"No checkpoint file at {path}.")
@@ -203,7 +203,8 @@ def _read_pickle(path: Path, allow_pickle: bool) -> dict:
     if not allow_pickle:
         raise RGDInputError(
             f"{path.name} is a pickle checkpoint, which can run code when opened; convert it to .safetensors, "
-            "or pass allow_pickle=True to read it with torch.load(weights_only=True)."
+            "or, if you trust it, allow pickles (--allow-pickle; allow_pickle=True in Python) to read it with "
+            "torch.load(weights_only=True)."
         )
     import pickle
 
