@@ -22,12 +22,12 @@ from rgd_core.backends.denoiser import (
     alphas_cumprod_from_sigmas,
     kohya_tensors,
     make_edit,
-    paired_losses,
     predict_from_denoiser,
 )
-from rgd_core.backends.diffusers_sd import PairedData, prompt_seed
 from rgd_core.errors import RGDInputError, UnlearningCancelled
-from rgd_core.unlearner import Unlearner, UnlearnConfig
+from rgd_core.hosts.base import RecipeSettings, Trainee, run_unlearning
+from rgd_core.paired_data import PairedData, prompt_seed
+from rgd_core.unlearner import UnlearnConfig
 
 UNET_PREFIX = "diffusion_model."
 
@@ -268,50 +268,73 @@ def wrapped(model, edit: EditSet):
         _release(patcher)
 
 
+class ComfyHost:
+    """The recipe's host for ComfyUI's MODEL and CLIP (``rgd_core.hosts.base``): the loaded model samples its own
+    data with ComfyUI's sampler; training wraps the layers of a clone (``wrapped``) so that the edit is applied as
+    the model runs and the MODEL passed in is never written."""
+
+    def __init__(self, model, clip, settings: SamplerSettings, on_prompt: Callable[[], None] = lambda: None):
+        self.model, self.clip, self.settings, self.on_prompt = model, clip, settings, on_prompt
+        self.prediction_type = prediction_type(model)
+        self.alphas_cumprod = alphas_cumprod(model)
+        self.patcher = None  # the wrapped clone while training (previews sample with it)
+
+    def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int) -> PairedData:
+        return build_data(self.model, self.clip, forget_prompts, retain_prompts, seed, self.settings, self.on_prompt)
+
+    @contextlib.contextmanager
+    def training(self, scope: str, lora_rank: int = 4, lora_alpha: float | None = None, seed: int = 0):
+        device = self.model.load_device
+        edit = make_edit(editable_shapes(self.model), scope, rank=lora_rank, alpha=lora_alpha, seed=seed,
+                         device=device)
+        with wrapped(self.model, edit) as patcher:
+            self.patcher = patcher
+
+            def denoise(x, sigma, cond):
+                return patcher.model.apply_model(x, sigma.to(x.device), **{k: v.to(x.device) for k, v in cond.items()})
+
+            predict = predict_from_denoiser(denoise, self.alphas_cumprod, self.prediction_type)
+            try:
+                # the EditSet is what trains; the model call already applies it through the wrappers
+                yield Trainee(edit, lambda module, x_t, t, cond: predict(x_t, t, cond), in_place=True,
+                              place=lambda module, x0: x0.to(device))
+            finally:
+                self.patcher = None
+
+
 def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: UnlearnConfig, scope: str,
             batch_size: int, lora_rank: int, settings: SamplerSettings, on_prompt=lambda: None,
             on_step=lambda record: None, should_stop=None, vae=None, preview_every: int = 0,
             on_preview=lambda step, image: None):
-    """RGD on ComfyUI's MODEL: sample the data with the model, train an edit beside its weights, and return
-    (edit, records). The MODEL passed in is never written: the edit lives in weight wrappers of a clone.
+    """RGD on ComfyUI's MODEL through the one recipe (``run_unlearning``) and return (edit, records). The MODEL
+    passed in is never written: the edit lives in weight wrappers of a clone.
 
     With a ``vae`` and ``preview_every`` N > 0, every N steps (and after the last) the model as trained so far
     samples the first forget and retain prompts from one fixed noise, and ``on_preview(step, PIL image)`` gets them.
     """
     import comfy.model_management
 
-    kind = prediction_type(model)
-    schedule = alphas_cumprod(model)
+    host = ComfyHost(model, clip, settings, on_prompt)
+    callbacks = [on_step]
+    if vae is not None and preview_every > 0:
+        shown = encode(clip, [forget[0], retain[0]])
+        negative = encode(clip, [""])[0]
+
+        def preview(record):
+            step = record["step"] + 1
+            if step % preview_every == 0 or step == config.steps:
+                on_preview(step, preview_image(host.patcher, vae, shown, negative, config.seed, settings))
+
+        callbacks.append(preview)
+    recipe = RecipeSettings(config, scope, batch_size, lora_rank, data_seed=config.seed)
+    stop = should_stop or comfy.model_management.processing_interrupted
     with torch.inference_mode(False):
-        data = build_data(model, clip, forget, retain, config.seed, settings, on_prompt)
-        device = model.load_device
-        edit = make_edit(editable_shapes(model), scope, rank=lora_rank, seed=config.seed, device=device)
-        callbacks = [on_step]
-        with wrapped(model, edit) as patcher:
-            if vae is not None and preview_every > 0:
-                shown = encode(clip, [forget[0], retain[0]])
-                negative = encode(clip, [""])[0]
-
-                def preview(record):
-                    step = record["step"] + 1
-                    if step % preview_every == 0 or step == config.steps:
-                        on_preview(step, preview_image(patcher, vae, shown, negative, config.seed, settings))
-
-                callbacks.append(preview)
-
-            def denoise(x, sigma, cond):
-                return patcher.model.apply_model(x, sigma.to(x.device), **{k: v.to(x.device) for k, v in cond.items()})
-
-            predict = predict_from_denoiser(denoise, schedule, kind)
-            forget_loss, retain_loss = paired_losses(predict, data, schedule, kind, batch_size, device=device)
-            trainer = Unlearner(edit, forget_loss, retain_loss, config, in_place=True)
-            stop = should_stop or comfy.model_management.processing_interrupted
-            try:
-                records = trainer.run(callbacks=callbacks, should_stop=stop).records
-            except UnlearningCancelled:
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                raise
-    return edit, records
+        try:
+            result = run_unlearning(host, forget, retain, recipe, callbacks, should_stop=stop)
+        except UnlearningCancelled:
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            raise
+    return result.module, result.records
 
 
 def edit_to_lora(model, edit: EditSet, metadata: dict) -> RGDEdit:

@@ -20,6 +20,7 @@ into latents skips a lossy decode/encode round trip). Images a user supplies ins
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -35,7 +36,9 @@ from ..image_data import ImageFile
 from ..io import save_safetensors_atomic
 from ..losses import denoising_error
 from ..prompts import PromptSet
-from ..unlearner import Unlearner, UnlearnConfig, step_seed
+from ..hosts.base import RecipeSettings, Trainee, run_unlearning
+from ..paired_data import PairedData, batch_indices, batched_losses, prompt_seed
+from ..unlearner import UnlearnConfig
 
 # Bump when the layout or the meaning of the cached tensors changes: old cache files then simply miss.
 DATA_FORMAT = "rgd-sd-paired-data-1"
@@ -171,11 +174,6 @@ def image_size(components, settings: SamplerSettings) -> tuple[int, int]:
     return height, width
 
 
-prompt_seed = step_seed
-"""``prompt_seed(seed, index)``: the starting-noise seed of prompt ``index``. It depends on (seed, index) only, so any
-subset is reproducible; the same rule as ``unlearner.step_seed`` (one function under two names)."""
-
-
 def _make_scheduler(components, name: str):
     import diffusers
 
@@ -246,35 +244,6 @@ def _denoise(components, noise: Tensor, cond: dict, uncond: dict, settings: Samp
 
 
 # --- paired data and its cache -------------------------------------------------------------------------------
-
-
-@dataclass
-class PairedData:
-    """D_f and D_r as latents with their text conditioning; row i of the forget tensors pairs with row i of the
-    retain tensors (forget prompt i and its concept-free twin i)."""
-
-    forget_latents: Tensor
-    retain_latents: Tensor
-    forget_cond: dict[str, Tensor]
-    retain_cond: dict[str, Tensor]
-    key: str = ""
-
-    def __len__(self) -> int:
-        return self.forget_latents.shape[0]
-
-    def to_tensors(self) -> dict[str, Tensor]:
-        tensors = {"forget/latents": self.forget_latents, "retain/latents": self.retain_latents}
-        for side, cond in (("forget", self.forget_cond), ("retain", self.retain_cond)):
-            tensors.update({f"{side}/cond/{key}": value for key, value in cond.items()})
-        return {key: value.contiguous() for key, value in tensors.items()}
-
-    @classmethod
-    def from_tensors(cls, tensors: Mapping[str, Tensor], key: str = "") -> PairedData:
-        def cond(side: str) -> dict[str, Tensor]:
-            prefix = f"{side}/cond/"
-            return {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
-
-        return cls(tensors["forget/latents"], tensors["retain/latents"], cond("forget"), cond("retain"), key)
 
 
 def _prompt_lists(forget_set, retain_set) -> tuple[list[str], list[str]]:
@@ -515,15 +484,6 @@ def _build_side(components, plan: dict, settings: SamplerSettings, seed: int):
 # --- losses for the Unlearner --------------------------------------------------------------------------------
 
 
-def batch_indices(generator: torch.Generator, count: int, batch_size: int) -> Tensor:
-    """The step's batch of pair indices (without replacement), drawn from a *copy* seeded with the step
-    generator's initial seed. The Unlearner seeds one generator per step and calls the forget loss before the
-    retain loss on it; drawing the indices from the seed rather than from the running stream gives both callables
-    the same indices whatever the other one has consumed, while noise and t still come from the live stream."""
-    index_generator = torch.Generator().manual_seed(generator.initial_seed())
-    return torch.randperm(count, generator=index_generator)[: min(batch_size, count)]
-
-
 def paired_losses(components, data: PairedData, batch_size: int = 8, paired: bool = True):
     """(forget_loss, retain_loss) callables ``loss(unet, generator) -> per-element squared error``.
 
@@ -535,43 +495,6 @@ def paired_losses(components, data: PairedData, batch_size: int = 8, paired: boo
     alphas_cumprod = torch.as_tensor(components.scheduler.alphas_cumprod, dtype=torch.float32)
     return batched_losses(_unet_call, data, alphas_cumprod, components.prediction_type, batch_size, paired,
                           place=lambda unet, x0: x0.to(_device(unet), unet.dtype))
-
-
-def batched_losses(
-    call: Callable[[nn.Module, Tensor, Tensor, Mapping[str, Tensor]], Tensor],
-    data: PairedData,
-    alphas_cumprod: Tensor,
-    prediction_type: str,
-    batch_size: int = 8,
-    paired: bool = True,
-    place: Callable[[nn.Module, Tensor], Tensor] = lambda model, x0: x0,
-):
-    """The batching behind ``paired_losses`` for any model call ``call(model, x_t, t, cond) -> prediction``;
-    ``place(model, x0)`` moves a batch to where the model runs. Shared with the in-graph (host) backend, so the same
-    data and seed give the same batches, noise and t in both."""
-    if batch_size < 1:
-        raise RGDInputError("batch_size must be at least 1.")
-    if len(data) == 0 or data.retain_latents.shape[0] == 0:
-        raise RGDInputError("the paired data are empty.")
-    if paired and data.retain_latents.shape[0] != len(data):
-        raise RGDInputError("paired batches need as many retain examples as forget examples.")
-
-    def make(latents: Tensor, cond: Mapping[str, Tensor], salt: int):
-        def loss(model: nn.Module, generator: torch.Generator) -> Tensor:
-            if paired:
-                index = batch_indices(generator, latents.shape[0], batch_size)
-            else:
-                salted = torch.Generator().manual_seed((generator.initial_seed() + salt) % 2**63)
-                index = batch_indices(salted, latents.shape[0], batch_size)
-            x0 = place(model, latents[index])
-            batch_cond = {key: value[index] for key, value in cond.items()}
-            return denoising_error(
-                lambda x_t, t: call(model, x_t, t, batch_cond), x0, alphas_cumprod, generator, prediction_type
-            )
-
-        return loss
-
-    return make(data.forget_latents, data.forget_cond, 0), make(data.retain_latents, data.retain_cond, 1)
 
 
 # --- parameter scopes ----------------------------------------------------------------------------------------
@@ -631,25 +554,52 @@ def unlearn_sd(
     ``resume_from`` are the Unlearner's: the resumable state every N steps and on cancel, and the state to go on
     from (bit-identical to an uninterrupted run)."""
     config = config or paper_nudity_sd14_config()
-    model, in_place = components.unet, False
-    if scope == LORA_SCOPE:
-        from ..lora import add_lora, lora_parameters_filter
+    host = DiffusersHost(components, sampler, cache_dir, forget_images, retain_images)
+    forget, retain = (None, None) if data is not None else _prompt_lists(forget_set, retain_set)
+    settings = RecipeSettings(config, scope, batch_size, lora_rank, lora_alpha, paired, data_seed)
+    result = run_unlearning(host, forget, retain, settings, callbacks, should_stop, data, checkpoint_path,
+                            checkpoint_every, resume_from,
+                            on_training=_gradient_checkpointing if gradient_checkpointing else None)
+    result.module.eval()
+    return result.module, result.records
 
-        model, in_place, trainable = copy.deepcopy(components.unet), True, lora_parameters_filter
-        add_lora(model, lora_rank, lora_alpha, seed=config.seed)
-    else:
-        trainable = scope_filter(scope)
-    if data is None:
-        data = build_paired_data(components, forget_set, retain_set, sampler, data_seed, cache_dir,
-                                 forget_images=forget_images, retain_images=retain_images)
-    forget_loss, retain_loss = paired_losses(components, data, batch_size, paired)
-    unlearner = Unlearner(model, forget_loss, retain_loss, config, trainable, in_place=in_place)
-    if gradient_checkpointing:
-        # The paper's LDM config trains with checkpointing (use_checkpoint: True); diffusers applies it only in
-        # train mode. SD UNets have no dropout, so train mode changes nothing else.
-        unlearner.model.enable_gradient_checkpointing()
-        unlearner.model.train()
-    result = unlearner.run(callbacks=callbacks, should_stop=should_stop, checkpoint_path=checkpoint_path,
-                           checkpoint_every=checkpoint_every, resume_from=resume_from)
-    result.model.eval()
-    return result.model, result.records
+
+@contextlib.contextmanager
+def _gradient_checkpointing(unet: nn.Module):
+    # The paper's LDM config trains with checkpointing (use_checkpoint: True); diffusers applies it only in train
+    # mode. SD UNets have no dropout, so train mode changes nothing else.
+    unet.enable_gradient_checkpointing()
+    unet.train()
+    yield
+
+
+class DiffusersHost:
+    """The recipe's host for diffusers pipeline components (SD1.x, SD2.x, SDXL, and the shapes world's model):
+    data sampled by the model itself with ``sampler`` (or the user's images), cached under ``cache_dir``; the UNet
+    trained on a scope (a deep copy: ``components.unet`` is never written) or LoRA-wrapped (``scope="lora"``)."""
+
+    def __init__(self, components, sampler: SamplerSettings | None = None, cache_dir: str | Path | None = None,
+                 forget_images: Sequence[ImageFile] | str | Path | None = None,
+                 retain_images: Sequence[ImageFile] | str | Path | None = None) -> None:
+        self.components = components
+        self.sampler = sampler
+        self.cache_dir = cache_dir
+        self.forget_images, self.retain_images = forget_images, retain_images
+        self.prediction_type = components.prediction_type
+        self.alphas_cumprod = torch.as_tensor(components.scheduler.alphas_cumprod, dtype=torch.float32)
+
+    def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int) -> PairedData:
+        return build_paired_data(self.components, list(forget_prompts), list(retain_prompts), self.sampler, seed,
+                                 self.cache_dir, forget_images=self.forget_images, retain_images=self.retain_images)
+
+    @contextlib.contextmanager
+    def training(self, scope: str, lora_rank: int = 4, lora_alpha: float | None = None, seed: int = 0):
+        place = lambda unet, x0: x0.to(_device(unet), unet.dtype)  # noqa: E731
+        if scope == LORA_SCOPE:
+            from ..lora import add_lora, lora_parameters_filter
+
+            unet = copy.deepcopy(self.components.unet)
+            add_lora(unet, lora_rank, lora_alpha, seed=seed)
+            yield Trainee(unet, _unet_call, lora_parameters_filter, in_place=True, place=place)
+        else:
+            yield Trainee(self.components.unet, _unet_call, scope_filter(scope), in_place=False, place=place)

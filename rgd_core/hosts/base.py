@@ -1,0 +1,120 @@
+"""The one unlearning recipe, and the small protocol a host implements to run it.
+
+Every entry point (``rgd unlearn``, the ComfyUI node, the benchmarks, next the A1111/Forge tab and flow-matching
+families) runs the same recipe:
+
+    prompt pairs --host.paired_data--> PairedData --host.training(scope)--> Trainee
+                 --batched_losses--> (forget_loss, retain_loss) --Unlearner--> trained module + records
+
+A host is whatever owns the model: the diffusers pipeline components, ComfyUI's MODEL, a UI's loaded checkpoint.
+It provides four things and nothing else:
+
+- ``prediction_type`` and ``alphas_cumprod``: the model's own parameterisation and noise schedule, so the loss is
+  the denoising MSE the model was trained with (``losses.denoising_error``);
+- ``paired_data(forget_prompts, retain_prompts, seed)``: D_f and D_r as latents with their conditioning, row i of
+  one paired with row i of the other (sampled by the model itself, or encoded from the user's images);
+- ``training(scope, lora_rank, lora_alpha, seed)``: a context manager that sets the model up to be trained on one
+  scope and yields a ``Trainee``: the module the Unlearner trains, which of its parameters are trainable, and
+  ``predict(module, x_t, t, cond)``, the model's prediction with the edit applied. Leaving the context undoes
+  whatever the host did to its model (weight wrappers, devices); the model the user passed in is never written;
+- what to do with the trained module (export a checkpoint, a LoRA, hand a MODEL back) stays the host's: it is the
+  ``module`` of the Trainee it made, returned by ``run_unlearning``.
+
+The maths (losses, batching, update rule, loop) is not a host's business: a host adapter holds none of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Iterable, Mapping, Protocol, Sequence
+
+from torch import Tensor, nn
+
+from ..paired_data import PairedData, batched_losses
+from ..unlearner import Unlearner, UnlearnConfig
+
+# predict(module, x_t, t, cond) -> the model's epsilon or v at DDPM timestep t, with the edit being trained applied
+Predict = Callable[[nn.Module, Tensor, Tensor, Mapping[str, Tensor]], Tensor]
+
+
+@dataclass
+class Trainee:
+    """What a host hands the recipe to train: ``module`` (the Unlearner trains its ``trainable`` parameters; the
+    Unlearner deep-copies it unless ``in_place``), the prediction with the edit applied, and ``place(module, x0)``,
+    which moves a batch to where the module runs."""
+
+    module: nn.Module
+    predict: Predict
+    trainable: Callable[[str, nn.Parameter], bool] | None = None
+    in_place: bool = False
+    place: Callable[[nn.Module, Tensor], Tensor] = lambda module, x0: x0
+
+
+class Host(Protocol):
+    """The few things a host provides (see the module docstring)."""
+
+    prediction_type: str
+    alphas_cumprod: Tensor
+
+    def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int) -> PairedData:
+        ...
+
+    def training(self, scope: str, lora_rank: int, lora_alpha: float | None, seed: int) -> ContextManager[Trainee]:
+        ...
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    """The settings of one run that are not the update rule's: which weights, how many pairs per step, the LoRA
+    rank, and whether forget pair i is always batched with its retain twin i (the paper's zip of two loaders)."""
+
+    config: UnlearnConfig
+    scope: str = "full"
+    batch_size: int = 8
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    paired: bool = True
+    data_seed: int = 0
+
+
+@dataclass
+class RecipeResult:
+    module: nn.Module  # the trained module: the host's Trainee.module, edited
+    records: list[dict]
+    data: PairedData
+
+
+def run_unlearning(
+    host: Host,
+    forget_prompts: Sequence[str],
+    retain_prompts: Sequence[str],
+    settings: RecipeSettings,
+    callbacks: Iterable[Callable[[dict], None]] = (),
+    should_stop: Callable[[], bool] | None = None,
+    data: PairedData | None = None,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume_from: str | Path | None = None,
+    on_training: Callable[[nn.Module], ContextManager | None] | None = None,
+) -> RecipeResult:
+    """RGD (or GradDiff) on ``host``'s model: the paired data (``data`` when given, else the host makes it), the
+    scope's trainable weights, the paired losses in the model's own parameterisation, the Unlearner.
+
+    ``on_training(module)`` gets the module being trained and may return a context manager entered around the
+    loop (gradient checkpointing, say); checkpointing and resume are the Unlearner's (bit-identical resume).
+    """
+    if data is None:
+        data = host.paired_data(forget_prompts, retain_prompts, settings.data_seed)
+    config = settings.config
+    with host.training(settings.scope, settings.lora_rank, settings.lora_alpha, config.seed) as trainee:
+        forget_loss, retain_loss = batched_losses(trainee.predict, data, host.alphas_cumprod, host.prediction_type,
+                                                  settings.batch_size, settings.paired, place=trainee.place)
+        unlearner = Unlearner(trainee.module, forget_loss, retain_loss, config, trainee.trainable,
+                              in_place=trainee.in_place)
+        extra = on_training(unlearner.model) if on_training is not None else None
+        with extra if extra is not None else contextlib.nullcontext():
+            result = unlearner.run(callbacks=callbacks, should_stop=should_stop, checkpoint_path=checkpoint_path,
+                                   checkpoint_every=checkpoint_every, resume_from=resume_from)
+    return RecipeResult(result.model, result.records, data)

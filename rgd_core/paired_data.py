@@ -1,0 +1,103 @@
+"""D_f and D_r as a host hands them to the recipe, and the one batching every host's losses go through.
+
+``PairedData`` holds the forget and retain latents with their conditioning, row i of one paired with row i of the
+other (forget prompt i and its concept-free twin i). ``batched_losses`` turns it into the Unlearner's two loss
+callables for any model call, so the diffusers host, the in-graph (ComfyUI) host and any later one draw the same
+batches, noise and t for the same data and seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .errors import RGDInputError
+from .losses import denoising_error
+from .unlearner import step_seed
+
+prompt_seed = step_seed
+"""``prompt_seed(seed, index)``: the starting-noise seed of prompt ``index`` when a host samples its data. It depends
+on (seed, index) only, so any subset or batching gives the same latents; the same rule as the Unlearner's per-step
+seeds (one function under two names)."""
+
+
+@dataclass
+class PairedData:
+    """D_f and D_r as latents with their text conditioning; row i of the forget tensors pairs with row i of the
+    retain tensors (forget prompt i and its concept-free twin i)."""
+
+    forget_latents: Tensor
+    retain_latents: Tensor
+    forget_cond: dict[str, Tensor]
+    retain_cond: dict[str, Tensor]
+    key: str = ""
+
+    def __len__(self) -> int:
+        return self.forget_latents.shape[0]
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        tensors = {"forget/latents": self.forget_latents, "retain/latents": self.retain_latents}
+        for side, cond in (("forget", self.forget_cond), ("retain", self.retain_cond)):
+            tensors.update({f"{side}/cond/{key}": value for key, value in cond.items()})
+        return {key: value.contiguous() for key, value in tensors.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor], key: str = "") -> PairedData:
+        def cond(side: str) -> dict[str, Tensor]:
+            prefix = f"{side}/cond/"
+            return {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
+
+        return cls(tensors["forget/latents"], tensors["retain/latents"], cond("forget"), cond("retain"), key)
+
+
+def batch_indices(generator: torch.Generator, count: int, batch_size: int) -> Tensor:
+    """The step's batch of pair indices (without replacement), drawn from a *copy* seeded with the step
+    generator's initial seed. The Unlearner seeds one generator per step and calls the forget loss before the
+    retain loss on it; drawing the indices from the seed rather than from the running stream gives both callables
+    the same indices whatever the other one has consumed, while noise and t still come from the live stream."""
+    index_generator = torch.Generator().manual_seed(generator.initial_seed())
+    return torch.randperm(count, generator=index_generator)[: min(batch_size, count)]
+
+
+def batched_losses(
+    call: Callable[[nn.Module, Tensor, Tensor, Mapping[str, Tensor]], Tensor],
+    data: PairedData,
+    alphas_cumprod: Tensor,
+    prediction_type: str,
+    batch_size: int = 8,
+    paired: bool = True,
+    place: Callable[[nn.Module, Tensor], Tensor] = lambda model, x0: x0,
+):
+    """(forget_loss, retain_loss) for the Unlearner, ``loss(model, generator) -> per-element squared error``, for any
+    model call ``call(model, x_t, t, cond) -> prediction`` in the model's own parameterisation; ``place(model, x0)``
+    moves a batch to where the model runs. Every host goes through this, so the same data and seed give the same
+    batches, noise and t in all of them.
+
+    With ``paired`` (the paper: zip of the unshuffled forget and retain loaders) both use the same indices, so forget
+    prompt i is always balanced by its concept-free twin i; without it the retain batch is drawn independently."""
+    if batch_size < 1:
+        raise RGDInputError("batch_size must be at least 1.")
+    if len(data) == 0 or data.retain_latents.shape[0] == 0:
+        raise RGDInputError("the paired data are empty.")
+    if paired and data.retain_latents.shape[0] != len(data):
+        raise RGDInputError("paired batches need as many retain examples as forget examples.")
+
+    def make(latents: Tensor, cond: Mapping[str, Tensor], salt: int):
+        def loss(model: nn.Module, generator: torch.Generator) -> Tensor:
+            if paired:
+                index = batch_indices(generator, latents.shape[0], batch_size)
+            else:
+                salted = torch.Generator().manual_seed((generator.initial_seed() + salt) % 2**63)
+                index = batch_indices(salted, latents.shape[0], batch_size)
+            x0 = place(model, latents[index])
+            batch_cond = {key: value[index] for key, value in cond.items()}
+            return denoising_error(
+                lambda x_t, t: call(model, x_t, t, batch_cond), x0, alphas_cumprod, generator, prediction_type
+            )
+
+        return loss
+
+    return make(data.forget_latents, data.forget_cond, 0), make(data.retain_latents, data.retain_cond, 1)
