@@ -59,9 +59,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 from reference_update import flatten_restricted_gradient  # noqa: E402
 
+from rgd_core.edits.scopes import LORA_SCOPE, SCOPES as ALL_SCOPES, scope_filter  # noqa: E402
+
 # benchmark model -> family of its shipped configs
 MODELS = {"tiny": "sd1", "tiny-sdxl": "sdxl", "sd15": "sd1", "sdxl": "sdxl"}
-ALL_SCOPES = ("full", "cross-attn", "non-cross-attn", "lora")
 VARIANTS = ("ours", "uncached", "reference")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 RETAIN_WEIGHT = 1.6  # the paper's lambda for SD
@@ -136,7 +137,6 @@ def build_models(model: str, device: str | torch.device) -> dict:
 
 
 def trainable_filter(scope: str):
-    from rgd_core.backends.diffusers_sd import LORA_SCOPE, scope_filter
     from rgd_core.lora import lora_parameters_filter
 
     return lora_parameters_filter if scope == LORA_SCOPE else scope_filter(scope)
@@ -144,7 +144,6 @@ def trainable_filter(scope: str):
 
 def add_scope_adapters(unet: torch.nn.Module, scope: str, lora_rank: int, seed: int) -> None:
     """The LoRA scope trains adapters on the attention projections, as unlearn_sd does (rank 4 by default)."""
-    from rgd_core.backends.diffusers_sd import LORA_SCOPE
     from rgd_core.lora import add_lora
 
     if scope == LORA_SCOPE:

@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 from comfy_api.latest import io
 
-from rgd_core.backends.denoiser import EDIT_SCOPES
+from rgd_core.edits.scopes import SCOPES, check_scope
 from rgd_core.errors import RGDInputError
 from rgd_core.unlearner import UnlearnConfig, summarize
 
@@ -36,8 +36,7 @@ def unlearn_config(method: str, steps: int, retain_weight: float, truncation_m: 
 
 def check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank, pairs,
                    width, height) -> UnlearnConfig:
-    if scope not in EDIT_SCOPES:
-        raise RGDInputError(f"scope must be one of {', '.join(EDIT_SCOPES)}, not {scope!r}.")
+    check_scope(scope)
     if steps < 1 or batch_size < 1 or lora_rank < 1 or pairs < 0:
         raise RGDInputError("steps, batch size and LoRA rank must be at least 1, pairs at least 0 (0 = all).")
     if width % 8 or height % 8:
@@ -70,7 +69,7 @@ class RGDUnlearn(io.ComfyNode):
                 io.Combo.Input("method", options=list(METHODS), default="rgd",
                                tooltip="rgd: restricted gradient (the paper); graddiff: the baseline; rgd-adam: "
                                        "the projection in Adam's metric (an extension)"),
-                io.Combo.Input("scope", options=list(EDIT_SCOPES), default="lora",
+                io.Combo.Input("scope", options=list(SCOPES), default="lora",
                                tooltip="lora: LoRA on the attention projections; cross-attn / non-cross-attn / "
                                        "full: full-rank deltas on those weights (full = the paper)"),
                 io.Int.Input("steps", default=100, min=1, max=100000),

@@ -289,8 +289,9 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
+    from .edits.scopes import SCOPES
     from .sd_unlearn import (
-        ALL_SCOPES, CLI_FAMILIES, DEFAULTS, EXPORT_FORMATS, METHODS, PRESETS, PROMPT_PRESETS, TRUNCATIONS,
+        CLI_FAMILIES, DEFAULTS, EXPORT_FORMATS, METHODS, PRESETS, PROMPT_PRESETS, TRUNCATIONS,
     )
 
     d = DEFAULTS
@@ -322,7 +323,7 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--config-folder", metavar="DIR",
         help="diffusers config folder for the checkpoint (default: the shipped one of its family)")
     add("--method", choices=METHODS, help=f"update rule (default {d['method']})")
-    add("--scope", choices=ALL_SCOPES,
+    add("--scope", choices=SCOPES,
         help=f"UNet parameters to edit; lora also writes <name>-lora.safetensors (kohya format) "
              f"(default {d['scope']})")
     add("--lora-rank", type=int, help=f"LoRA rank for --scope lora (default {d['lora_rank']})")

@@ -30,9 +30,9 @@ from .backends.diffusers_sd import (
     _unet_call,
     guidance_conditioning,
     image_size,
-    scope_filter,
     vae_scale_factor,
 )
+from .edits.scopes import scope_filter
 from .errors import NonFiniteError, RGDInputError, UnlearningCancelled
 from .unlearner import step_seed
 

@@ -22,11 +22,10 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from .edits.scopes import LORA_TARGETS, is_lora_target
 from .errors import RGDInputError
 from .io import save_safetensors_atomic
 
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-ATTENTION_BLOCKS = ("attn1", "attn2")
 UNET_PREFIX = "model.diffusion_model."
 KOHYA_PREFIX = "lora_unet_"
 LORA_FORMAT = "rgd-kohya-lora-1"
@@ -81,13 +80,6 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}"
 
 
-def _is_target(name: str, targets: Sequence[str]) -> bool:
-    parts = name.split(".")
-    if not any(block in parts for block in ATTENTION_BLOCKS):
-        return False
-    return any(name.endswith("." + target) for target in targets)
-
-
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -103,7 +95,7 @@ def add_lora(
     unet: nn.Module,
     rank: int = 4,
     alpha: float | None = None,
-    target: Sequence[str] = DEFAULT_TARGETS,
+    target: Sequence[str] = LORA_TARGETS,
     seed: int = 0,
 ) -> dict[str, LoRALinear]:
     """Wrap the ``target`` Linear layers of every attn1/attn2 block of ``unet`` (in place) with LoRALinear.
@@ -115,7 +107,7 @@ def add_lora(
     if lora_modules(unet):
         raise RGDInputError("the UNet already holds LoRA layers; merge them (merge_lora) before adding new ones.")
     names = [name for name, module in unet.named_modules()
-             if isinstance(module, nn.Linear) and _is_target(name, tuple(target))]
+             if isinstance(module, nn.Linear) and is_lora_target(name, tuple(target))]
     if not names:
         raise RGDInputError(f"no attention Linear layers named {', '.join(target)} in the UNet to put LoRA on.")
     generator = torch.Generator().manual_seed(int(seed))

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .backends.diffusers_sd import LORA_SCOPE, SCOPES
+from .edits.scopes import LORA_SCOPE, SCOPES
 from .checkpoints.configs import FAMILIES as CLI_FAMILIES
 from .checkpoints.export import EXPORT_FORMATS
 from .errors import RGDInputError, UnlearningCancelled
@@ -49,8 +49,6 @@ METHODS = tuple(UPDATE_RULES)
 PROMPT_PRESETS = tuple(name for name in PRESET_NAMES if name != "shapes")
 # Concepts for which the paper's nudity prompt preset is the natural default; anything else gets "object".
 NUDITY_CONCEPTS = {"nudity", "nude", "naked", "nsfw", "bare", "unclad", "undressed", "nakedness"}
-# "lora" trains LoRA layers only; the run then writes the kohya LoRA file and the checkpoint with it merged.
-ALL_SCOPES = SCOPES + (LORA_SCOPE,)
 
 # Held-out test prompts are only built to record their digest (for a later evaluation); strings are cheap.
 TEST_PROMPTS = 100
@@ -182,7 +180,7 @@ def _check_settings(settings: dict) -> None:
         if not settings[key] or not str(settings[key]).strip():
             raise RGDInputError(f"{flag(key)} is required (on the command line or in the --config file).")
     choices = {"method": METHODS, "truncation": TRUNCATIONS, "family": CLI_FAMILIES,
-               "prompt_preset": PROMPT_PRESETS, "format": EXPORT_FORMATS, "scope": ALL_SCOPES}
+               "prompt_preset": PROMPT_PRESETS, "format": EXPORT_FORMATS, "scope": SCOPES}
     for key, allowed in choices.items():
         if settings[key] is not None and settings[key] not in allowed:
             raise RGDInputError(f"{flag(key)} must be one of {', '.join(allowed)}, not {settings[key]!r}.")

@@ -22,12 +22,11 @@ import pytest
 import torch
 from torch import nn
 
+from rgd_core.edits.scopes import SCOPES, in_scope
 from rgd_core.backends.denoiser import (
-    EDIT_SCOPES,
     FullDelta,
     LoRADelta,
     alphas_cumprod_from_sigmas,
-    in_scope,
     kohya_tensors,
     make_edit,
     paired_losses,
@@ -145,7 +144,7 @@ def test_unlearn_takes_comfyui_model_clip_and_prompts_and_defaults_to_lora(pack)
     node = schema(pack, "RGDUnlearn")
     inputs = inputs_of(node)
     assert [inputs[k].io_type for k in ("model", "clip", "prompt_set")] == ["MODEL", "CLIP", "RGD_PROMPT_SET"]
-    assert inputs["scope"].options["options"] == list(EDIT_SCOPES) and inputs["scope"].options["default"] == "lora"
+    assert inputs["scope"].options["options"] == list(SCOPES) and inputs["scope"].options["default"] == "lora"
     assert set(inputs["method"].options["options"]) <= set(UPDATE_RULES)
     assert inputs["method"].options["default"] == "rgd"
     assert inputs["sampler_name"].options["options"] == ["euler", "ddim"]

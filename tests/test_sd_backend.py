@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sd_fixtures
+from rgd_core.edits.scopes import scope_filter
 from rgd_core.backends.diffusers_sd import (
     PAPER_NUDITY_SD14,
     PairedData,
@@ -20,7 +21,6 @@ from rgd_core.backends.diffusers_sd import (
     paired_losses,
     paper_nudity_sd14_config,
     sample_latents,
-    scope_filter,
     unlearn_sd,
 )
 from rgd_core.checkpoints.load import PipelineComponents

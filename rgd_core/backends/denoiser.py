@@ -29,12 +29,10 @@ from torch import Tensor, nn
 
 from ..errors import RGDInputError
 from ..checkpoints.load import PREDICTION_TYPES
-from ..lora import ATTENTION_BLOCKS, DEFAULT_TARGETS, lora_rank_alpha
+from ..edits.scopes import SCOPES, in_scope
+from ..lora import lora_rank_alpha
 from .diffusers_sd import PairedData, batched_losses
 
-# Which weights an edit touches: LoRA on the attention projections (the UI default: small, fast, exportable as a
-# LoRA), or full-rank deltas on the cross-attention layers, on everything else, or on the whole denoiser (the paper).
-EDIT_SCOPES = ("lora", "cross-attn", "non-cross-attn", "full")
 
 # denoise(x, sigma, cond) -> x0, k-diffusion form: x = x0 + sigma * eps, sigma of shape (batch,)
 Denoiser = Callable[[Tensor, Tensor, Mapping[str, Tensor]], Tensor]
@@ -169,23 +167,6 @@ class EditSet(nn.Module):
 
     def __len__(self) -> int:
         return len(self.names)
-
-
-def in_scope(name: str, scope: str) -> bool:
-    """Whether parameter ``name`` (``...<module path>.weight`` or ``.bias``) is edited under ``scope``."""
-    if scope not in EDIT_SCOPES:
-        raise RGDInputError(f"scope must be one of {', '.join(EDIT_SCOPES)}, not {scope!r}.")
-    parts = name.split(".")
-    if scope == "lora":
-        module = ".".join(parts[:-1])
-        return parts[-1] == "weight" and any(
-            module.endswith(f"{block}.{target}") for block in ATTENTION_BLOCKS for target in DEFAULT_TARGETS
-        )
-    if scope == "cross-attn":
-        return "attn2" in parts
-    if scope == "non-cross-attn":
-        return "attn2" not in parts
-    return True
 
 
 def make_edit(

@@ -36,16 +36,13 @@ from ..image_data import ImageFile
 from ..io import save_safetensors_atomic
 from ..losses import denoising_error
 from ..prompts import PromptSet
+from ..edits.scopes import LORA_SCOPE, check_scope, scope_filter
 from ..hosts.base import RecipeSettings, Trainee, run_unlearning
 from ..paired_data import PairedData, batch_indices, batched_losses, prompt_seed
 from ..unlearner import UnlearnConfig
 
 # Bump when the layout or the meaning of the cached tensors changes: old cache files then simply miss.
 DATA_FORMAT = "rgd-sd-paired-data-1"
-
-SCOPES = ("full", "cross-attn", "non-cross-attn")
-# Train LoRA adapters on the attention projections instead of the UNet's own weights (see ``unlearn_sd``).
-LORA_SCOPE = "lora"
 
 # Deterministic samplers only: with them a prompt's latent depends on its own starting noise alone, so one seeded
 # generator per prompt makes every subset and every batching reproducible.
@@ -500,19 +497,6 @@ def paired_losses(components, data: PairedData, batch_size: int = 8, paired: boo
 # --- parameter scopes ----------------------------------------------------------------------------------------
 
 
-def scope_filter(scope: str) -> Callable[[str, nn.Parameter], bool]:
-    """Which UNet parameters are edited. "full": all (the paper); "cross-attn": the cross-attention layers
-    (``attn2``, ESD-x's choice); "non-cross-attn": everything else (ESD-u's side; ESD's own code also freezes the
-    time embedding and output layer, this does not)."""
-    if scope == "full":
-        return lambda name, parameter: True
-    if scope == "cross-attn":
-        return lambda name, parameter: "attn2" in name
-    if scope == "non-cross-attn":
-        return lambda name, parameter: "attn2" not in name
-    raise RGDInputError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}.")
-
-
 # --- the whole run -------------------------------------------------------------------------------------------
 
 
@@ -543,7 +527,7 @@ def unlearn_sd(
     of ``scope``. Returns the edited UNet (a copy; ``components.unet`` is never changed) and the step records.
     ``config`` defaults to the paper's nudity run (``paper_nudity_sd14_config``).
 
-    ``scope="lora"`` (LORA_SCOPE; not in SCOPES, whose edited UNet exports as is) copies the UNet, wraps its
+    ``scope="lora"`` (``edits.scopes``; the other scopes edit the UNet's own weights) copies the UNet, wraps its
     attention projections with LoRA (``rgd_core.lora.add_lora``: rank ``lora_rank``, alpha ``lora_alpha``,
     default the rank, init seeded by ``config.seed``) and trains only the LoRA weights. The returned UNet is the
     LoRA-wrapped copy: ``rgd_core.lora.lora_modules(unet)`` gives the LoRA layers (for ``save_kohya_lora``) and
@@ -595,7 +579,7 @@ class DiffusersHost:
     @contextlib.contextmanager
     def training(self, scope: str, lora_rank: int = 4, lora_alpha: float | None = None, seed: int = 0):
         place = lambda unet, x0: x0.to(_device(unet), unet.dtype)  # noqa: E731
-        if scope == LORA_SCOPE:
+        if check_scope(scope) == LORA_SCOPE:
             from ..lora import add_lora, lora_parameters_filter
 
             unet = copy.deepcopy(self.components.unet)

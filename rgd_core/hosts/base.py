@@ -32,6 +32,9 @@ from typing import Callable, ContextManager, Iterable, Mapping, Protocol, Sequen
 
 from torch import Tensor, nn
 
+from ..edits.scopes import LORA_SCOPE, check_scope
+from ..errors import RGDInputError
+from ..lora import lora_rank_alpha
 from ..paired_data import PairedData, batched_losses
 from ..unlearner import Unlearner, UnlearnConfig
 
@@ -77,6 +80,14 @@ class RecipeSettings:
     lora_alpha: float | None = None
     paired: bool = True
     data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        # checked here, before a host spends minutes sampling data for a run that cannot start
+        check_scope(self.scope)
+        if self.batch_size < 1:
+            raise RGDInputError(f"batch size must be at least 1, not {self.batch_size}.")
+        if self.scope == LORA_SCOPE:
+            lora_rank_alpha(self.lora_rank, self.lora_alpha)
 
 
 @dataclass
