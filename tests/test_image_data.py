@@ -148,7 +148,9 @@ def test_forget_images_replace_the_samples(sd1, prompts, tmp_path):
 
     sampled = build_paired_data(sd1, prompts, settings=FAST)
     assert not torch.allclose(data.forget_latents[:2], sampled.forget_latents)  # the training data changed
-    assert torch.equal(data.retain_latents[:2], sampled.retain_latents)
+    # the same two retain prompts and noises, sampled in a batch of 3 there and of 2 here: batch composition
+    # changes float round-off on some CPUs (the promise is the same samples, not the same bits)
+    torch.testing.assert_close(data.retain_latents[:2], sampled.retain_latents, atol=1e-4, rtol=1e-4)
 
 
 def test_images_are_encoded_once_and_the_cache_follows_the_files(sd1, prompts, tmp_path):
@@ -169,8 +171,9 @@ def test_images_are_encoded_once_and_the_cache_follows_the_files(sd1, prompts, t
         picture(folder / "img1.png", seed=99)  # same name, new content: a miss
         changed = build_paired_data(sd1, prompts, settings=FAST, cache_dir=cache, forget_images=folder)
         assert vae_calls and changed.key != first.key
-        assert not torch.equal(changed.forget_latents[1], first.forget_latents[1])
-        assert torch.equal(changed.forget_latents[0], first.forget_latents[0])
+        assert not torch.allclose(changed.forget_latents[1], first.forget_latents[1], atol=1e-3)
+        # image 0 re-encoded beside another image 1: the same latent up to float round-off
+        torch.testing.assert_close(changed.forget_latents[0], first.forget_latents[0], atol=1e-5, rtol=1e-5)
     finally:
         vae_hook.remove()
         unet_hook.remove()
@@ -201,12 +204,29 @@ def test_both_sides_as_images_and_count_checks(sd1, prompts, tmp_path):
 
 
 def test_unlearn_sd_trains_on_images(sd1, prompts, tmp_path):
-    folder = image_folder(tmp_path / "forget", 2)
+    """The images are what the forget side trains on: a run given a folder ends with exactly the weights of a run
+    given the paired data built from that folder (whose forget latents are the images' VAE encodings, see
+    test_forget_images_replace_the_samples), and a folder of other images (same count, prompts and seed, so the same
+    sampled retain side) ends elsewhere."""
     config = UnlearnConfig(method="rgd", steps=1, lr=1e-3, seed=0)
-    edited, records = unlearn_sd(sd1, prompts, config=config, scope="cross-attn", batch_size=2, sampler=FAST,
-                                 forget_images=folder)
-    assert len(records) == 1
-    assert any(not torch.equal(a, b) for a, b in zip(edited.state_dict().values(), sd1.unet.state_dict().values()))
+
+    def run(**data_source):
+        unet, records = unlearn_sd(sd1, prompts, config=config, scope="cross-attn", batch_size=2, sampler=FAST,
+                                   **data_source)
+        assert len(records) == 1
+        return unet.state_dict()
+
+    folder_a, folder_b = image_folder(tmp_path / "a", 2), image_folder(tmp_path / "b", 2, start_seed=50)
+    from_a, from_b = run(forget_images=folder_a), run(forget_images=folder_b)
+    data_a = build_paired_data(sd1, prompts, settings=FAST, forget_images=folder_a)
+    pixels = torch.stack([load_pixels(image, 32, 32) for image in find_images(folder_a)])
+    assert torch.equal(data_a.forget_latents, encode_images(sd1, pixels))  # the same encoding, same batch
+    from_data_a = run(data=data_a)
+
+    changed = [key for key, value in from_a.items() if not torch.equal(value, sd1.unet.state_dict()[key])]
+    assert changed and all("attn2" in key for key in changed)
+    assert all(torch.equal(from_a[key], from_data_a[key]) for key in from_a)  # the same computation, bit for bit
+    assert any(not torch.allclose(from_a[key], from_b[key], atol=1e-6) for key in changed)
 
 
 def test_sdxl_image_side_gets_size_conditioning(prompts, tmp_path):
