@@ -147,10 +147,15 @@ def make_components(unet, text_encoder, sha256: str | None = None, source: str =
 
 
 def save_model(unet, text_encoder, path: str | Path = MODEL_PATH, metadata: dict | None = None) -> Path:
-    """UNet and text encoder in one safetensors file ("unet." and "text_encoder." keys), float16, atomically."""
+    """UNet and text encoder in one safetensors file ("unet." and "text_encoder." keys), float16, atomically.
+
+    The text encoder's keys are written without the ``text_model.`` level that transformers < 5.6 puts in
+    CLIPTextModel's state dict, so the file is the same whichever transformers wrote it (``load_model`` adds the
+    level back where the installed CLIPTextModel has it)."""
     tensors = {}
     for prefix, module in (("unet.", unet), ("text_encoder.", text_encoder)):
         for key, value in module.state_dict().items():
+            key = key.removeprefix("text_model.") if prefix == "text_encoder." else key
             tensors[prefix + key] = value.detach().to(torch.float16).contiguous()
     configs = {"unet": UNET_CONFIG, "text_encoder": TEXT_ENCODER_CONFIG, "scheduler": SCHEDULER_CONFIG}
     info = {"format": FORMAT, "configs": json.dumps(configs), **{k: str(v) for k, v in (metadata or {}).items()}}
@@ -173,6 +178,8 @@ def load_model(path: str | Path = MODEL_PATH) -> "PipelineComponents":
     unet, text_encoder = make_unet(), make_text_encoder()
     for prefix, module in (("unet.", unet), ("text_encoder.", text_encoder)):
         state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        if hasattr(module, "text_model"):  # transformers < 5.6: CLIPTextModel keeps its layers under text_model
+            state = {f"text_model.{key}": value for key, value in state.items()}
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as error:
