@@ -423,9 +423,8 @@ def save_checkpoint(model, clip, vae, path: str, metadata: dict) -> str:
 
 
 def save_lora(lora: dict, path: str, metadata: dict, dtype: torch.dtype) -> str:
-    from rgd_core.io import save_safetensors_atomic
+    """The edit as a kohya file, through the same writer (and metadata) as the headless LoRA."""
+    from rgd_core.edits.kohya import save_kohya_file
 
-    tensors = {key: value.to(dtype) if value.is_floating_point() else value for key, value in lora.items()}
-    header = {str(k): str(v) for k, v in metadata.items()}
-    save_safetensors_atomic(tensors, path, header)
+    save_kohya_file(path, lora, {str(k): v for k, v in metadata.items()}, dtype)
     return path

@@ -8,7 +8,6 @@ The MODEL that came in is never written: cancel, errors and other branches of th
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict
@@ -17,7 +16,8 @@ from comfy_api.latest import io
 
 from rgd_core.edits.scopes import SCOPES, check_scope
 from rgd_core.errors import RGDInputError
-from rgd_core.unlearner import UnlearnConfig, summarize
+from rgd_core.hosts.base import RecipeSettings, run_metadata
+from rgd_core.unlearner import UnlearnConfig
 
 from .common import CATEGORY, PromptSetType, first_error
 
@@ -130,17 +130,9 @@ class RGDUnlearn(io.ComfyNode):
         edit, records = glue.unlearn(model, clip, forget, retain, config, scope, batch_size, lora_rank, settings,
                                      on_prompt=report.prompt_done, on_step=report.step_done, vae=vae,
                                      preview_every=preview_every, on_preview=report.preview)
-        metadata = {
-            "rgd_method": config.method, "rgd_concept": prompt_set.concept, "rgd_prompt_preset": prompt_set.preset,
-            "rgd_prompt_digest": prompt_set.digest(), "rgd_scope": scope, "rgd_steps": config.steps,
-            "rgd_lr": config.lr, "rgd_retain_weight": config.retain_weight, "rgd_truncation": config.truncation,
-            "rgd_truncation_threshold": config.truncation_threshold, "rgd_batch_size": batch_size,
-            "rgd_seed": config.seed, "rgd_train_prompts": len(chosen), "rgd_lora_rank": lora_rank,
-            "rgd_config": json.dumps(asdict(config)), "rgd_sampler": json.dumps(asdict(settings)),
-            "rgd_forget_prompts": json.dumps(forget, ensure_ascii=False),
-            "rgd_retain_prompts": json.dumps(retain, ensure_ascii=False),
-            "rgd_summary": json.dumps(summarize(records)), "rgd_backend": "comfyui",
-        }
+        metadata = run_metadata(prompt_set.concept, prompt_set.preset, prompt_set.digest(), forget, retain,
+                                RecipeSettings(config, scope, batch_size, lora_rank, data_seed=config.seed),
+                                asdict(settings), records, "comfyui")
         lora = glue.edit_to_lora(model, edit, metadata)
         edited = glue.apply_lora(model, lora)
         history = {

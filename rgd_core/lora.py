@@ -23,12 +23,11 @@ import torch
 from torch import Tensor, nn
 
 from .edits.scopes import LORA_TARGETS, is_lora_target
+from .edits.kohya import LORA_FORMAT, save_kohya_file  # noqa: F401  (LORA_FORMAT: the tag files carry)
 from .errors import RGDInputError
-from .io import save_safetensors_atomic
 
 UNET_PREFIX = "model.diffusion_model."
 KOHYA_PREFIX = "lora_unet_"
-LORA_FORMAT = "rgd-kohya-lora-1"
 
 
 def lora_rank_alpha(rank: int, alpha: float | None) -> tuple[int, float]:
@@ -184,20 +183,10 @@ def save_kohya_lora(
     metadata: Mapping[str, str] | None = None,
     dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``kohya_state_dict`` atomically as safetensors with string metadata: ``ss_network_dim``,
-    ``ss_network_alpha``, ``ss_network_module`` and ``rgd_format``, plus ``metadata`` (str -> str; prefix your own
-    keys with ``rgd_``, e.g. the forget prompts and hyper-parameters as JSON)."""
-    tensors = kohya_state_dict(loras, key_map, dtype)
-    ranks = {module.rank for module in loras.values()}
-    alphas = {module.alpha for module in loras.values()}
-    info = {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(ranks.pop()) if len(ranks) == 1 else "dynamic",
-        "ss_network_alpha": repr(alphas.pop()) if len(alphas) == 1 else "dynamic",
-        "rgd_format": LORA_FORMAT,
-    }
+    """Write ``kohya_state_dict`` atomically through the one kohya writer (``edits.kohya.save_kohya_file``), with
+    its metadata (``ss_network_dim``, ``ss_network_alpha``, ``ss_network_module``, ``rgd_format``) plus
+    ``metadata`` (str -> str; prefix your own keys with ``rgd_``)."""
     for key, value in (metadata or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise RGDInputError(f"safetensors metadata must be str -> str; {key!r} has a {type(value).__name__} value.")
-        info[key] = value
-    return save_safetensors_atomic(tensors, path, info)
+    return save_kohya_file(path, kohya_state_dict(loras, key_map, dtype), metadata)

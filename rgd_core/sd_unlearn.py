@@ -30,11 +30,12 @@ import re
 import shutil
 import tomllib
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 from .edits.scopes import LORA_SCOPE, SCOPES
+from .hosts.base import RecipeSettings, run_metadata
 from .checkpoints.configs import FAMILIES as CLI_FAMILIES
 from .checkpoints.export import EXPORT_FORMATS
 from .errors import RGDInputError, UnlearningCancelled
@@ -487,8 +488,8 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
         atomic_write_bytes((json.dumps(_jsonable(dict(settings)), indent=2) + "\n").encode("utf-8"),
                            plan.resume_settings)
     try:
-        report = _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, data,
-                                  forget_images, retain_images, should_stop, on_phase, log)
+        report = _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, sampler,
+                                  data, forget_images, retain_images, should_stop, on_phase, log)
     except BaseException as error:
         if not plan.resume_state.exists():  # nothing was saved to resume from: the settings file alone is noise
             plan.resume_settings.unlink(missing_ok=True)
@@ -502,8 +503,8 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     return report
 
 
-def _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, data, forget_images,
-                     retain_images, should_stop, on_phase, log) -> dict:
+def _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, sampler, data,
+                     forget_images, retain_images, should_stop, on_phase, log) -> dict:
     from .backends.diffusers_sd import unlearn_sd
     from .checkpoints.export import export_diffusers_folder, export_single_file
     from .image_data import images_digest
@@ -529,13 +530,10 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
 
     resolved = {**settings, "prompt_preset": prompt_preset, "family": components.family,
                 "config_folder": str(folder), "checkpoint": str(checkpoint), "out": str(settings["out"])}
-    metadata = {
-        "rgd_method": config.method, "rgd_concept": train.concept, "rgd_prompt_preset": prompt_preset,
-        "rgd_prompt_digest": train.digest(), "rgd_scope": settings["scope"], "rgd_steps": config.steps,
-        "rgd_lr": config.lr, "rgd_retain_weight": config.retain_weight, "rgd_truncation": config.truncation,
-        "rgd_truncation_threshold": config.truncation_threshold, "rgd_batch_size": settings["batch_size"],
-        "rgd_seed": config.seed, "rgd_train_prompts": len(train),
-    }
+    recipe = RecipeSettings(config, settings["scope"], settings["batch_size"], settings["lora_rank"],
+                            data_seed=settings["seed"])
+    metadata = run_metadata(train.concept, prompt_preset, train.digest(), train.forget_prompts,
+                            train.retain_prompts, recipe, asdict(sampler), records, "diffusers")
     images = {}
     for side, found in (("forget", forget_images), ("retain", retain_images)):
         if found is not None:

@@ -26,7 +26,8 @@ The maths (losses, batching, update rule, loop) is not a host's business: a host
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Iterable, Mapping, Protocol, Sequence
 
@@ -36,7 +37,7 @@ from ..edits.scopes import LORA_SCOPE, check_scope
 from ..errors import RGDInputError
 from ..lora import lora_rank_alpha
 from ..paired_data import PairedData, batched_losses
-from ..unlearner import Unlearner, UnlearnConfig
+from ..unlearner import Unlearner, UnlearnConfig, summarize
 
 # predict(module, x_t, t, cond) -> the model's epsilon or v at DDPM timestep t, with the edit being trained applied
 Predict = Callable[[nn.Module, Tensor, Tensor, Mapping[str, Tensor]], Tensor]
@@ -129,3 +130,25 @@ def run_unlearning(
             result = unlearner.run(callbacks=callbacks, should_stop=should_stop, checkpoint_path=checkpoint_path,
                                    checkpoint_every=checkpoint_every, resume_from=resume_from)
     return RecipeResult(result.model, result.records, data)
+
+
+def run_metadata(concept: str, prompt_preset: str, prompt_digest: str, forget_prompts: Sequence[str],
+                 retain_prompts: Sequence[str], settings: RecipeSettings, sampler: Mapping, records: Sequence[dict],
+                 backend: str) -> dict[str, object]:
+    """The run as ``rgd_*`` safetensors metadata, the same keys from every host: what was erased (concept, prompt
+    preset and digest, the prompts themselves), how (method, scope, steps, lr, lambda, truncation, batch, seed,
+    LoRA rank, the whole config and the data sampler's settings), what came of it (the loss summary) and where it
+    ran (``backend``: "diffusers", "comfyui", ...). Values keep their types; the file writers make them strings."""
+    config = settings.config
+    return {
+        "rgd_method": config.method, "rgd_concept": concept, "rgd_prompt_preset": prompt_preset,
+        "rgd_prompt_digest": prompt_digest, "rgd_scope": settings.scope, "rgd_steps": config.steps,
+        "rgd_lr": config.lr, "rgd_retain_weight": config.retain_weight, "rgd_truncation": config.truncation,
+        "rgd_truncation_threshold": config.truncation_threshold, "rgd_batch_size": settings.batch_size,
+        "rgd_seed": config.seed, "rgd_train_prompts": len(forget_prompts), "rgd_lora_rank": settings.lora_rank,
+        "rgd_config": json.dumps(asdict(config)), "rgd_sampler": json.dumps(dict(sampler), default=str),
+        "rgd_forget_prompts": json.dumps(list(forget_prompts), ensure_ascii=False),
+        "rgd_retain_prompts": json.dumps(list(retain_prompts), ensure_ascii=False),
+        "rgd_summary": json.dumps(summarize(list(records))), "rgd_backend": backend,
+    }
+
