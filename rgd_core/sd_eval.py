@@ -136,10 +136,8 @@ def grid_png(rows: Mapping[str, np.ndarray], titles: Sequence[str] = ()) -> byte
 def _side(settings: Mapping, key: str, prompts: list[str], sampler, log) -> tuple[np.ndarray, dict]:
     from .sd_unlearn import load_components
 
-    load_settings = {"checkpoint": settings[key], "family": settings["family"],
-                     "config_folder": settings["config_folder"], "cache_dir": None,
-                     "allow_pickle": bool(settings["allow_pickle"])}
-    components, folder = load_components(load_settings)
+    components, folder = load_components(settings[key], settings["family"], settings["config_folder"],
+                                         allow_pickle=bool(settings["allow_pickle"]))
     log(f"{key}: {components.family} checkpoint; generating {len(prompts)} images")
     images = generate_images(components, prompts, int(settings["seed"]), sampler)
     info = {"checkpoint": str(Path(settings[key]).resolve()), "sha256": components.sha256,

@@ -252,22 +252,21 @@ def _unlearn_config(settings: Mapping):
                          seed=settings["seed"], **extra)
 
 
-def load_components(settings: Mapping):
-    """Components and the config folder they were loaded with. The family comes from the file's keys; only
-    ``--family sd2-v`` adds something keys cannot tell (v-prediction), by picking the sd2-v configs."""
-    from .checkpoints.configs import config_folder
+def load_components(checkpoint: str | Path, family: str | None = None, config_folder: str | Path | None = None,
+                    cache_dir: str | Path | None = None, allow_pickle: bool = False):
+    """Components of a single-file checkpoint and the config folder they were loaded with. The family comes from
+    the file's keys; only ``family="sd2-v"`` adds something keys cannot tell (v-prediction), by picking the sd2-v
+    configs. ``config_folder`` overrides the shipped configs."""
+    from .checkpoints.configs import config_folder as shipped_config_folder
     from .checkpoints.load import detect_family, load_pipeline_components, read_key_shapes
 
-    shapes = read_key_shapes(settings["checkpoint"], settings["allow_pickle"])
+    shapes = read_key_shapes(checkpoint, allow_pickle)
     found = detect_family(shapes, shapes)
-    wanted = settings["family"]
-    if wanted is not None and wanted.removesuffix("-v") != found:
-        raise RGDInputError(f"{Path(settings['checkpoint']).name} is an {found} checkpoint by its keys, "
-                            f"not {wanted}.")
-    folder = settings["config_folder"] or config_folder(wanted or found, settings["cache_dir"])
-    prediction = "v_prediction" if wanted == "sd2-v" else None
-    components = load_pipeline_components(settings["checkpoint"], folder, found, prediction,
-                                          settings["allow_pickle"])
+    if family is not None and family.removesuffix("-v") != found:
+        raise RGDInputError(f"{Path(checkpoint).name} is an {found} checkpoint by its keys, not {family}.")
+    folder = config_folder or shipped_config_folder(family or found, cache_dir)
+    prediction = "v_prediction" if family == "sd2-v" else None
+    components = load_pipeline_components(checkpoint, folder, found, prediction, allow_pickle)
     return components, folder
 
 
@@ -478,7 +477,8 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
 
     on_phase("load")
     log(f"loading {checkpoint.name}")
-    components, folder = load_components(settings)
+    components, folder = load_components(settings["checkpoint"], settings["family"], settings["config_folder"],
+                                         settings["cache_dir"], settings["allow_pickle"])
     log(f"{components.family} checkpoint; {_data_plan(train, forget_images, retain_images)}, then {config.steps} steps")
     on_phase("data")
     data = build_paired_data(components, train, None, sampler, settings["seed"], _data_cache(settings),

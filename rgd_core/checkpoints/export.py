@@ -14,6 +14,7 @@ diffusers version, and a converter that does something the trace cannot invert i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -70,11 +71,25 @@ def unet_key_map(original: Mapping[str, Any], unet_config: Mapping[str, Any]) ->
     key or reaches two, values the converter computed, or one diffusers tensor made from several source keys
     all raise a one-line RGDInputError.
     """
-    import torch
-
     shapes = {key: _shape(value) for key, value in original.items() if key.startswith(UNET_PREFIX)}
     if not shapes:
         raise RGDInputError("The checkpoint has no model.diffusion_model.* UNet weights to export into.")
+    # One run asks for the same map up to three times (checkpoint, LoRA, difference file); it depends only on the
+    # UNet keys' shapes (in file order) and the config, so it is traced once per (shapes, config).
+    memo_key = hashlib.sha256(json.dumps([list(shapes.items()), dict(unet_config)], sort_keys=True,
+                                         default=str).encode()).hexdigest()
+    if memo_key not in _KEY_MAPS:
+        _KEY_MAPS.clear()  # one checkpoint per run: keep the latest map only
+        _KEY_MAPS[memo_key] = _trace_key_map(shapes, unet_config)
+    return dict(_KEY_MAPS[memo_key])
+
+
+_KEY_MAPS: dict[str, dict] = {}
+
+
+def _trace_key_map(shapes: dict[str, tuple[int, ...]], unet_config: Mapping[str, Any]) -> dict[str, Placement]:
+    import torch
+
     names = list(shapes)
     tagged = {key: torch.full((1,), float(i), dtype=torch.float64).expand(shapes[key]) for i, key in enumerate(names)}
     converted = _convert(tagged, unet_config)

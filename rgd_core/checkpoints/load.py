@@ -160,20 +160,55 @@ def read_key_shapes(path: str | Path, allow_pickle: bool = False) -> dict[str, t
         return {key: tuple(tensor.shape) for key, tensor in _read_pickle(path, allow_pickle).items()}
     from safetensors import safe_open
 
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except Exception as error:
-        raise RGDInputError(_unreadable_safetensors(path, error)) from error
+    def compute() -> dict[str, tuple[int, ...]]:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        except Exception as error:
+            raise RGDInputError(_unreadable_safetensors(path, error)) from error
+
+    return dict(memoized("shapes", path, compute))
+
+
+# One run touches its checkpoint from several places (size estimate, loading, export, the LoRA and difference
+# files); each answer below is computed once per file version, keyed by (path, size, mtime), so a multi-GB file is
+# hashed once and a pickle unpickled once. Only a handful of entries are kept (one pickle's tensors at most).
+_MEMO: dict[tuple, object] = {}
+_MEMO_LIMIT = 16
+
+
+def file_version(path: str | Path) -> tuple[str, int, int]:
+    """(resolved path, size, mtime in ns): what a cached answer about a file depends on."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return str(path), stat.st_size, stat.st_mtime_ns
+
+
+def memoized(kind: str, path: str | Path, compute):
+    """``compute()`` once per (``kind``, file version); the pickle kind keeps only the newest entry."""
+    key = (kind, *file_version(path))
+    if key not in _MEMO:
+        if kind == "pickle":
+            for old in [k for k in _MEMO if k[0] == "pickle"]:
+                del _MEMO[old]
+        while len(_MEMO) >= _MEMO_LIMIT:
+            del _MEMO[next(iter(_MEMO))]
+        _MEMO[key] = compute()
+    return _MEMO[key]
 
 
 def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so that a multi-gigabyte checkpoint never sits in memory twice."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex sha256 of a file, read in chunks so that a multi-gigabyte checkpoint never sits in memory twice;
+    computed once per file version (``memoized``)."""
+
+    def compute() -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while chunk := handle.read(chunk_size):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    return memoized("sha256", path, compute)
 
 
 def _checkpoint_file(path: str | Path) -> Path:
@@ -206,6 +241,11 @@ def _read_pickle(path: Path, allow_pickle: bool) -> dict:
             "or, if you trust it, allow pickles (--allow-pickle; allow_pickle=True in Python) to read it with "
             "torch.load(weights_only=True)."
         )
+    # a shallow copy: callers may drop keys, never the cached dict's
+    return dict(memoized("pickle", path, lambda: _unpickle(path)))
+
+
+def _unpickle(path: Path) -> dict:
     import pickle
 
     import torch
