@@ -17,13 +17,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from rgd_core.backends.denoiser import (
-    EditSet,
-    alphas_cumprod_from_sigmas,
-    kohya_tensors,
-    make_edit,
-    predict_from_denoiser,
-)
+from rgd_core.backends.denoiser import alphas_cumprod_from_sigmas, predict_from_denoiser
+from rgd_core.edits.deltas import EditSet, kohya_tensors, make_edit
 from rgd_core.errors import RGDInputError, UnlearningCancelled
 from rgd_core.hosts.base import RecipeSettings, Trainee, run_unlearning
 from rgd_core.paired_data import PairedData, prompt_seed

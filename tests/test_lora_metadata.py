@@ -10,7 +10,7 @@ import pytest
 from safetensors import safe_open
 
 from rgd_core import cli
-from rgd_core.backends.denoiser import kohya_tensors, make_edit
+from rgd_core.edits.deltas import kohya_tensors, make_edit
 from rgd_core.hosts.base import RecipeSettings, run_metadata
 from rgd_core.unlearner import UnlearnConfig
 

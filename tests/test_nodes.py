@@ -23,15 +23,8 @@ import torch
 from torch import nn
 
 from rgd_core.edits.scopes import SCOPES, in_scope
-from rgd_core.backends.denoiser import (
-    FullDelta,
-    LoRADelta,
-    alphas_cumprod_from_sigmas,
-    kohya_tensors,
-    make_edit,
-    paired_losses,
-    predict_from_denoiser,
-)
+from rgd_core.backends.denoiser import alphas_cumprod_from_sigmas, paired_losses, predict_from_denoiser
+from rgd_core.edits.deltas import FullDelta, LoRADelta, kohya_tensors, make_edit
 from rgd_core.backends.diffusers_sd import PairedData
 from rgd_core.errors import RGDInputError
 from rgd_core.losses import add_noise

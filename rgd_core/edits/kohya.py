@@ -4,7 +4,7 @@ A kohya file (what A1111, Forge and ComfyUI load) holds, per edited module ``<na
 ``<name>.lora_down.weight`` (rank x in), ``<name>.lora_up.weight`` (out x rank) and ``<name>.alpha`` for a LoRA,
 applied as ``W + alpha / rank * up @ down``; or ``<name>.diff`` / ``<name>.diff_b`` for a full-rank difference.
 The headless host builds the tensors from its ``LoRALinear`` layers (``lora.kohya_state_dict``), the in-graph host
-from its ``LoRADelta``/``FullDelta`` edits (``backends.denoiser.kohya_tensors``); both write through here.
+from its ``LoRADelta``/``FullDelta`` edits (``edits.deltas.kohya_tensors``); both write through here.
 """
 
 from __future__ import annotations

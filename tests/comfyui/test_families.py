@@ -82,7 +82,8 @@ def halves(latents, cond: dict):
 
 
 def in_graph_losses(glue, model, data) -> list[float]:
-    from rgd_core.backends.denoiser import make_edit, paired_losses, predict_from_denoiser
+    from rgd_core.backends.denoiser import paired_losses, predict_from_denoiser
+    from rgd_core.edits.deltas import make_edit
 
     schedule, kind = glue.alphas_cumprod(model), glue.prediction_type(model)
     edit = make_edit(glue.editable_shapes(model), "lora", seed=0)  # LoRA starts as the identity
