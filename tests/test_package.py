@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,12 +11,28 @@ from rgd_core.evaluate.classes import frechet_distance
 ROOT = Path(__file__).resolve().parent.parent
 
 
+ENTRY_POINT_PROBE = """
+import importlib.util, json, sys
+before = set(sys.modules)
+spec = importlib.util.spec_from_file_location("rgd_pack", {path!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps({{"mappings": [module.NODE_CLASS_MAPPINGS, module.NODE_DISPLAY_NAME_MAPPINGS],
+                  "imported": sorted(set(sys.modules) - before)}}))
+"""
+
+
 def test_comfyui_entry_point_imports_without_comfyui():
-    spec = importlib.util.spec_from_file_location("rgd_pack", ROOT / "__init__.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    assert isinstance(module.NODE_CLASS_MAPPINGS, dict)
-    assert "comfy" not in sys.modules
+    """In a fresh interpreter (this process may already hold ComfyUI modules or the pack's fakes from other tests):
+    without ComfyUI the entry point exports empty mappings and imports neither ComfyUI, the nodes, rgd_core nor
+    torch."""
+    result = subprocess.run([sys.executable, "-c", ENTRY_POINT_PROBE.format(path=str(ROOT / "__init__.py"))],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    probe = json.loads(result.stdout)
+    assert probe["mappings"] == [{}, {}]
+    heavy = ("comfy", "comfy_api", "folder_paths", "rgd_pack.nodes", "rgd_core", "torch")
+    assert not [name for name in probe["imported"] if name.split(".")[0] in heavy or name.startswith(heavy)]
 
 
 def test_core_never_imports_comfyui():

@@ -43,11 +43,15 @@ def test_bad_config():
 @pytest.mark.slow
 def test_reduced_run_erases_striped_and_keeps_retain_alignment(tmp_path):
     """The issue's CI check: RGD at least halves the detection of "striped" on held-out striped prompts, and the
-    attribute accuracy on their concept-free twins stays within 10 points of the original model's."""
+    attribute accuracy on their concept-free twins stays within 10 points of the original model's.
+
+    The bench's own training settings (40 steps, lr 1e-4, 16 pairs a step, full UNet) on 32 training pairs (not
+    128), 24 test prompts and 10 sampler steps: measured erasure 1.000 -> 0.000 and retain 1.000 -> 1.000, the same
+    as with 128 pairs, 32 prompts and 15 steps, in under half the time."""
     from rgd_core.shapes_bench import run_shapes_bench
 
-    config = ShapesBenchConfig(concepts=("striped",), methods=("RGD",), steps=40, train_pairs=128, test_prompts=32,
-                               sample_steps=15, batch_size=16, seed=0)
+    config = ShapesBenchConfig(concepts=("striped",), methods=("RGD",), steps=40, train_pairs=32, test_prompts=24,
+                               sample_steps=10, batch_size=16, seed=0)
     result = run_shapes_bench(config, out=tmp_path, log=lambda message: None)
     original, rgd = result["rows"]
     assert original["method"] == "original" and rgd["method"] == "RGD"

@@ -15,9 +15,12 @@ from rgd_core.unlearner import UnlearnConfig
 from rgd_core.worlds import shapes, shapes_model
 
 
+# tiny tensors: one thread is faster than two fighting for a busy machine (conftest's fixture restores the count)
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
+
+
 @pytest.fixture(scope="module")
 def components():
-    torch.set_num_threads(1)  # tiny tensors: one thread is faster than two fighting for a busy machine
     return shapes_model.load_model()
 
 
@@ -56,13 +59,16 @@ FLOORS = {name: 0.9 for name in shapes.ATTRIBUTES}  # the issue's bar: every att
 
 
 def test_model_follows_its_prompts(components):
-    """A cut-down version of train_shapes' check: 48 held-out phrasings, every attribute mostly right."""
+    """A cut-down version of train_shapes' check: 48 held-out phrasings, every attribute mostly right.
+
+    Sampled with 12 DDIM steps instead of the model's 25 (half the time): fewer steps make worse samples, so the
+    bar is no easier to pass (measured: 1.000 on every attribute at 25, 12 and 8 steps)."""
     from rgd_core.evaluate.shapes_classifier import load_classifier
     from rgd_core.worlds.train_shapes import held_out_prompts
 
     prompts, wanted, _ = held_out_prompts(samples_per_pair=1, seed=0)
     prompts, wanted = prompts[::2][:48], wanted[::2][:48]
-    predicted = load_classifier().predict(shapes_model.sample_images(components, prompts, seed=0))
+    predicted = load_classifier().predict(shapes_model.sample_images(components, prompts, seed=0, steps=12))
     for name in shapes.ATTRIBUTES:
         accuracy = np.mean(predicted[name] == np.array([a.label(name) for a in wanted]))
         assert accuracy >= FLOORS[name], (name, accuracy)
