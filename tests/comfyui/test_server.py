@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -130,15 +131,16 @@ def test_unlearn_and_save_writes_a_checkpoint_with_only_the_lora_targets_changed
 
 
 def test_an_unchanged_graph_requeued_is_cached_and_writes_nothing(server, unlearned):
+    """Judged by events, not by wall time: ComfyUI reports the Unlearn node cached, no training step is logged and
+    no file is written."""
     _, workflow, _ = unlearned
     before = files(server.base / "models")
-    start = time.monotonic()
+    steps_logged = server.log.read_text().count("RGD step")
     entry = server.run(workflow)
-    seconds = time.monotonic() - start
     cached = [data["nodes"] for event, data in entry["status"]["messages"] if event == "execution_cached"]
     assert cached and node_of(workflow, "RGDUnlearn") in cached[0]
+    assert server.log.read_text().count("RGD step") == steps_logged  # the cached edit was reused, nothing trained
     assert files(server.base / "models") == before
-    assert seconds < 10, seconds
 
 
 def sample_nodes(model_ref: list, clip_ref: list, prefix: str) -> dict:
@@ -245,17 +247,21 @@ def test_cancel_stops_within_a_step_and_leaves_the_loaded_model_unchanged(server
     workflow[node_of(workflow, "RGDUnlearn")]["inputs"]["model"] = ["loader", 0]  # the same cached MODEL
     workflow["loader"] = digest["loader"]
     prompt_id = server.queue(workflow)
-    deadline = time.monotonic() + 300
-    while "RGD step 2/500" not in server.log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.5)  # the Unlearn node logs each training step
-    asked = time.monotonic()
+
+    def last_step() -> int:  # the Unlearn node logs "RGD step k/500 ..." after each training step
+        return max(map(int, re.findall(r"RGD step (\d+)/500", server.log.read_text())), default=0)
+
+    deadline = time.monotonic() + 600  # a generous ceiling: sampling the data first takes minutes on a busy machine
+    while last_step() < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert last_step() >= 2, server.log_tail()
+    at_interrupt = last_step()
     server.post("/interrupt")
-    entry = server.wait(prompt_id, timeout=300)
-    stopped = time.monotonic() - asked
-    step_seconds = [float(line.rsplit("  ", 1)[1].split()[0]) for line in server.log.read_text().splitlines()
-                    if "RGD step" in line and "/500" in line]
-    print(f"stopped {stopped:.1f} s after /interrupt; steps took {step_seconds} s")
-    assert stopped < 2 * max(step_seconds) + 10  # the step under way finishes, no further one starts
+    entry = server.wait(prompt_id, timeout=600)
+    print(f"interrupted after step {at_interrupt}; the last step logged is {last_step()}")
+    # Judged by steps, not by wall time: the step under way finishes and no further one starts (one more is allowed
+    # for a step that began between reading the log and the interrupt arriving).
+    assert last_step() <= at_interrupt + 2
     assert entry["status"]["status_str"] == "error"
     assert any(event == "execution_interrupted" for event, _ in entry["status"]["messages"])
     after = server.run(digest)["outputs"]["digest"]["text"]
