@@ -96,8 +96,9 @@ def test_preprocessing_is_clips_resize_and_normalise(scorer):
 def test_batch_size_does_not_change_scores(scorer):
     images = random_images(5, seed=1)
     prompts = PROMPTS + ["a dog", "two dogs"]
+    # batches of 2 against one batch of 5: batch composition changes float round-off on some CPUs, not the scores
     np.testing.assert_allclose(alignment.alignment_scores(scorer, images, prompts, batch_size=2),
-                               alignment.alignment_scores(scorer, images, prompts), rtol=0, atol=1e-6)
+                               alignment.alignment_scores(scorer, images, prompts), rtol=0, atol=1e-5)
 
 
 def test_prompts_are_cut_at_77_tokens(scorer):
