@@ -137,14 +137,14 @@ def test_forget_images_replace_the_samples(sd1, prompts, tmp_path):
     with torch.no_grad():
         expected = sd1.vae.encode(pixels).latent_dist.mean * sd1.vae.config.scaling_factor
     torch.testing.assert_close(data.forget_latents, expected, atol=1e-6, rtol=0)
-    assert torch.equal(data.forget_latents, encode_images(sd1, pixels))
+    assert torch.equal(data.forget_latents, encode_images(sd1, pixels))  # same images, same batch: same computation
 
     # caption first, else the forget prompts cycled; the sampled retain side follows the same cycle
     forget_prompts = ["a painting of a nude figure", prompts.forget_prompts[1], prompts.forget_prompts[0]]
     assert torch.equal(data.forget_cond["encoder_hidden_states"],
                        encode_prompts(sd1, forget_prompts)["encoder_hidden_states"])
     retain_prompts = [prompts.retain_prompts[i % 2] for i in range(3)]
-    assert torch.equal(data.retain_latents, sample_latents(sd1, retain_prompts, 0, FAST))
+    assert torch.equal(data.retain_latents, sample_latents(sd1, retain_prompts, 0, FAST))  # same 3 prompts, one batch
 
     sampled = build_paired_data(sd1, prompts, settings=FAST)
     assert not torch.allclose(data.forget_latents[:2], sampled.forget_latents)  # the training data changed

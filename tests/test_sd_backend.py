@@ -123,7 +123,7 @@ def test_corrupt_cache_file_is_recomputed(sd1, prompts, tmp_path, data):
 def test_pair_i_shares_its_starting_noise(sd1, prompts, data):
     # both sides use prompt_seed(seed, i): pair i starts from the same noise and differs only by the prompt
     retain = sample_latents(sd1, prompts.retain_prompts, seed=0, settings=FAST)
-    assert torch.equal(retain, data.retain_latents)
+    assert torch.equal(retain, data.retain_latents)  # the same 4 prompts in one batch: the same computation
     assert not torch.equal(data.forget_latents, data.retain_latents)
     assert data.forget_cond["encoder_hidden_states"].shape[0] == data.retain_latents.shape[0] == 4
 
