@@ -45,9 +45,9 @@ from .prompts import LISTS_PRESET, PRESET_NAMES, prompt_lines
 from .update_rules import UPDATE_RULES
 
 METHODS = tuple(UPDATE_RULES)
-# shapes is the benchmark world's vocabulary, not a Stable Diffusion one; "custom" takes --custom-template and
-# --slot lines; --forget-prompts/--retain-prompts files select the user's own lists.
-PROMPT_PRESETS = tuple(name for name in PRESET_NAMES if name != "shapes")
+# "custom" takes --custom-template and --slot lines; --forget-prompts/--retain-prompts files select the user's
+# own lists.
+PROMPT_PRESETS = PRESET_NAMES
 # Concepts for which the paper's nudity prompt preset is the natural default; anything else gets "object".
 NUDITY_CONCEPTS = {"nudity", "nude", "naked", "nsfw", "bare", "unclad", "undressed", "nakedness"}
 

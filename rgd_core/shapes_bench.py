@@ -108,17 +108,17 @@ class EvalSet:
 
     @classmethod
     def build(cls, concept: str, test_prompts: int, seed: int, classifier) -> EvalSet:
-        from .prompts import build_prompt_sets
+        from .worlds.shapes_prompts import shape_prompt_sets
         from .worlds import shapes
         from .worlds.shapes_prompts import concept_attribute
 
         attribute, value = concept_attribute(concept)
-        _, test = build_prompt_sets(concept, "shapes", 1, test_prompts, seed=seed)
+        _, test = shape_prompt_sets(concept, 1, test_prompts, seed=seed)
         neutral = "plain" if attribute == "modifier" else None
         neighbours = {}
         for other in shapes.VALUES[attribute]:
             if other not in (value, neutral):
-                neighbours[other] = build_prompt_sets(other, "shapes", 1, test_prompts, seed=seed)[1].forget_prompts
+                neighbours[other] = shape_prompt_sets(other, 1, test_prompts, seed=seed)[1].forget_prompts
         # Several renders per prompt: the reference should be the distribution the prompts ask for, not one draw.
         reference = reference_renders(asked_attributes(test.retain_prompts) * 4, seed)
         return cls(attribute, value, test.forget_prompts, test.retain_prompts, neighbours,
@@ -162,11 +162,11 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
     self-sampled paired data between calls, so RGD and GradDiff train on data sampled once."""
     from .backends.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
     from .esd import ESDConfig, run_esd
-    from .prompts import build_prompt_sets
+    from .worlds.shapes_prompts import shape_prompt_sets
     from .unlearner import UnlearnConfig
 
     narrow = method == "RGD (narrow retain)"
-    train, _ = build_prompt_sets(concept, "shapes", config.train_pairs, 1, seed=config.seed, narrow=narrow)
+    train, _ = shape_prompt_sets(concept, config.train_pairs, 1, seed=config.seed, narrow=narrow)
     if method == "ESD":
         esd = ESDConfig(steps=config.steps, lr=config.lr, negative_guidance=config.esd_negative_guidance,
                         start_guidance=config.guidance, ddim_steps=config.sample_steps, batch_size=config.batch_size,

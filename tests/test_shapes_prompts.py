@@ -1,20 +1,20 @@
-"""Prompt sets of the shapes world: built from a concept name by build_prompt_sets, twins, disjoint splits."""
+"""Prompt sets of the shapes world: built from a concept name by shape_prompt_sets, twins, disjoint splits."""
 
 import re
 
 import pytest
 
 from rgd_core.errors import RGDInputError
-from rgd_core.prompts import PromptSet, build_prompt_sets
+from rgd_core.prompts import PromptSet
 from rgd_core.worlds import shapes
-from rgd_core.worlds.shapes_prompts import all_pairs, concept_attribute, generic_retain_prompt
+from rgd_core.worlds.shapes_prompts import all_pairs, concept_attribute, generic_retain_prompt, shape_prompt_sets
 
 
 @pytest.mark.parametrize("concept, attribute, value", [("striped", "modifier", "striped"),
                                                        ("wedge", "shape", "triangle"), ("azure", "colour", "blue")])
 def test_forget_prompts_name_the_concept_and_twins_drop_only_it(concept, attribute, value):
     assert concept_attribute(concept) == (attribute, value)
-    train, test = build_prompt_sets(concept, "shapes", 200, 50, seed=3)
+    train, test = shape_prompt_sets(concept, 200, 50, seed=3)
     assert isinstance(train, PromptSet) and (len(train), len(test)) == (200, 50)
     neutral = "plain" if attribute == "modifier" else None
     for forget, retain in train.pairs + test.pairs:
@@ -24,7 +24,7 @@ def test_forget_prompts_name_the_concept_and_twins_drop_only_it(concept, attribu
 
 
 def test_train_and_test_use_disjoint_slot_words():
-    train, test = build_prompt_sets("striped", "shapes", 300, 100, seed=0)
+    train, test = shape_prompt_sets("striped", 300, 100, seed=0)
 
     def words(prompt_set):
         return {w for p in prompt_set.forget_prompts + prompt_set.retain_prompts for w in re.findall(r"[a-z]+", p)}
@@ -37,14 +37,14 @@ def test_train_and_test_use_disjoint_slot_words():
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds():
-    first = build_prompt_sets("triangle", "shapes", 64, 16, seed=1)
-    assert first == build_prompt_sets("triangle", "shapes", 64, 16, seed=1)
-    assert first[0].pairs != build_prompt_sets("triangle", "shapes", 64, 16, seed=2)[0].pairs
+    first = shape_prompt_sets("triangle", 64, 16, seed=1)
+    assert first == shape_prompt_sets("triangle", 64, 16, seed=1)
+    assert first[0].pairs != shape_prompt_sets("triangle", 64, 16, seed=2)[0].pairs
 
 
 def test_narrow_keeps_forget_prompts_and_one_generic_retain_prompt():
-    diverse, _ = build_prompt_sets("striped", "shapes", 32, 8, seed=0)
-    narrow, test = build_prompt_sets("striped", "shapes", 32, 8, seed=0, narrow=True)
+    diverse, _ = shape_prompt_sets("striped", 32, 8, seed=0)
+    narrow, test = shape_prompt_sets("striped", 32, 8, seed=0, narrow=True)
     assert narrow.forget_prompts == diverse.forget_prompts
     assert set(narrow.retain_prompts) == {generic_retain_prompt("striped")} == {"a plain shape"}
     assert narrow.narrow and not test.narrow
@@ -52,9 +52,9 @@ def test_narrow_keeps_forget_prompts_and_one_generic_retain_prompt():
 
 def test_bad_concepts_and_counts():
     with pytest.raises(RGDInputError, match="not in the shapes world"):
-        build_prompt_sets("nudity", "shapes")
+        shape_prompt_sets("nudity")
     with pytest.raises(RGDInputError, match="plain"):
-        build_prompt_sets("plain", "shapes")
+        shape_prompt_sets("plain")
     with pytest.raises(RGDInputError, match="1..576"):
-        build_prompt_sets("striped", "shapes", 577, 10)
+        shape_prompt_sets("striped", 577, 10)
     assert len(all_pairs("striped", "train")) == 576

@@ -1,4 +1,4 @@
-"""Forget/retain prompt sets for the shapes world, from a concept name (``build_prompt_sets(c, "shapes")``).
+"""Forget/retain prompt sets for the shapes world, from a concept name (``shape_prompt_sets("striped")``).
 
 The same recipe as the Stable Diffusion presets (Section 3.2, Appendix D), in the world's own phrasing:
 
