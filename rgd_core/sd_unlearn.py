@@ -506,7 +506,8 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
 def _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, sampler, data,
                      forget_images, retain_images, should_stop, on_phase, log) -> dict:
     from .backends.diffusers_sd import unlearn_sd
-    from .checkpoints.export import export_diffusers_folder, export_single_file
+    from .checkpoints.export import export_diffusers_folder, export_single_file, unet_key_map
+    from .checkpoints.load import read_key_shapes
     from .image_data import images_digest
     from .io import atomic_write_bytes
     from .progress import progress_bar
@@ -551,19 +552,21 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
         report["images"] = images
     if plan.diffusers_folder is not None:
         report["diffusers_folder"] = str(plan.diffusers_folder)
+    # The diffusers -> original key map of this checkpoint, traced once for every file written below.
+    shapes = read_key_shapes(checkpoint, allow_pickle=settings["allow_pickle"])
+    key_map = unet_key_map(shapes, components.unet.config)
     written = []
     try:
         if plan.lora is not None:
-            report["lora"] = str(_save_lora(unet, checkpoint, plan.lora, settings, metadata).resolve())
+            report["lora"] = str(_save_lora(unet, plan.lora, key_map, metadata).resolve())
             written.append(plan.lora)
             unet = _merged(unet)
         if plan.diff is not None:
-            report["diff"] = str(_save_diff(components.unet, unet, checkpoint, plan.diff, settings,
-                                            metadata).resolve())
+            report["diff"] = str(_save_diff(components.unet, unet, plan.diff, key_map, shapes, metadata).resolve())
             written.append(plan.diff)
         if plan.model_file is not None:
             export_single_file(checkpoint, unet, plan.model_file, config_folder=folder, metadata=metadata,
-                               allow_pickle=settings["allow_pickle"])
+                               allow_pickle=settings["allow_pickle"], key_map=key_map)
             written.append(plan.model_file)
         if plan.diffusers_folder is not None:
             export_diffusers_folder(components, unet, plan.diffusers_folder, metadata,
@@ -607,25 +610,20 @@ def _data_plan(train, forget_images, retain_images) -> str:
     return " and ".join(sides)
 
 
-def _save_lora(unet, checkpoint: Path, path: Path, settings: Mapping, metadata: Mapping) -> Path:
+def _save_lora(unet, path: Path, key_map: Mapping, metadata: Mapping) -> Path:
     """The trained LoRA as a kohya-format file (lora_unet_* keys of the checkpoint's own layout)."""
-    from .checkpoints.export import unet_key_map
-    from .checkpoints.load import read_key_shapes
     from .lora import lora_modules, save_kohya_lora
 
-    key_map = unet_key_map(read_key_shapes(checkpoint, allow_pickle=settings["allow_pickle"]), unet.config)
     return save_kohya_lora(path, lora_modules(unet), key_map, metadata={k: str(v) for k, v in metadata.items()})
 
 
-def _save_diff(base_unet, edited_unet, checkpoint: Path, path: Path, settings: Mapping, metadata: Mapping) -> Path:
+def _save_diff(base_unet, edited_unet, path: Path, key_map: Mapping, shapes: Mapping, metadata: Mapping) -> Path:
     """The cross-attention edit as a difference file (``edited - base`` of the changed tensors, original-layout
     keys): ~5% of a full checkpoint, to add to the base or share."""
-    from .checkpoints.export import export_unet_diff, unet_key_map
-    from .checkpoints.load import read_key_shapes
+    from .checkpoints.export import export_unet_diff
 
-    shapes = read_key_shapes(checkpoint, allow_pickle=settings["allow_pickle"])
-    return export_unet_diff(base_unet.state_dict(), edited_unet.state_dict(), path, unet_key_map(shapes,
-                            edited_unet.config), shapes, {k: str(v) for k, v in metadata.items()})
+    return export_unet_diff(base_unet.state_dict(), edited_unet.state_dict(), path, key_map, shapes,
+                            {k: str(v) for k, v in metadata.items()})
 
 
 def _merged(unet):

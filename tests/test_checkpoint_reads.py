@@ -18,7 +18,7 @@ def test_a_run_hashes_unpickles_and_maps_its_checkpoint_once(sd1_files, tmp_path
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": load_file(str(sd1_files.checkpoint))}, ckpt)
     computed = Counter()
-    original_memoized, original_trace = load.memoized, export._trace_key_map
+    original_memoized, original_trace = load.memoized, export.unet_key_map
 
     def counting_memoized(kind, path, compute):
         def counted():
@@ -31,13 +31,11 @@ def test_a_run_hashes_unpickles_and_maps_its_checkpoint_once(sd1_files, tmp_path
         return original_trace(*args, **kwargs)
 
     monkeypatch.setattr(load, "memoized", counting_memoized)
-    monkeypatch.setattr(export, "_trace_key_map", counting_trace)
+    monkeypatch.setattr(export, "unet_key_map", counting_trace)
     monkeypatch.setattr(load, "_MEMO", {})
-    monkeypatch.setattr(export, "_KEY_MAPS", {})
     for scope in ("lora", "cross-attn"):  # lora writes the LoRA and the checkpoint, cross-attn the diff too
         computed.clear()
         load._MEMO.clear()
-        export._KEY_MAPS.clear()
         cli.main(["unlearn", "--checkpoint", str(ckpt), "--allow-pickle", "--config-folder",
                   str(sd1_files.config_folder), "--concept", "nudity", "--out", str(tmp_path / scope), "--steps",
                   "1", "--train-prompts", "4", "--sample-steps", "1", "--batch-size", "2", "--scope", scope,

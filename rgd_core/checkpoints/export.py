@@ -14,7 +14,6 @@ diffusers version, and a converter that does something the trace cannot invert i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -74,20 +73,6 @@ def unet_key_map(original: Mapping[str, Any], unet_config: Mapping[str, Any]) ->
     shapes = {key: _shape(value) for key, value in original.items() if key.startswith(UNET_PREFIX)}
     if not shapes:
         raise RGDInputError("The checkpoint has no model.diffusion_model.* UNet weights to export into.")
-    # One run asks for the same map up to three times (checkpoint, LoRA, difference file); it depends only on the
-    # UNet keys' shapes (in file order) and the config, so it is traced once per (shapes, config).
-    memo_key = hashlib.sha256(json.dumps([list(shapes.items()), dict(unet_config)], sort_keys=True,
-                                         default=str).encode()).hexdigest()
-    if memo_key not in _KEY_MAPS:
-        _KEY_MAPS.clear()  # one checkpoint per run: keep the latest map only
-        _KEY_MAPS[memo_key] = _trace_key_map(shapes, unet_config)
-    return dict(_KEY_MAPS[memo_key])
-
-
-_KEY_MAPS: dict[str, dict] = {}
-
-
-def _trace_key_map(shapes: dict[str, tuple[int, ...]], unet_config: Mapping[str, Any]) -> dict[str, Placement]:
     import torch
 
     names = list(shapes)
@@ -301,8 +286,10 @@ def export_single_file(
     family: str | None = None,
     metadata: Mapping[str, Any] | None = None,
     allow_pickle: bool = False,
+    key_map: Mapping[str, Placement] | None = None,
 ) -> Path:
     """Write ``source_path`` with its UNet replaced by ``edited_unet`` to ``out_path`` (safetensors), atomically.
+    ``key_map`` (``unet_key_map``'s answer for this file) saves tracing it again when the caller has it.
 
     ``edited_unet`` is a diffusers ``UNet2DConditionModel`` (its config comes with it) or its state dict, in which
     case the UNet config is read from ``config_folder`` or else from the shipped config of the file's family.
@@ -321,7 +308,9 @@ def export_single_file(
         raise RGDInputError(f"{source_path.name} is an {found} checkpoint by its keys, not {family}.")
     unet_state, unet_config = _unet_state_and_config(edited_unet, config_folder, found)
 
-    replaced = unet_to_original(unet_state, unet_key_map(shapes, unet_config), shapes)
+    if key_map is None:
+        key_map = unet_key_map(shapes, unet_config)
+    replaced = unet_to_original(unet_state, key_map, shapes)
     tensors = {}
     for key, tensor in state.items():
         if key in replaced:
