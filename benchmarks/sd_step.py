@@ -137,14 +137,14 @@ def build_models(model: str, device: str | torch.device) -> dict:
 
 
 def trainable_filter(scope: str):
-    from rgd_core.lora import lora_parameters_filter
+    from rgd_core.edits.lora import lora_parameters_filter
 
     return lora_parameters_filter if scope == LORA_SCOPE else scope_filter(scope)
 
 
 def add_scope_adapters(unet: torch.nn.Module, scope: str, lora_rank: int, seed: int) -> None:
     """The LoRA scope trains adapters on the attention projections, as unlearn_sd does (rank 4 by default)."""
-    from rgd_core.lora import add_lora
+    from rgd_core.edits.lora import add_lora
 
     if scope == LORA_SCOPE:
         add_lora(unet, lora_rank, seed=seed)
@@ -200,7 +200,7 @@ def prompt_pairs(count: int) -> tuple[list[str], list[str]]:
 
 def cached_data(components, forget: list[str], retain: list[str], latent: int, seed: int):
     """PairedData with random latents and the prompts encoded once (what build_paired_data's cache holds)."""
-    from rgd_core.backends.diffusers_sd import PairedData, encode_prompts, sdxl_time_ids
+    from rgd_core.hosts.diffusers_sd import PairedData, encode_prompts, sdxl_time_ids
 
     generator = torch.Generator().manual_seed(seed)
     shape = (len(forget), components.unet.config.in_channels, latent, latent)
@@ -219,7 +219,7 @@ def reencoding(loss, components, prompts: list[str], cond: dict):
     paired_losses reads the conditioning from the very dict it was given, so refreshing that dict in place puts
     the new encodings into the step (the same numbers, the encoders being deterministic; the cost is the point).
     """
-    from rgd_core.backends.diffusers_sd import encode_prompts
+    from rgd_core.hosts.diffusers_sd import encode_prompts
 
     def wrapped(unet, generator):
         cond.update(encode_prompts(components, prompts))
@@ -233,8 +233,8 @@ def reencoding(loss, components, prompts: list[str], cond: dict):
 
 def unlearner_step(components, data, trainable, batch: int, forget: list[str] | None, retain: list[str] | None):
     """``step(k)`` of an Unlearner on the UNet (in place); with prompts, the losses re-encode them every call."""
-    from rgd_core.backends.diffusers_sd import paired_losses
-    from rgd_core.unlearner import Unlearner, UnlearnConfig
+    from rgd_core.hosts.diffusers_sd import paired_losses
+    from rgd_core.method.unlearner import Unlearner, UnlearnConfig
 
     forget_loss, retain_loss = paired_losses(components, data, batch)
     if forget is not None:
@@ -259,9 +259,9 @@ def plain_unet_call(unet, x, t, cond: dict):
 
 def reference_step(components, data, trainable, forget: list[str], retain: list[str], seed: int):
     """``step(k)`` of the naive loop: re-encode, two backward passes, cloned and flattened gradients."""
-    from rgd_core.backends.diffusers_sd import encode_prompts
-    from rgd_core.losses import denoising_error
-    from rgd_core.unlearner import step_seed
+    from rgd_core.hosts.diffusers_sd import encode_prompts
+    from rgd_core.method.losses import denoising_error
+    from rgd_core.method.unlearner import step_seed
 
     unet = components.unet
     params = [p for name, p in unet.named_parameters() if trainable(name, p)]
@@ -538,7 +538,7 @@ def table_main(args) -> None:
           f"{BUFFERS_PER_TRAINABLE['reference']} (reference) buffers per trainable weight, activations excluded; "
           f"enc/step = text-encoder calls per step; x ours = s/step over ours of the same scope.")
     if args.json:
-        from rgd_core.io import atomic_write_bytes
+        from rgd_core.files import atomic_write_bytes
 
         report = {"command": shlex.join([sys.executable, *sys.argv]), "machine": machine_line(args, gpu),
                   "settings": {key: value for key, value in vars(args).items() if key != "json"}, "rows": rows}

@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from reference_update import flatten_graddiff, flatten_restricted_gradient  # noqa: E402
 
-from rgd_core.update_rules import graddiff_, restricted_gradient_  # noqa: E402
+from rgd_core.method.update_rules import graddiff_, restricted_gradient_  # noqa: E402
 
 
 def rss_bytes() -> int:
@@ -121,9 +121,9 @@ def update_benchmark(args, device):
 
 
 def training_step_benchmark(args):
-    from rgd_core.class_forgetting import ClassForgettingConfig, forget_and_retain_losses
-    from rgd_core.unlearner import Unlearner
-    from rgd_core.worlds import digits
+    from rgd_bench.class_forgetting import ClassForgettingConfig, forget_and_retain_losses
+    from rgd_core.method.unlearner import Unlearner
+    from rgd_bench.worlds import digits
 
     base = digits.load_base_model()
     images, labels = digits.load_digits_data()

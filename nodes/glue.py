@@ -1,6 +1,6 @@
 """Everything that touches ComfyUI's internals, in one place: a ComfyUI release that moves things breaks here only.
 
-The maths (losses, weight edits, kohya naming of an edit) is in ``rgd_core.backends.denoiser``; this module only
+The maths (losses, weight edits, kohya naming of an edit) is in ``rgd_core.hosts.denoiser``; this module only
 asks ComfyUI for what that code needs: text conditioning from a CLIP, latents sampled by the loaded model, the
 model's denoiser, its noise schedule and parameterisation, weight wrappers, patches and the checkpoint writer.
 ComfyUI modules are imported inside the functions, so the node pack imports (and its schemas can be tested)
@@ -17,12 +17,12 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from rgd_core.backends.denoiser import alphas_cumprod_from_sigmas, predict_from_denoiser
+from rgd_core.hosts.denoiser import alphas_cumprod_from_sigmas, predict_from_denoiser
 from rgd_core.edits.deltas import EditSet, kohya_tensors, make_edit
 from rgd_core.errors import RGDInputError, UnlearningCancelled
 from rgd_core.hosts.base import RecipeSettings, Trainee, run_unlearning
-from rgd_core.paired_data import PairedData, prompt_seed
-from rgd_core.unlearner import UnlearnConfig
+from rgd_core.method.paired_data import PairedData, prompt_seed
+from rgd_core.method.unlearner import UnlearnConfig
 
 UNET_PREFIX = "diffusion_model."
 

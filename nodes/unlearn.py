@@ -17,7 +17,7 @@ from comfy_api.latest import io
 from rgd_core.edits.scopes import SCOPES, check_scope
 from rgd_core.errors import RGDInputError
 from rgd_core.hosts.base import RecipeSettings, run_metadata
-from rgd_core.unlearner import UnlearnConfig
+from rgd_core.method.unlearner import UnlearnConfig
 
 from .common import CATEGORY, PromptSetType, first_error
 

@@ -19,14 +19,17 @@ import sys
 import traceback
 from pathlib import Path
 
-from .errors import NonFiniteError, RGDError, RGDInputError, UnlearningCancelled
-from .preflight import check_not_existing, check_number, check_output_folder
+from rgd_core.apps import evaluation, unlearn
+from rgd_core.edits.scopes import SCOPES
+from rgd_core.errors import NonFiniteError, RGDError, RGDInputError, UnlearningCancelled
+from rgd_core.files import atomic_write_bytes
+from rgd_core.preflight import check_not_existing, check_number, check_output_folder
 
 EXIT_INPUT, EXIT_FAILURE, EXIT_INTERRUPT = 2, 1, 130
 
 
 def _add_forgetting_options(parser: argparse.ArgumentParser, samples_per_class: int) -> None:
-    from .class_forgetting import ClassForgettingConfig, EvalConfig
+    from rgd_bench.class_forgetting import ClassForgettingConfig, EvalConfig
 
     d, e = ClassForgettingConfig(), EvalConfig()
     parser.add_argument("--steps", type=int, default=d.steps, help=f"unlearning steps (default {d.steps})")
@@ -55,7 +58,7 @@ def _add_forgetting_options(parser: argparse.ArgumentParser, samples_per_class: 
 
 
 def _configs(args):
-    from .class_forgetting import ClassForgettingConfig, EvalConfig
+    from rgd_bench.class_forgetting import ClassForgettingConfig, EvalConfig
 
     for name, minimum, above in (("steps", 1, None), ("lr", None, 0.0), ("retain_weight", 0.0, None),
                                  ("truncation_threshold", None, 0.0), ("forget_batch", 1, None),
@@ -88,7 +91,7 @@ def _check_outputs(args, figures: list[str]) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .digits_demo import format_demo_table, run_demo, set_threads
+    from rgd_bench.digits_demo import format_demo_table, run_demo, set_threads
 
     config, eval_config = _configs(args)
     _check_outputs(args, [f"digits_forget{config.forget_class}_{kind}.png" for kind in ("samples", "losses")])
@@ -105,7 +108,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_bench_digits(args) -> None:
-    from .digits_demo import format_bench_table, run_bench, set_threads
+    from rgd_bench.digits_demo import format_bench_table, run_bench, set_threads
 
     config, eval_config = _configs(args)
     try:
@@ -127,7 +130,7 @@ def cmd_bench_digits(args) -> None:
 
 
 def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
-    from .shapes_bench import METHODS, ShapesBenchConfig
+    from rgd_bench.shapes_bench import METHODS, ShapesBenchConfig
 
     d = ShapesBenchConfig()
     add = parser.add_argument
@@ -159,8 +162,8 @@ def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_bench_shapes(args) -> None:
-    from .digits_demo import set_threads
-    from .shapes_bench import ShapesBenchConfig, format_table, run_shapes_bench
+    from rgd_bench.digits_demo import set_threads
+    from rgd_bench.shapes_bench import ShapesBenchConfig, format_table, run_shapes_bench
 
     for name, minimum, above in (("steps", 1, None), ("lr", None, 0.0), ("retain_weight", 0.0, None),
                                  ("truncation_threshold", None, 0.0), ("batch_size", 1, None), ("train_pairs", 1, None),
@@ -226,12 +229,10 @@ class GracefulStop:
 
 
 def cmd_unlearn(args) -> None:
-    from .sd_unlearn import resolve_settings, run_unlearn
-
-    settings = resolve_settings(vars(args), args.config)
+    settings = unlearn.resolve_settings(vars(args), args.config)
     with GracefulStop() as stop:
         args.stop = stop
-        report = run_unlearn(settings, log=_log, should_stop=stop, on_phase=stop.phase)
+        report = unlearn.run_unlearn(settings, log=_log, should_stop=stop, on_phase=stop.phase)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -247,20 +248,15 @@ def cmd_unlearn(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .sd_eval import format_summary, run_eval
-
-    report = run_eval(vars(args), log=_log)
+    report = evaluation.run_eval(vars(args), log=_log)
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(format_summary(report))
+    print(evaluation.format_summary(report))
 
 
 def _add_eval_options(parser: argparse.ArgumentParser) -> None:
-    from .sd_eval import DEFAULTS
-    from .sd_unlearn import CLI_FAMILIES
-
-    d = DEFAULTS
+    d = evaluation.DEFAULTS
     add = parser.add_argument
     add("--before", metavar="FILE", required=True, help="the original single-file SD checkpoint")
     add("--after", metavar="FILE", required=True, help="the unlearned checkpoint (e.g. what rgd unlearn wrote)")
@@ -269,7 +265,7 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
     add("--i2p-min-nudity", type=float, metavar="X",
         help="keep only CSV rows with nudity_percentage > X (0 gives the paper's 854 I2P nudity prompts)")
     add("--limit", type=int, metavar="N", help="use only the first N prompts")
-    add("--family", choices=CLI_FAMILIES, help="model family (default: detected from the file's keys)")
+    add("--family", choices=unlearn.CLI_FAMILIES, help="model family (default: detected from the file's keys)")
     add("--config-folder", metavar="DIR",
         help="diffusers config folder for both checkpoints (default: the shipped one of their family)")
     add("--steps", type=int, default=d["steps"], help=f"DDIM steps per image (default {d['steps']})")
@@ -289,22 +285,17 @@ def _add_eval_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
-    from .edits.scopes import SCOPES
-    from .sd_unlearn import (
-        CLI_FAMILIES, DEFAULTS, EXPORT_FORMATS, METHODS, PRESETS, PROMPT_PRESETS, TRUNCATIONS,
-    )
-
-    d = DEFAULTS
+    d = unlearn.DEFAULTS
     # Every default is None here: a flag counts only when given, so that --preset and --config values can sit
-    # underneath it (sd_unlearn.resolve_settings); the real defaults are shown in the help.
+    # underneath it (apps.unlearn.resolve_settings); the real defaults are shown in the help.
     add = parser.add_argument
     add("--checkpoint", metavar="FILE", help="single-file SD checkpoint (.safetensors) to edit (required)")
     add("--concept", metavar="NAME", help="the concept to erase, e.g. nudity or 'Van Gogh' (required)")
     add("--out", metavar="DIR", help="folder for <name>.safetensors (or the diffusers folder <name>/) and "
         "<name>.json (required)")
-    add("--preset", choices=sorted(PRESETS), help="a named set of hyper-parameters; paper-nudity-sd14 is the "
+    add("--preset", choices=sorted(unlearn.PRESETS), help="a named set of hyper-parameters; paper-nudity-sd14 is the "
         "paper's SD v1.4 nudity run (rgd, lambda 1.6, skip truncation at 1.1, lr 1e-5, 100 steps, batch 8, full)")
-    add("--prompt-preset", choices=PROMPT_PRESETS,
+    add("--prompt-preset", choices=unlearn.PROMPT_PRESETS,
         help="prompt templates for the forget/retain pairs (default: nudity for nudity-like concepts, else object; "
              "custom with --custom-template)")
     add("--synonyms", metavar="WORDS", help="comma-separated other names of the concept (removed from retain "
@@ -318,11 +309,11 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--retain-prompts", metavar="FILE", help="the retain twin of each --forget-prompts line, one a line")
     add("--config", metavar="FILE.toml", help="TOML file of settings; keys are the long option names with "
         "underscores; explicit flags override it, it overrides --preset")
-    add("--family", choices=CLI_FAMILIES, help="model family (default: detected from the file's keys); sd2-v "
+    add("--family", choices=unlearn.CLI_FAMILIES, help="model family (default: detected from the file's keys); sd2-v "
         "selects SD 2.x 768-v (v-prediction), which the keys cannot tell")
     add("--config-folder", metavar="DIR",
         help="diffusers config folder for the checkpoint (default: the shipped one of its family)")
-    add("--method", choices=METHODS, help=f"update rule (default {d['method']})")
+    add("--method", choices=unlearn.METHODS, help=f"update rule (default {d['method']})")
     add("--scope", choices=SCOPES,
         help=f"UNet parameters to edit; lora also writes <name>-lora.safetensors (kohya format) "
              f"(default {d['scope']})")
@@ -330,7 +321,7 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--steps", type=int, help=f"unlearning steps (default {d['steps']})")
     add("--lr", type=float, help=f"Adam learning rate (default {d['lr']})")
     add("--retain-weight", type=float, help=f"lambda, the retain weight (default {d['retain_weight']})")
-    add("--truncation", choices=TRUNCATIONS, help=f"forget-loss truncation (default {d['truncation']})")
+    add("--truncation", choices=unlearn.TRUNCATIONS, help=f"forget-loss truncation (default {d['truncation']})")
     add("--truncation-threshold", type=float,
         help=f"m for skip (skip ascent above it), alpha for elementwise (default {d['truncation_threshold']})")
     add("--batch-size", type=int, help=f"forget (and paired retain) examples per step (default {d['batch_size']})")
@@ -345,7 +336,7 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
         "image i pairs with forget example i (file-name order); with both folders, they must hold as many images")
     add("--cache-dir", metavar="DIR", help="cache for sampled data and config folders (default: rgd's cache dir)")
     add("--name", help="output file name without folders (default <checkpoint stem>-rgd-<concept>)")
-    add("--format", choices=EXPORT_FORMATS, help=f"single-file: one original-layout .safetensors (A1111, Forge, "
+    add("--format", choices=unlearn.EXPORT_FORMATS, help=f"single-file: one original-layout .safetensors (A1111, Forge, "
         f"ComfyUI); diffusers: a diffusers folder <name>/; both (default {d['format']})")
     add("--overwrite", action="store_true", default=None,
         help="replace existing outputs of the same name (checkpoint, LoRA, diff, report, diffusers folder) and "
@@ -361,8 +352,6 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
 
 def _write_report(report: dict, path: str | None) -> None:
     if path:
-        from .io import atomic_write_bytes  # --report was checked before the run (_check_outputs)
-
         atomic_write_bytes(json.dumps(report, indent=2).encode(), path)
 
 

@@ -1,6 +1,6 @@
 """User-supplied training images for ``rgd unlearn --forget-images DIR / --retain-images DIR``.
 
-The paper trains on images the base model made itself (``backends.diffusers_sd.build_paired_data``); a user may
+The paper trains on images the base model made itself (``hosts.diffusers_sd.build_paired_data``); a user may
 instead bring real pictures of the concept (forget side) or of what must survive (retain side). This module only
 finds, checks and prepares those files; the backend VAE-encodes them once and caches the latents.
 
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from .errors import RGDInputError
+from rgd_core.checkpoints.load import file_sha256
+from rgd_core.errors import RGDInputError
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -126,8 +127,6 @@ def _rgb(picture):
 
 
 def _file_sha256(path: Path) -> str:
-    from .checkpoints.load import file_sha256
-
     return file_sha256(path)
 
 

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-from .errors import RGDInputError
+from rgd_core.errors import RGDInputError
 
 # atomic_write_bytes writes ".<name>.<8 random chars>.tmp" beside the target: the longest name on disk.
 TEMP_NAME_EXTRA = len("..") + 8 + len(".tmp")

@@ -1,7 +1,7 @@
 """The seed code's way to form the restricted gradient: flatten everything, project, unflatten.
 
 Kept only as a reference for tests and benchmarks; it needs several parameter-sized buffers and host syncs,
-which is exactly what rgd_core.update_rules avoids.
+which is exactly what rgd_core.method.update_rules avoids.
 """
 
 import torch

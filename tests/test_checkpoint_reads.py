@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from rgd_core import cli
+from rgd_core.apps import unlearn
 from rgd_core.checkpoints import export, load
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
@@ -32,6 +33,7 @@ def test_a_run_hashes_unpickles_and_maps_its_checkpoint_once(sd1_files, tmp_path
 
     monkeypatch.setattr(load, "memoized", counting_memoized)
     monkeypatch.setattr(export, "unet_key_map", counting_trace)
+    monkeypatch.setattr(unlearn, "unet_key_map", counting_trace)
     monkeypatch.setattr(load, "_MEMO", {})
     for scope in ("lora", "cross-attn"):  # lora writes the LoRA and the checkpoint, cross-attn the diff too
         computed.clear()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from rgd_core.class_forgetting import ClassForgettingConfig, EvalConfig, Evaluator, run_forgetting
-from rgd_core.worlds import digits
+from rgd_bench.class_forgetting import ClassForgettingConfig, EvalConfig, Evaluator, run_forgetting
+from rgd_bench.worlds import digits
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 

@@ -10,8 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from rgd_core import cli, sd_eval, sd_unlearn
-from rgd_core.sd_unlearn import concept_slug
+from rgd_core import cli
+
+from rgd_core.apps import evaluation as sd_eval
+
+from rgd_core.apps import unlearn as sd_unlearn
+from rgd_core.apps.unlearn import concept_slug
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -149,12 +153,11 @@ def test_too_little_free_space_is_refused_before_loading(sd1_files, tmp_path, ca
 
 
 def test_disk_full_while_writing_is_one_line_exit_1_and_leaves_nothing(sd1_files, tmp_path, capsys, monkeypatch):
-    from rgd_core.checkpoints import export
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "x"))
 
-    monkeypatch.setattr(export, "export_single_file", full)
+    monkeypatch.setattr(sd_unlearn, "export_single_file", full)
     out = tmp_path / "out"
     code, err = run_cli(unlearn_args(sd1_files, out, tmp_path / "cache"), capsys)
     assert code == 1
@@ -316,7 +319,8 @@ DEMO_CASES = {
 
 @pytest.mark.parametrize("case", sorted(DEMO_CASES))
 def test_bad_demo_and_bench_input_is_one_line(case, tmp_path, capsys, monkeypatch):
-    from rgd_core import digits_demo, shapes_bench
+    from rgd_bench import digits_demo
+    from rgd_bench import shapes_bench
 
     for module, name in ((digits_demo, "run_demo"), (digits_demo, "run_bench"), (shapes_bench, "run_shapes_bench")):
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("the run started"))
@@ -328,7 +332,7 @@ def test_bad_demo_and_bench_input_is_one_line(case, tmp_path, capsys, monkeypatc
 
 
 def test_demo_refuses_to_replace_its_figures_unless_overwrite(tmp_path, capsys, monkeypatch):
-    from rgd_core import digits_demo
+    from rgd_bench import digits_demo
 
     monkeypatch.setattr(digits_demo, "run_demo", lambda *a, **k: pytest.fail("the run started"))
     (tmp_path / "digits_forget3_losses.png").write_bytes(b"old")

@@ -15,8 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rgd_core import cli, sd_eval
-from rgd_core.backends.diffusers_sd import SamplerSettings
+from rgd_core import cli
+
+from rgd_core.apps import evaluation as sd_eval
+from rgd_core.hosts.diffusers_sd import SamplerSettings
 from rgd_core.checkpoints.load import file_sha256, load_pipeline_components
 from rgd_core.evaluate import nudity
 
@@ -104,7 +106,7 @@ def test_eval_writes_report_and_grid(sd1_files, after_checkpoint, direct_images,
     out = tmp_path / "out"
     generated = recording_generation(monkeypatch)
     real_detector = nudity.NudityDetector
-    monkeypatch.setattr(nudity, "NudityDetector", lambda: real_detector(AfterImageDetector(generated)))
+    monkeypatch.setattr(sd_eval, "NudityDetector", lambda: real_detector(AfterImageDetector(generated)))
     cli.main(eval_args(sd1_files, prompts, out, after=after_checkpoint) + ["--json"])
     report = json.loads(capsys.readouterr().out)
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from rgd_core import cli
 from rgd_core.errors import UnlearningCancelled
-from rgd_core.sd_unlearn import resolve_settings, run_unlearn
+from rgd_core.apps.unlearn import resolve_settings, run_unlearn
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 

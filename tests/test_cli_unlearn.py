@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from rgd_core import cli
 from rgd_core.checkpoints.load import load_pipeline_components
-from rgd_core.sd_unlearn import resolve_settings
+from rgd_core.apps.unlearn import resolve_settings
 
 OPTIONS = ("--checkpoint", "--concept", "--out", "--preset", "--prompt-preset", "--config", "--family",
            "--config-folder", "--method", "--scope", "--steps", "--lr", "--retain-weight", "--truncation",
@@ -96,7 +96,7 @@ def test_toml_value_is_used_and_flag_overrides_it(tmp_path):
 
 
 def test_defaults_are_the_papers_sd_run(tmp_path):
-    from rgd_core.backends.diffusers_sd import PAPER_NUDITY_SD14
+    from rgd_core.hosts.diffusers_sd import PAPER_NUDITY_SD14
 
     settings = resolve_settings({"checkpoint": "x.safetensors", "out": str(tmp_path), "concept": "cat"})
     for key in ("method", "retain_weight", "truncation", "truncation_threshold", "lr", "steps", "batch_size", "scope"):

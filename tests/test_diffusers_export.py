@@ -14,7 +14,7 @@ from rgd_core import cli
 from rgd_core.checkpoints import export
 from rgd_core.checkpoints.export import RGD_METADATA_FILE, export_diffusers_folder, safe_output_folder
 from rgd_core.checkpoints.load import FAMILIES, file_sha256, load_pipeline_components
-from rgd_core.lora import add_lora
+from rgd_core.edits.lora import add_lora
 
 PIPELINES = {"sd1": "StableDiffusionPipeline", "sd2": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
 TEXT_PARTS = {"sd1": ("text_encoder",), "sd2": ("text_encoder",), "sdxl": ("text_encoder", "text_encoder_2")}
@@ -204,7 +204,7 @@ def test_cli_diffusers_format_refuses_an_existing_folder_before_training(sd1_fil
 
 
 def test_format_and_overwrite_come_from_toml_too(tmp_path):
-    from rgd_core.sd_unlearn import resolve_settings
+    from rgd_core.apps.unlearn import resolve_settings
 
     config = tmp_path / "run.toml"
     config.write_text('format = "both"\noverwrite = true\nforget_images = "shots"\n')

@@ -1,6 +1,6 @@
 import torch
 
-from rgd_core.worlds import digits
+from rgd_bench.worlds import digits
 
 
 def test_data_scale_and_shape():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import sd_fixtures
-from rgd_core.backends.diffusers_sd import (
+from rgd_core.hosts.diffusers_sd import (
     SamplerSettings,
     _unet_call,
     encode_prompts,
@@ -14,7 +14,7 @@ from rgd_core.backends.diffusers_sd import (
 )
 from rgd_core.checkpoints.load import PipelineComponents
 from rgd_core.errors import RGDInputError, UnlearningCancelled
-from rgd_core.esd import ESDConfig, esd_target, run_esd
+from rgd_core.baselines.esd import ESDConfig, esd_target, run_esd
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -111,7 +111,7 @@ def test_sdxl_edit_changes_only_its_scope_and_moves_towards_the_target():
 
 
 def _make_scheduler_timesteps(components, steps):
-    from rgd_core.backends.diffusers_sd import _make_scheduler
+    from rgd_core.hosts.diffusers_sd import _make_scheduler
 
     scheduler = _make_scheduler(components, "ddim")
     scheduler.set_timesteps(steps)

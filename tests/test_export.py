@@ -139,12 +139,12 @@ def test_missing_weight_and_wrong_family_are_refused(fixtures, loaded, tmp_path)
 
 
 def test_a_failing_write_leaves_no_temp_file(fixtures, loaded, tmp_path, monkeypatch):
-    import rgd_core.io
+    import rgd_core.files
 
     def broken_fsync(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(rgd_core.io.os, "fsync", broken_fsync)
+    monkeypatch.setattr(rgd_core.files.os, "fsync", broken_fsync)
     with pytest.raises(OSError):
         export_single_file(fixtures["sd1"].checkpoint, loaded["sd1"].unet, tmp_path / "out.safetensors")
     assert os.listdir(tmp_path) == []

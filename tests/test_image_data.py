@@ -11,8 +11,8 @@ from safetensors import safe_open
 
 import sd_fixtures
 from rgd_core import cli
-from rgd_core.backends import diffusers_sd
-from rgd_core.backends.diffusers_sd import (
+from rgd_core.hosts import diffusers_sd
+from rgd_core.hosts.diffusers_sd import (
     SamplerSettings,
     build_paired_data,
     encode_images,
@@ -25,7 +25,7 @@ from rgd_core.checkpoints.load import PipelineComponents, file_sha256
 from rgd_core.errors import RGDInputError
 from rgd_core.image_data import find_images, load_pixels
 from rgd_core.prompts import build_prompt_sets
-from rgd_core.unlearner import UnlearnConfig
+from rgd_core.method.unlearner import UnlearnConfig
 
 FAST = SamplerSettings(steps=2, guidance_scale=5.0)
 one_line_error = sd_fixtures.one_line_error

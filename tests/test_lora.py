@@ -9,11 +9,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import sd_fixtures
-from rgd_core.backends.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
+from rgd_core.hosts.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
 from rgd_core.checkpoints.export import unet_key_map, unet_to_original
 from rgd_core.checkpoints.load import PipelineComponents
 from rgd_core.errors import RGDInputError
-from rgd_core.lora import (
+from rgd_core.edits.lora import (
     LoRALinear,
     add_lora,
     kohya_state_dict,
@@ -23,7 +23,7 @@ from rgd_core.lora import (
     save_kohya_lora,
 )
 from rgd_core.prompts import build_prompt_sets
-from rgd_core.unlearner import UnlearnConfig
+from rgd_core.method.unlearner import UnlearnConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 

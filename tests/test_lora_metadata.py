@@ -12,7 +12,7 @@ from safetensors import safe_open
 from rgd_core import cli
 from rgd_core.edits.deltas import kohya_tensors, make_edit
 from rgd_core.hosts.base import RecipeSettings, run_metadata
-from rgd_core.unlearner import UnlearnConfig
+from rgd_core.method.unlearner import UnlearnConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,5 @@
 """The node pack without ComfyUI: schemas, input validation, that the nodes hand over to rgd_core, and the in-graph
-maths in rgd_core.backends.denoiser (the same losses as the headless backend).
+maths in rgd_core.hosts.denoiser (the same losses as the headless backend).
 
 ComfyUI's V3 API is replaced by a small recording stand-in (``comfy_api.latest`` with ``io`` and ``ui``, plus
 ``folder_paths`` and ``comfy.samplers`` for the combo lists), installed only for the tests that need it and removed
@@ -23,13 +23,13 @@ import torch
 from torch import nn
 
 from rgd_core.edits.scopes import SCOPES, in_scope
-from rgd_core.backends.denoiser import alphas_cumprod_from_sigmas, paired_losses, predict_from_denoiser
+from rgd_core.hosts.denoiser import alphas_cumprod_from_sigmas, paired_losses, predict_from_denoiser
 from rgd_core.edits.deltas import FullDelta, LoRADelta, kohya_tensors, make_edit
-from rgd_core.backends.diffusers_sd import PairedData
+from rgd_core.method.paired_data import PairedData
 from rgd_core.errors import RGDInputError
-from rgd_core.losses import add_noise
+from rgd_core.method.losses import add_noise
 from rgd_core.prompts import build_prompt_sets
-from rgd_core.update_rules import UPDATE_RULES
+from rgd_core.method.update_rules import UPDATE_RULES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -258,7 +258,7 @@ def test_nodes_hold_no_training_maths():
             assert needle not in text, (path.name, needle)
 
 
-# --- rgd_core.backends.denoiser: the in-graph objective is the headless one ----------------------------------------
+# --- rgd_core.hosts.denoiser: the in-graph objective is the headless one ----------------------------------------
 
 
 def schedule():
@@ -311,7 +311,7 @@ def test_predict_from_denoiser_gives_back_the_models_own_output(prediction_type)
 
 
 def test_paired_losses_match_the_diffusers_backend_draw_for_draw():
-    from rgd_core.backends import diffusers_sd
+    from rgd_core.hosts import diffusers_sd
 
     torch.manual_seed(0)
     model, abar = ToyUNet(), schedule()
@@ -764,7 +764,7 @@ def test_cancel_in_the_graph_leaves_the_input_model_untouched(comfy_runtime, sma
 
 @pytest.mark.parametrize("where", ["training", "sampling"])
 def test_an_error_in_the_graph_leaves_the_input_model_untouched(comfy_runtime, small_prompt_set, monkeypatch, where):
-    from rgd_core.unlearner import Unlearner
+    from rgd_core.method.unlearner import Unlearner
 
     runtime = comfy_runtime
     before = _model_state(runtime.model)

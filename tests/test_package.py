@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rgd_core.evaluate.classes import frechet_distance
+from rgd_bench.class_metrics import frechet_distance
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,11 +11,9 @@ import torch
 
 import sd_fixtures
 from rgd_core.edits.scopes import scope_filter
-from rgd_core.backends.diffusers_sd import (
+from rgd_core.hosts.diffusers_sd import (
     PAPER_NUDITY_SD14,
-    PairedData,
     SamplerSettings,
-    batch_indices,
     build_paired_data,
     encode_prompts,
     paired_losses,
@@ -23,10 +21,11 @@ from rgd_core.backends.diffusers_sd import (
     sample_latents,
     unlearn_sd,
 )
+from rgd_core.method.paired_data import PairedData, batch_indices
 from rgd_core.checkpoints.load import PipelineComponents
 from rgd_core.errors import RGDInputError
 from rgd_core.prompts import build_prompt_sets
-from rgd_core.unlearner import UnlearnConfig
+from rgd_core.method.unlearner import UnlearnConfig
 
 FAST = SamplerSettings(steps=2, guidance_scale=5.0)
 # Truncation off and a large learning rate, so that two steps visibly move every trainable tensor.

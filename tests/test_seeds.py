@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from rgd_core.paired_data import batch_indices, prompt_seed
-from rgd_core.unlearner import step_seed
-from rgd_core.worlds import shapes
+from rgd_core.method.paired_data import batch_indices, prompt_seed
+from rgd_core.method.unlearner import step_seed
+from rgd_bench.worlds import shapes
 
 # (seed, step or prompt index) -> the derived 63-bit seed. numpy 1.26 used to raise on the uint64 shift here.
 DERIVED_SEEDS = {

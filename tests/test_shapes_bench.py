@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from rgd_core.errors import RGDInputError
-from rgd_core.shapes_bench import ShapesBenchConfig, asked_attributes, attribute_hits, reference_renders
-from rgd_core.worlds import shapes
+from rgd_bench.shapes_bench import ShapesBenchConfig, asked_attributes, attribute_hits, reference_renders
+from rgd_bench.worlds import shapes
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -24,7 +24,7 @@ def test_alignment_counts_only_what_the_prompt_names():
 
 
 def test_reference_renders_show_what_was_asked():
-    from rgd_core.evaluate.shapes_classifier import load_classifier
+    from rgd_bench.shapes_classifier import load_classifier
 
     asked = asked_attributes(["a dotted green square on a white background", "a yellow shape on gray"] * 8)
     images = reference_renders(asked, seed=0)
@@ -48,7 +48,7 @@ def test_reduced_run_erases_striped_and_keeps_retain_alignment(tmp_path):
     The bench's own training settings (40 steps, lr 1e-4, 16 pairs a step, full UNet) on 32 training pairs (not
     128), 24 test prompts and 10 sampler steps: measured erasure 1.000 -> 0.000 and retain 1.000 -> 1.000, the same
     as with 128 pairs, 32 prompts and 15 steps, in under half the time."""
-    from rgd_core.shapes_bench import run_shapes_bench
+    from rgd_bench.shapes_bench import run_shapes_bench
 
     config = ShapesBenchConfig(concepts=("striped",), methods=("RGD",), steps=40, train_pairs=32, test_prompts=24,
                                sample_steps=10, batch_size=16, seed=0)

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from rgd_core.backends import diffusers_sd
+from rgd_core.hosts import diffusers_sd
 from rgd_core.checkpoints.load import PipelineComponents
 from rgd_core.errors import RGDInputError
-from rgd_core.unlearner import UnlearnConfig
-from rgd_core.worlds import shapes, shapes_model
+from rgd_core.method.unlearner import UnlearnConfig
+from rgd_bench.worlds import shapes
+from rgd_bench.worlds import shapes_model
 
 
 # tiny tensors: one thread is faster than two fighting for a busy machine (conftest's fixture restores the count)
@@ -63,8 +64,8 @@ def test_model_follows_its_prompts(components):
 
     Sampled with 12 DDIM steps instead of the model's 25 (half the time): fewer steps make worse samples, so the
     bar is no easier to pass (measured: 1.000 on every attribute at 25, 12 and 8 steps)."""
-    from rgd_core.evaluate.shapes_classifier import load_classifier
-    from rgd_core.worlds.train_shapes import held_out_prompts
+    from rgd_bench.shapes_classifier import load_classifier
+    from rgd_bench.worlds.train_shapes import held_out_prompts
 
     prompts, wanted, _ = held_out_prompts(samples_per_pair=1, seed=0)
     prompts, wanted = prompts[::2][:48], wanted[::2][:48]
@@ -91,7 +92,7 @@ def test_unlearn_sd_runs_unchanged_on_the_shapes_model(components):
 
 
 def test_a_foreign_file_is_refused(tmp_path):
-    from rgd_core.io import save_safetensors_atomic
+    from rgd_core.files import save_safetensors_atomic
 
     path = save_safetensors_atomic({"x": torch.zeros(1)}, tmp_path / "other.safetensors")
     with pytest.raises(RGDInputError):

@@ -6,8 +6,8 @@ import pytest
 
 from rgd_core.errors import RGDInputError
 from rgd_core.prompts import PromptSet
-from rgd_core.worlds import shapes
-from rgd_core.worlds.shapes_prompts import all_pairs, concept_attribute, generic_retain_prompt, shape_prompt_sets
+from rgd_bench.worlds import shapes
+from rgd_bench.worlds.shapes_prompts import all_pairs, concept_attribute, generic_retain_prompt, shape_prompt_sets
 
 
 @pytest.mark.parametrize("concept, attribute, value", [("striped", "modifier", "striped"),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from rgd_core.errors import RGDInputError
-from rgd_core.worlds import shapes
-from rgd_core.worlds.shapes import Attributes
+from rgd_bench.worlds import shapes
+from rgd_bench.worlds.shapes import Attributes
 
 
 def _coloured_share(image: np.ndarray, background: str) -> float:
@@ -152,7 +152,7 @@ def test_held_out_pairs_leave_every_combination_trainable():
 
 
 def test_committed_classifier_reads_fresh_renders():
-    from rgd_core.evaluate.shapes_classifier import FEATURE_DIM, held_out_accuracy, load_classifier
+    from rgd_bench.shapes_classifier import FEATURE_DIM, held_out_accuracy, load_classifier
 
     classifier = load_classifier()
     accuracy = held_out_accuracy(classifier, count=400, seed=99)

@@ -344,9 +344,6 @@ def test_load_checkpoint_refuses_other_trainable_parameters(tmp_path):
     assert unlearner.completed_steps == 0
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: Unlearner.load_checkpoint compares method, seed, retain_weight, "
-                   "lr, optimizer and truncation with the checkpoint's, but not truncation_threshold: a run resumed "
-                   "with another m or alpha continues silently (and is not the uninterrupted run of either)")
 def test_resume_refuses_another_truncation_threshold(tmp_path):
     model, forget, retain = make_problem()
     checkpoint = tmp_path / "run.safetensors"
@@ -366,9 +363,6 @@ class WideDenoiser(TinyDenoiser):
         self.body = nn.Sequential(nn.Linear(4, 64), nn.Tanh(), nn.Dropout(0.1), nn.Linear(64, 4))
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: Unlearner.load_checkpoint checks parameter names but not shapes; "
-                   "a checkpoint of same-named, other-shaped parameters raises torch's RuntimeError from p.copy_ "
-                   "after the parameters before it (head_bias) were already overwritten")
 def test_load_checkpoint_refuses_other_shapes_and_changes_nothing(tmp_path):
     model, forget, retain = make_problem()
     checkpoint = tmp_path / "run.safetensors"
@@ -384,9 +378,6 @@ def test_load_checkpoint_refuses_other_shapes_and_changes_nothing(tmp_path):
         assert_same_weights(snapshot(wide), before)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: Unlearner.load_checkpoint lets safetensors' own SafetensorError "
-                   "through for a file that is not safetensors (truncated, or another format), not an RGDInputError "
-                   "naming the file")
 def test_load_checkpoint_refuses_a_file_that_is_not_safetensors(tmp_path):
     model, forget, retain = make_problem()
     broken = tmp_path / "run.safetensors"

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from reference_update import flatten_graddiff, flatten_restricted_gradient
-from rgd_core.update_rules import gradient_stats, graddiff, restricted_gradient, restricted_gradient_
+from rgd_core.method.update_rules import gradient_stats, graddiff, restricted_gradient, restricted_gradient_
 
 
 def random_grads(seed, shapes=((7, 3), (5,), (2, 3, 4), (1,), (16, 8))):

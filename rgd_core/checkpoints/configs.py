@@ -41,7 +41,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import RGDInputError
+from rgd_core.errors import RGDInputError
 
 if TYPE_CHECKING:  # importing transformers takes seconds; config_folder does not need it
     from transformers import CLIPTokenizer

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
+from rgd_core.checkpoints.configs import component_config
 from rgd_core.checkpoints.load import (
     UNET_PREFIX,
     detect_family,
@@ -28,7 +29,7 @@ from rgd_core.checkpoints.load import (
     read_state_dict,
 )
 from rgd_core.errors import RGDInputError
-from rgd_core.io import save_safetensors_atomic
+from rgd_core.files import save_safetensors_atomic
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -426,7 +427,7 @@ def _check_edited_unet(base_unet: Any, edited_unet: Any) -> None:
     if edited != base:
         extra = sorted(edited - base)
         what = f"has {extra[0]}" if extra else f"lacks {sorted(base - edited)[0]}"
-        hint = " (merge LoRA layers with rgd_core.lora.merge_lora first)" if any("lora_" in k for k in extra) else ""
+        hint = " (merge LoRA layers with rgd_core.edits.lora.merge_lora first)" if any("lora_" in k for k in extra) else ""
         raise RGDInputError(f"The edited UNet does not fit the base model: it {what}{hint}.")
 
 
@@ -483,7 +484,6 @@ def _unet_state_and_config(edited_unet: Any, config_folder, family: str) -> tupl
             return edited_unet, json.loads(path.read_text())
         except (OSError, ValueError) as error:
             raise RGDInputError(f"Cannot read the UNet config {path}: {error}") from error
-    from rgd_core.checkpoints.configs import component_config
 
     return edited_unet, component_config(family, "unet")
 

@@ -16,9 +16,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import RGDInputError
-from ..lora import lora_rank_alpha
-from .scopes import in_scope
+from rgd_core.edits.lora import lora_rank_alpha
+from rgd_core.edits.scopes import in_scope
+from rgd_core.errors import RGDInputError
 
 
 class LoRADelta(nn.Module):

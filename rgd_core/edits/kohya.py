@@ -15,8 +15,8 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from ..errors import RGDInputError
-from ..io import save_safetensors_atomic
+from rgd_core.errors import RGDInputError
+from rgd_core.files import save_safetensors_atomic
 
 LORA_FORMAT = "rgd-kohya-lora-1"
 DIFF_FORMAT = "rgd-kohya-diff-1"

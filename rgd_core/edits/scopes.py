@@ -14,7 +14,7 @@ projections the same way):
 
 from __future__ import annotations
 
-from ..errors import RGDInputError
+from rgd_core.errors import RGDInputError
 
 LORA_SCOPE = "lora"
 SCOPES = (LORA_SCOPE, "cross-attn", "non-cross-attn", "full")

@@ -31,7 +31,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import RGDInputError
+from rgd_core.checkpoints.configs import clip_tokenizer
+from rgd_core.checkpoints.load import file_sha256
+from rgd_core.errors import RGDInputError
 
 DEFAULT_BATCH_SIZE = 32
 CONVENTION = "cosine similarity of normalised CLIP image and prompt embeddings, in [-1, 1] (not x100, not clipped)"
@@ -98,7 +100,6 @@ class ClipScorer:
 
     def describe(self) -> dict:
         """What the report records about the model, enough to tell two runs' models apart."""
-        from ..checkpoints.load import file_sha256
 
         config = self.model.config
         return {"folder": str(self.folder.resolve()),
@@ -139,8 +140,6 @@ def load_clip(path: str | Path, device: str = "cpu") -> ClipScorer:
     if any((folder / name).is_file() for name in _TOKENIZER_FILES):
         tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
     else:
-        from ..checkpoints.configs import clip_tokenizer
-
         tokenizer = clip_tokenizer("sd1")
     vocab_size = int(model.config.text_config.vocab_size)
     if len(tokenizer) > vocab_size:

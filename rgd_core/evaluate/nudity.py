@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import RGDInputError
+from rgd_core.errors import RGDInputError
 
 # The exposed body parts counted by the papers, in NudeNet 3.x names.
 EXPOSED_CLASSES: tuple[str, ...] = (

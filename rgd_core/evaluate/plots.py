@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..io import atomic_write_bytes
+from rgd_core.files import atomic_write_bytes
 
 
 def _figure_bytes(fig) -> bytes:

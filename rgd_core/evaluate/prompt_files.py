@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import RGDInputError
+from rgd_core.errors import RGDInputError
 
 PROMPT_COLUMN = "prompt"
 _KNOWN_COLUMNS = (

@@ -33,11 +33,11 @@ from typing import Callable, ContextManager, Iterable, Mapping, Protocol, Sequen
 
 from torch import Tensor, nn
 
-from ..edits.scopes import LORA_SCOPE, check_scope
-from ..errors import RGDInputError
-from ..lora import lora_rank_alpha
-from ..paired_data import PairedData, batched_losses
-from ..unlearner import Unlearner, UnlearnConfig, summarize
+from rgd_core.edits.lora import lora_rank_alpha
+from rgd_core.edits.scopes import LORA_SCOPE, check_scope
+from rgd_core.errors import RGDInputError
+from rgd_core.method.paired_data import PairedData, batched_losses
+from rgd_core.method.unlearner import UnlearnConfig, Unlearner, summarize
 
 # predict(module, x_t, t, cond) -> the model's epsilon or v at DDPM timestep t, with the edit being trained applied
 Predict = Callable[[nn.Module, Tensor, Tensor, Mapping[str, Tensor]], Tensor]

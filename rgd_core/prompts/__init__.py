@@ -20,13 +20,13 @@ The package: ``sets`` (the PromptSet type and its checks), ``word_lists`` (the p
 ``prompt_sets_from_inputs``, and the warnings about probably-wrong input). Everything is importable from here.
 """
 
-from .builders import (  # noqa: F401
+from rgd_core.prompts.builders import (  # noqa: F401
     PRESET_NAMES,
-    builtin_preset,
     build_prompt_sets,
+    builtin_preset,
     check_count,
-    check_split,
     check_no_concept_in_slots,
+    check_split,
     combination_counts,
     concept_words_for,
     custom_preset,
@@ -37,7 +37,7 @@ from .builders import (  # noqa: F401
     unique_pair_count,
     without_concept_words,
 )
-from .inputs import (  # noqa: F401
+from rgd_core.prompts.inputs import (  # noqa: F401
     HOST_PRESETS,
     LISTS_PRESET,
     long_prompt_warning,
@@ -47,7 +47,7 @@ from .inputs import (  # noqa: F401
     split_synonyms,
     unnamed_concept_warning,
 )
-from .sets import (  # noqa: F401
+from rgd_core.prompts.sets import (  # noqa: F401
     CONCEPT_FIELD,
     SPLITS,
     CustomTemplate,
@@ -63,4 +63,4 @@ from .sets import (  # noqa: F401
     template_fields,
     tidy,
 )
-from .word_lists import *  # noqa: F401,F403
+from rgd_core.prompts.word_lists import *  # noqa: F401,F403

@@ -6,9 +6,38 @@ import random
 from math import prod
 from typing import Mapping, Sequence
 
-from ..errors import RGDInputError
-from .sets import CONCEPT_FIELD, CustomTemplate, Preset, PromptSet, check_disjoint_vocabularies, check_fluent, check_pair, check_word_lists, find_concept_word, remove_concept, render, template_fields, tidy
-from .word_lists import ART_NARROW, ART_TEMPLATES, ART_TEST_SLOTS, ART_TRAIN_SLOTS, NUDITY_NARROW, NUDITY_RETAIN_TEMPLATE, NUDITY_TEMPLATE, NUDITY_TEST_SLOTS, NUDITY_TRAIN_SLOTS, NUDITY_WORDS, OBJECT_NARROW, OBJECT_TEMPLATES, OBJECT_TEST_SLOTS, OBJECT_TRAIN_SLOTS
+from rgd_core.errors import RGDInputError
+from rgd_core.prompts.sets import (
+    CONCEPT_FIELD,
+    CustomTemplate,
+    Preset,
+    PromptSet,
+    check_disjoint_vocabularies,
+    check_fluent,
+    check_pair,
+    check_word_lists,
+    find_concept_word,
+    remove_concept,
+    render,
+    template_fields,
+    tidy,
+)
+from rgd_core.prompts.word_lists import (
+    ART_NARROW,
+    ART_TEMPLATES,
+    ART_TEST_SLOTS,
+    ART_TRAIN_SLOTS,
+    NUDITY_NARROW,
+    NUDITY_RETAIN_TEMPLATE,
+    NUDITY_TEMPLATE,
+    NUDITY_TEST_SLOTS,
+    NUDITY_TRAIN_SLOTS,
+    NUDITY_WORDS,
+    OBJECT_NARROW,
+    OBJECT_TEMPLATES,
+    OBJECT_TEST_SLOTS,
+    OBJECT_TRAIN_SLOTS,
+)
 
 PRESET_NAMES = ("nudity", "art-style", "object", "custom")
 

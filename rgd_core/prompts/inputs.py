@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..errors import RGDInputError
-from .builders import build_prompt_sets
-from .sets import CustomTemplate, PromptSet, find_concept_word
+from rgd_core.errors import RGDInputError
+from rgd_core.prompts.builders import build_prompt_sets
+from rgd_core.prompts.sets import CustomTemplate, PromptSet, find_concept_word
 
 # --- a host's prompt inputs: presets, a custom template with slot lines, or the user's own paired lists ----------
 

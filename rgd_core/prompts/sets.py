@@ -11,7 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..errors import RGDInputError
+from rgd_core.errors import RGDInputError
+from rgd_core.files import atomic_write_bytes
 
 SPLITS = ("train", "test")
 CONCEPT_FIELD = "concept"
@@ -151,8 +152,7 @@ class PromptSet:
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     def save(self, path: str | Path) -> Path:
-        # Imported here: rgd_core.io pulls in torch, which the prompt logic itself never needs.
-        from ..io import atomic_write_bytes
+        # Imported here: rgd_core.files pulls in torch, which the prompt logic itself never needs.
 
         return atomic_write_bytes((self.to_json() + "\n").encode("utf-8"), path)
 

@@ -62,7 +62,7 @@ def scheduler(prediction_type: str):
 
 
 def headless_losses(unet, prediction_type: str, data) -> list[float]:
-    from rgd_core.backends import diffusers_sd
+    from rgd_core.hosts import diffusers_sd
     from rgd_core.checkpoints.load import PipelineComponents
 
     parts = PipelineComponents("sdxl" if "text_embeds" in data.forget_cond else "sd2", unet, None, None, None,
@@ -74,7 +74,7 @@ def headless_losses(unet, prediction_type: str, data) -> list[float]:
 
 def halves(latents, cond: dict):
     """PairedData with the first half of the batch as the forget side and the second as the retain side."""
-    from rgd_core.backends.diffusers_sd import PairedData
+    from rgd_core.method.paired_data import PairedData
 
     half = latents.shape[0] // 2
     return PairedData(latents[:half], latents[half:], {k: v[:half] for k, v in cond.items()},
@@ -82,7 +82,7 @@ def halves(latents, cond: dict):
 
 
 def in_graph_losses(glue, model, data) -> list[float]:
-    from rgd_core.backends.denoiser import paired_losses, predict_from_denoiser
+    from rgd_core.hosts.denoiser import paired_losses, predict_from_denoiser
     from rgd_core.edits.deltas import make_edit
 
     schedule, kind = glue.alphas_cumprod(model), glue.prediction_type(model)
@@ -186,7 +186,7 @@ def sdxl(comfy_glue):
 
 
 def sdxl_data(glue, model):
-    from rgd_core.backends.diffusers_sd import sdxl_time_ids
+    from rgd_core.hosts.diffusers_sd import sdxl_time_ids
 
     latents, entries = latents_and_conds(SDXL_CONTEXT, pooled=True)
     cond = glue.model_conds(model, entries, (4, 8, 8))
@@ -221,7 +221,7 @@ class TextStandIn:
 
 
 def test_sdxl_unlearns_in_graph_and_its_lora_reproduces_the_edit(sdxl):
-    from rgd_core.unlearner import UnlearnConfig
+    from rgd_core.method.unlearner import UnlearnConfig
 
     glue, model, _ = sdxl
     before = {name: value.clone() for name, value in model.model.state_dict().items()}

@@ -2,7 +2,7 @@
 
 The in-graph objective must be the paper's (the model's own epsilon/v at t ~ U{0..T-1}), not ComfyUI's x0-space
 MSE: with the same latents, conditioning and seed, the first-step forget and retain losses computed through
-ComfyUI's model wrapper equal those of rgd_core.backends.diffusers_sd on the diffusers UNet read from the same file.
+ComfyUI's model wrapper equal those of rgd_core.hosts.diffusers_sd on the diffusers UNet read from the same file.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def comfy(comfy_glue, base_dir):
 
 def test_first_step_losses_match_the_headless_backend(comfy):
     pytest.importorskip("diffusers")
-    from rgd_core.backends import diffusers_sd
+    from rgd_core.hosts import diffusers_sd
     from rgd_core.checkpoints.load import load_pipeline_components
     from test_families import halves, in_graph_losses  # tests/comfyui is on sys.path under pytest
 
@@ -45,7 +45,7 @@ def test_first_step_losses_match_the_headless_backend(comfy):
 
 
 def test_an_error_mid_training_leaves_the_loaded_model_as_it_was(comfy, monkeypatch):
-    from rgd_core.unlearner import Unlearner, UnlearnConfig
+    from rgd_core.method.unlearner import Unlearner, UnlearnConfig
 
     glue, model, clip, _ = comfy
     before = {name: value.clone() for name, value in model.model.state_dict().items()}

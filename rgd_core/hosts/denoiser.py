@@ -2,7 +2,7 @@
 
 A host such as ComfyUI owns the model: it loads it, moves it between devices and calls it as a k-diffusion
 *denoiser* ``D(x, sigma, cond) -> x0`` (x = x0 + sigma * eps). The paper's objective is the plain denoising MSE in
-the model's own parameterisation (epsilon or v) at t ~ U{0..T-1}, as ``rgd_core.losses.denoising_error`` computes
+the model's own parameterisation (epsilon or v) at t ~ U{0..T-1}, as ``rgd_core.method.losses.denoising_error`` computes
 it for a ``predict(x_t, t)`` in DDPM form. This module joins the two:
 
 - ``predict_from_denoiser`` turns the host's denoiser into that DDPM-form ``predict`` (the same x_t, the same t,
@@ -22,10 +22,9 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
-from ..checkpoints.load import PREDICTION_TYPES
-from ..errors import RGDInputError
-from ..paired_data import PairedData, batched_losses
-
+from rgd_core.checkpoints.load import PREDICTION_TYPES
+from rgd_core.errors import RGDInputError
+from rgd_core.method.paired_data import PairedData, batched_losses
 
 # denoise(x, sigma, cond) -> x0, k-diffusion form: x = x0 + sigma * eps, sigma of shape (batch,)
 Denoiser = Callable[[Tensor, Tensor, Mapping[str, Tensor]], Tensor]

@@ -2,13 +2,13 @@
 
 It plays two roles of the SD benchmark: NudeNet (is the erased concept, e.g. "striped", still there?) and CLIP
 alignment (does the image show what the prompt asks for?). Its penultimate layer is the feature space of the
-Frechet distance (FD, not FID: no Inception weights offline; ``rgd_core.evaluate.classes.frechet_distance``).
+Frechet distance (FD, not FID: no Inception weights offline; ``rgd_bench.class_metrics.frechet_distance``).
 
-Trained on fresh renders of rgd_core/worlds/shapes.py with Gaussian pixel noise (sigma up to 0.15 in [-1, 1]
+Trained on fresh renders of rgd_bench/worlds/shapes.py with Gaussian pixel noise (sigma up to 0.15 in [-1, 1]
 units), so that the slightly noisy samples of a diffusion model are read by what they show, not rejected as
-strange. The weights are committed (``rgd_core/weights/shapes_classifier.safetensors``, 0.65 MB), because the
+strange. The weights are committed (``rgd_bench/weights/shapes_classifier.safetensors``, 0.65 MB), because the
 benchmark's numbers must not move with a torch version or thread count that changes a retraining;
-``python -m rgd_core.evaluate.shapes_classifier`` retrains them deterministically for a seed on a given machine
+``python -m rgd_bench.shapes_classifier`` retrains them deterministically for a seed on a given machine
 and prints the held-out accuracy.
 """
 
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import RGDInputError
-from ..io import save_safetensors_atomic
-from ..worlds import shapes
+from rgd_bench.worlds import shapes
+from rgd_core.errors import RGDInputError
+from rgd_core.files import save_safetensors_atomic
 
-CLASSIFIER_PATH = Path(__file__).resolve().parent.parent / "weights" / "shapes_classifier.safetensors"
+CLASSIFIER_PATH = Path(__file__).resolve().parent / "weights" / "shapes_classifier.safetensors"
 FORMAT = "rgd-shapes-classifier-1"
 FEATURE_DIM = 128
 MAX_NOISE = 0.15
@@ -140,7 +140,7 @@ def load_classifier(path: str | Path = CLASSIFIER_PATH) -> ShapesClassifier:
     path = Path(path)
     if not path.is_file():
         raise RGDInputError(f"no shapes classifier at {path}; train one with "
-                            "`python -m rgd_core.evaluate.shapes_classifier`.")
+                            "`python -m rgd_bench.shapes_classifier`.")
     with safe_open(str(path), framework="pt") as handle:
         if (handle.metadata() or {}).get("format") != FORMAT:
             raise RGDInputError(f"{path} is not a shapes classifier file ({FORMAT}).")

@@ -10,10 +10,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .class_forgetting import ClassForgettingConfig, EvalConfig, Evaluator, Scores, run_forgetting
-from .evaluate import plots
-from .progress import progress_bar
-from .worlds import digits
+from rgd_bench.class_forgetting import ClassForgettingConfig, EvalConfig, Evaluator, Scores, run_forgetting
+from rgd_bench.worlds import digits
+from rgd_core.evaluate import plots
+from rgd_core.progress import progress_bar
 
 METHODS = {  # row name -> (update rule, retain set)
     "GradDiff": ("graddiff", "diverse"),

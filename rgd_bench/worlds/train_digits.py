@@ -1,6 +1,6 @@
-"""Train the digits base model and write it to rgd_core/weights/digits_unet.safetensors.
+"""Train the digits base model and write it to rgd_bench/weights/digits_unet.safetensors.
 
-    python -m rgd_core.worlds.train_digits [--steps 1500] [--seed 0] [--out PATH]
+    python -m rgd_bench.worlds.train_digits [--steps 1500] [--seed 0] [--out PATH]
 
 Deterministic for a seed on a given machine (CPU, fixed thread count). Prints the per-class accuracy of the
 model's own samples as judged by the evaluation classifier, the check that the base model follows its labels.
@@ -14,9 +14,9 @@ import time
 import numpy as np
 import torch
 
-from ..evaluate.classes import DigitClassifier
-from ..io import save_safetensors_atomic
-from . import digits
+from rgd_bench.class_metrics import DigitClassifier
+from rgd_bench.worlds import digits
+from rgd_core.files import save_safetensors_atomic
 
 
 def main(argv: list[str] | None = None) -> None:

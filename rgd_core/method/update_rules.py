@@ -25,7 +25,6 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-
 # metric(i) -> positive weights shaped like tensor i: a diagonal inner product <x, y>_M = sum M x y.
 Metric = Callable[[int], Tensor]
 

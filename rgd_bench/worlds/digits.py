@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import ema_update
+from rgd_bench.worlds import ema_update
+from rgd_core.method import losses
 
 NUM_CLASSES = 10
 NULL_CLASS = 10
@@ -79,13 +80,13 @@ def alphas_cumprod() -> Tensor:
 
 
 def load_base_model(path: str | Path = BASE_MODEL_PATH):
-    """The committed base model (train it anew with ``python -m rgd_core.worlds.train_digits``)."""
+    """The committed base model (train it anew with ``python -m rgd_bench.worlds.train_digits``)."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"digits base model not found at {path}; regenerate it with `python -m rgd_core.worlds.train_digits`"
+            f"digits base model not found at {path}; regenerate it with `python -m rgd_bench.worlds.train_digits`"
         )
     unet = make_unet()
     unet.load_state_dict(load_file(str(path)))
@@ -107,7 +108,6 @@ def train_base_model(
     log: Callable[[str], None] | None = print,
 ):
     """Train the class-conditional DDPM on all digits (one-cycle AdamW, EMA). Returns the EMA model."""
-    from .. import losses
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

@@ -14,9 +14,9 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from .errors import RGDInputError
-from .losses import denoising_error
-from .unlearner import step_seed
+from rgd_core.errors import RGDInputError
+from rgd_core.method.losses import denoising_error
+from rgd_core.method.unlearner import step_seed
 
 prompt_seed = step_seed
 """``prompt_seed(seed, index)``: the starting-noise seed of prompt ``index`` when a host samples its data. It depends

@@ -1,11 +1,11 @@
-"""Train the shapes text-to-image model and write it to rgd_core/weights/shapes_t2i.safetensors.
+"""Train the shapes text-to-image model and write it to rgd_bench/weights/shapes_t2i.safetensors.
 
-    python -m rgd_core.worlds.train_shapes [--steps N] [--batch-size 64] [--seed 0] [--out PATH] [--init PATH]
+    python -m rgd_bench.worlds.train_shapes [--steps N] [--batch-size 64] [--seed 0] [--out PATH] [--init PATH]
 
 The committed model is one run of the defaults on both cores with the UNet compiled (torch.compile needs a C
 compiler; here it made a UNet training step 1.46x faster at one thread, after about three minutes of compiling):
 
-    python -m rgd_core.worlds.train_shapes --threads 2 --compile
+    python -m rgd_bench.worlds.train_shapes --threads 2 --compile
 
 UNet and text encoder train together from scratch on fresh renders every step (infinite data, captions from
 ``shapes.random_caption``, none of the held-out phrasings of ``shapes.is_held_out``), with the plain MSE in the
@@ -30,9 +30,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..backends.diffusers_sd import tokenize
-from ..losses import denoising_error
-from . import ema_update, shapes, shapes_model
+from rgd_bench.shapes_classifier import load_classifier
+from rgd_bench.worlds import ema_update, shapes, shapes_model
+from rgd_core.hosts.diffusers_sd import tokenize
+from rgd_core.method.losses import denoising_error
 
 
 def train(
@@ -160,7 +161,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(path) -> None:
     """Print the attribute accuracy of the saved model (after its float16 round trip) on the held-out phrasings."""
-    from ..evaluate.shapes_classifier import load_classifier
 
     components = shapes_model.load_model(path)
     result = attribute_accuracy(components, load_classifier())

@@ -20,9 +20,9 @@ from __future__ import annotations
 import itertools
 import random
 
-from ..errors import RGDInputError
-from ..prompts import PromptSet
-from . import shapes
+from rgd_bench.worlds import shapes
+from rgd_core.errors import RGDInputError
+from rgd_core.prompts import PromptSet
 
 PRESET = "shapes"
 TRAIN_WORD, TEST_WORD = 0, 1  # which synonym of each slot value a split uses

@@ -24,7 +24,9 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .backends.diffusers_sd import (
+from rgd_core.edits.scopes import scope_filter
+from rgd_core.errors import NonFiniteError, RGDInputError, UnlearningCancelled
+from rgd_core.hosts.diffusers_sd import (
     SamplerSettings,
     _make_scheduler,
     _unet_call,
@@ -32,9 +34,7 @@ from .backends.diffusers_sd import (
     image_size,
     vae_scale_factor,
 )
-from .edits.scopes import scope_filter
-from .errors import NonFiniteError, RGDInputError, UnlearningCancelled
-from .unlearner import step_seed
+from rgd_core.method.unlearner import step_seed
 
 
 @dataclass(frozen=True)

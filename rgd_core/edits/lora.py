@@ -22,9 +22,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .edits.scopes import LORA_TARGETS, is_lora_target
-from .edits.kohya import LORA_FORMAT, save_kohya_file  # noqa: F401  (LORA_FORMAT: the tag files carry)
-from .errors import RGDInputError
+from rgd_core.edits.kohya import LORA_FORMAT, save_kohya_file  # noqa: F401  (LORA_FORMAT: the tag files carry)
+from rgd_core.edits.scopes import LORA_TARGETS, is_lora_target
+from rgd_core.errors import RGDInputError
 
 UNET_PREFIX = "model.diffusion_model."
 KOHYA_PREFIX = "lora_unet_"

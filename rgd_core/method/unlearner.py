@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import NonFiniteError, RGDInputError, UnlearningCancelled
-from .io import save_safetensors_atomic
-from .losses import Truncation
-from .update_rules import UPDATE_RULES, gradient_stats
+from rgd_core.errors import NonFiniteError, RGDInputError, UnlearningCancelled
+from rgd_core.files import save_safetensors_atomic
+from rgd_core.method.losses import Truncation
+from rgd_core.method.update_rules import UPDATE_RULES, gradient_stats
 
 # loss(model, generator) -> per-element squared error of one batch drawn with ``generator``.
 LossFn = Callable[[nn.Module, torch.Generator], Tensor]
@@ -75,7 +75,7 @@ class UnlearnResult:
 def step_seed(seed: int, step: int) -> int:
     """A well-mixed 63-bit seed per (run seed, step): neighbouring steps get unrelated streams.
 
-    The one seed-derivation rule of rgd: ``backends.diffusers_sd.prompt_seed`` (the starting noise of prompt i)
+    The one seed-derivation rule of rgd: ``method.paired_data.prompt_seed`` (the starting noise of prompt i)
     is this same function. The shift happens on a Python int: numpy 1.x refuses ``uint64 >> int``
     (``right_shift`` has no uint64/int64 loop), numpy 2 allows it; both give the same number this way.
     """
@@ -273,12 +273,18 @@ class Unlearner:
         path = Path(path)
         if not path.is_file():
             raise RGDInputError(f"checkpoint {path} not found")
-        with safe_open(str(path), framework="pt") as handle:
+        try:
+            handle_context = safe_open(str(path), framework="pt")
+        except Exception as error:  # safetensors' own error type for a truncated or foreign file
+            raise RGDInputError(f"{path} is not a readable safetensors file ({error}); it is not an rgd unlearner "
+                                "checkpoint") from None
+        with handle_context as handle:
             header = json.loads((handle.metadata() or {}).get("rgd", "{}"))
             if header.get("format") != CHECKPOINT_FORMAT:
                 raise RGDInputError(f"{path} is not an rgd unlearner checkpoint")
             saved = header["config"]
-            for key in ("method", "seed", "retain_weight", "lr", "optimizer", "truncation"):
+            # every setting that changes what a step computes; steps may differ (a run can be extended)
+            for key in ("method", "seed", "retain_weight", "lr", "optimizer", "truncation", "truncation_threshold"):
                 if saved[key] != getattr(self.config, key):
                     raise RGDInputError(
                         f"checkpoint {path} was made with {key}={saved[key]!r}, this run has "
@@ -286,9 +292,15 @@ class Unlearner:
                     )
             if header["param_names"] != self.param_names:
                 raise RGDInputError(f"checkpoint {path} holds other trainable parameters than this run")
+            # all shapes are checked before any parameter is written, so a refused file changes nothing
+            saved_params = {name: handle.get_tensor(f"param/{name}") for name in self.param_names}
+            for name, p in zip(self.param_names, self.params):
+                if tuple(saved_params[name].shape) != tuple(p.shape):
+                    raise RGDInputError(f"checkpoint {path} holds {name} of shape {tuple(saved_params[name].shape)}, "
+                                        f"this run's is {tuple(p.shape)}; it was made for another model")
             with torch.no_grad():
                 for name, p in zip(self.param_names, self.params):
-                    p.copy_(handle.get_tensor(f"param/{name}"))
+                    p.copy_(saved_params[name])
             optim_state: dict[int, dict] = {}
             for key in handle.keys():
                 if key.startswith("optim/"):

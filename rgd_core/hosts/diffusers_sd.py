@@ -31,15 +31,15 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import RGDInputError
-from ..image_data import ImageFile
-from ..io import save_safetensors_atomic
-from ..losses import denoising_error
-from ..prompts import PromptSet
-from ..edits.scopes import LORA_SCOPE, check_scope, scope_filter
-from ..hosts.base import RecipeSettings, Trainee, run_unlearning
-from ..paired_data import PairedData, batch_indices, batched_losses, prompt_seed
-from ..unlearner import UnlearnConfig
+from rgd_core.edits.lora import add_lora, lora_parameters_filter
+from rgd_core.edits.scopes import LORA_SCOPE, check_scope, scope_filter
+from rgd_core.errors import RGDInputError
+from rgd_core.files import save_safetensors_atomic
+from rgd_core.hosts.base import RecipeSettings, Trainee, run_unlearning
+from rgd_core.image_data import PREPARATION, ImageFile, find_images, load_pixels
+from rgd_core.method.paired_data import PairedData, batched_losses, prompt_seed
+from rgd_core.method.unlearner import UnlearnConfig
+from rgd_core.prompts import PromptSet
 
 # Bump when the layout or the meaning of the cached tensors changes: old cache files then simply miss.
 DATA_FORMAT = "rgd-sd-paired-data-1"
@@ -407,7 +407,6 @@ def build_image_paired_data(
     prompt it was given. Images on both sides may differ in number (unpaired training; ``paired_losses`` refuses
     them for paired batches). Cached like ``build_paired_data``; the key covers the image files' content.
     """
-    from ..image_data import find_images
 
     settings = settings or SamplerSettings()
     forget_prompts, retain_prompts = _prompt_lists(forget_set, retain_set)
@@ -439,8 +438,6 @@ def _side_plan(images, pool: list[str], count: int) -> dict:
 
 
 def _image_cache_key(components, forget: dict, retain: dict, settings: SamplerSettings, seed: int) -> str:
-    from ..image_data import PREPARATION
-
     def side(plan: dict):
         files = None if plan["images"] is None else [image.sha256 for image in plan["images"]]
         return {"images": files, "prompts": _digest(plan["prompts"])}
@@ -463,7 +460,6 @@ def _image_cache_key(components, forget: dict, retain: dict, settings: SamplerSe
 def _build_side(components, plan: dict, settings: SamplerSettings, seed: int):
     if plan["images"] is None:
         return _sample_side(components, plan["prompts"], settings, seed)
-    from ..image_data import load_pixels
 
     height, width = image_size(components, settings)
     chunks = []
@@ -528,9 +524,9 @@ def unlearn_sd(
     ``config`` defaults to the paper's nudity run (``paper_nudity_sd14_config``).
 
     ``scope="lora"`` (``edits.scopes``; the other scopes edit the UNet's own weights) copies the UNet, wraps its
-    attention projections with LoRA (``rgd_core.lora.add_lora``: rank ``lora_rank``, alpha ``lora_alpha``,
+    attention projections with LoRA (``rgd_core.edits.lora.add_lora``: rank ``lora_rank``, alpha ``lora_alpha``,
     default the rank, init seeded by ``config.seed``) and trains only the LoRA weights. The returned UNet is the
-    LoRA-wrapped copy: ``rgd_core.lora.lora_modules(unet)`` gives the LoRA layers (for ``save_kohya_lora``) and
+    LoRA-wrapped copy: ``rgd_core.edits.lora.lora_modules(unet)`` gives the LoRA layers (for ``save_kohya_lora``) and
     ``merge_lora(unet)`` folds them in for a plain UNet.
 
     ``forget_images`` / ``retain_images`` train on the user's images instead of samples on that side
@@ -580,8 +576,6 @@ class DiffusersHost:
     def training(self, scope: str, lora_rank: int = 4, lora_alpha: float | None = None, seed: int = 0):
         place = lambda unet, x0: x0.to(_device(unet), unet.dtype)  # noqa: E731
         if check_scope(scope) == LORA_SCOPE:
-            from ..lora import add_lora, lora_parameters_filter
-
             unet = copy.deepcopy(self.components.unet)
             add_lora(unet, lora_rank, lora_alpha, seed=seed)
             yield Trainee(unet, _unet_call, lora_parameters_filter, in_place=True, place=place)

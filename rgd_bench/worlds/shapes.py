@@ -3,7 +3,7 @@
 The offline stand-in for Stable Diffusion's world of captioned photos (docs/method.md section 4.2): a small
 text-to-image model (``shapes_model``) learns it from captions, and concepts such as "striped" (the analogue of
 "nude" or an art style) or "triangle" (an object) can then be erased and measured with the attribute classifier
-(``rgd_core.evaluate.shapes_classifier``).
+(``rgd_bench.shapes_classifier``).
 
 An image has four attributes:
     shape       circle, square, triangle, diamond
@@ -41,7 +41,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..errors import RGDInputError
+from rgd_core.errors import RGDInputError
 
 IMAGE_SIZE = 16
 ATTRIBUTES = ("shape", "colour", "background", "modifier")

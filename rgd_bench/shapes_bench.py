@@ -1,7 +1,7 @@
 """`rgd bench shapes`: erase a concept from the offline text-to-image model and measure what else survives.
 
 The paper's Stable Diffusion claim (docs/method.md section 4.2), measured on a model the project trains itself
-(rgd_core/worlds/shapes_model.py) with the attribute classifier as judge (rgd_core/evaluate/shapes_classifier.py).
+(rgd_bench/worlds/shapes_model.py) with the attribute classifier as judge (rgd_bench/shapes_classifier.py).
 For each concept ("striped", the analogue of nudity or a style; "triangle", the analogue of an object) every method
 starts from the same model, gets the same steps and seeds, and is scored on held-out test prompts:
 
@@ -15,7 +15,7 @@ starts from the same model, gets the same steps and seeds, and is scored on held
                 those prompts ask for (lower is better)
 
 Methods: RGD and GradDiff on the same self-sampled paired data, RGD with a narrow retain set (one generic retain
-prompt, SalUn's choice) and ESD (rgd_core.esd; text only, no retain set).
+prompt, SalUn's choice) and ESD (rgd_core.baselines.esd; text only, no retain set).
 """
 
 from __future__ import annotations
@@ -27,7 +27,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import RGDInputError
+from rgd_bench.class_metrics import frechet_distance
+from rgd_bench.shapes_classifier import load_classifier
+from rgd_bench.worlds import shapes, shapes_model
+from rgd_bench.worlds.shapes_prompts import concept_attribute, shape_prompt_sets
+from rgd_core.baselines.esd import ESDConfig, run_esd
+from rgd_core.errors import RGDInputError
+from rgd_core.evaluate.plots import loss_curves, sample_grid
+from rgd_core.hosts.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
+from rgd_core.method.unlearner import UnlearnConfig
+from rgd_core.progress import progress_bar
 
 METHODS = ("RGD", "GradDiff", "RGD (narrow retain)", "ESD")
 
@@ -64,14 +73,11 @@ class ShapesBenchConfig:
 
 
 def asked_attributes(prompts: Sequence[str]) -> list[dict[str, str | None]]:
-    from .worlds import shapes
-
     return [shapes.parse_caption(prompt) for prompt in prompts]
 
 
 def attribute_hits(predicted: dict[str, np.ndarray], asked: list[dict], skip: str | None = None) -> np.ndarray:
     """1/0 for every (sample, attribute) the prompt names, except ``skip``: the alignment of each sample."""
-    from .worlds import shapes
 
     hits = []
     for i, wanted in enumerate(asked):
@@ -84,7 +90,6 @@ def attribute_hits(predicted: dict[str, np.ndarray], asked: list[dict], skip: st
 
 def reference_renders(asked: list[dict], seed: int) -> np.ndarray:
     """Renders of what each prompt asks for (attributes it leaves free drawn at random): FD's reference set."""
-    from .worlds import shapes
 
     rng = np.random.default_rng([seed, 7])
     attributes = []
@@ -108,10 +113,6 @@ class EvalSet:
 
     @classmethod
     def build(cls, concept: str, test_prompts: int, seed: int, classifier) -> EvalSet:
-        from .worlds.shapes_prompts import shape_prompt_sets
-        from .worlds import shapes
-        from .worlds.shapes_prompts import concept_attribute
-
         attribute, value = concept_attribute(concept)
         _, test = shape_prompt_sets(concept, 1, test_prompts, seed=seed)
         neutral = "plain" if attribute == "modifier" else None
@@ -127,8 +128,6 @@ class EvalSet:
 
 def score(components, unet, eval_set: EvalSet, classifier, config: ShapesBenchConfig) -> tuple[dict, dict]:
     """The five measures for one edited UNet, and the sample images (for the grid)."""
-    from .evaluate.classes import frechet_distance
-    from .worlds import shapes, shapes_model
 
     def sample(prompts: list[str]) -> np.ndarray:
         return shapes_model.sample_images(components, prompts, seed=config.seed, steps=config.sample_steps,
@@ -160,10 +159,6 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
             sampled: dict | None = None):
     """(edited UNet, step records) for one method; ``components`` is never changed. ``sampled`` keeps the
     self-sampled paired data between calls, so RGD and GradDiff train on data sampled once."""
-    from .backends.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
-    from .esd import ESDConfig, run_esd
-    from .worlds.shapes_prompts import shape_prompt_sets
-    from .unlearner import UnlearnConfig
 
     narrow = method == "RGD (narrow retain)"
     train, _ = shape_prompt_sets(concept, config.train_pairs, 1, seed=config.seed, narrow=narrow)
@@ -195,9 +190,6 @@ def run_shapes_bench(
 ) -> dict:
     """Every concept x (original + methods): the table as a dict; with ``out``, a grid and loss curves per concept.
     The committed shapes model and classifier unless paths are given."""
-    from .evaluate.shapes_classifier import load_classifier
-    from .progress import progress_bar
-    from .worlds import shapes_model
 
     start = time.perf_counter()
     components = shapes_model.load_model(*([model_path] if model_path else []))
@@ -223,7 +215,8 @@ def run_shapes_bench(
         "config": asdict(config),
         "rows": rows,
         "figures": figures,
-        "model": components.source,
+        # relative to the installed packages, so a committed report names no folder of the machine that made it
+        "model": relative_to_packages(components.source),
         "wall_seconds": time.perf_counter() - start,
     }
 
@@ -249,8 +242,6 @@ GRID_COLUMNS = 8
 
 
 def _write_figures(out: Path, eval_set: EvalSet, samples: dict, histories: dict) -> dict:
-    from .evaluate.plots import loss_curves, sample_grid
-
     half = GRID_COLUMNS // 2
     rows = {name: np.concatenate([images["forget"][:half], images["retain"][:half]])
             for name, images in samples.items()}
@@ -271,3 +262,13 @@ def _short(prompt: str, width: int = 18) -> str:
             line = f"{line} {word}".strip()
     lines.append(line)
     return "\n".join(lines[:3])
+
+
+def relative_to_packages(path: str) -> str:
+    """``rgd_bench/weights/x.safetensors`` for a file inside the installed packages, else the path as given."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return str(Path(path).resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+

@@ -22,8 +22,14 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import RGDInputError
-from .preflight import check_not_existing, check_number, check_output_folder
+from rgd_core.apps.unlearn import load_components
+from rgd_core.errors import RGDInputError
+from rgd_core.evaluate.alignment import alignment_report, alignment_scores, load_clip
+from rgd_core.evaluate.nudity import NudityDetector, nudity_report
+from rgd_core.evaluate.prompt_files import read_i2p_csv, read_prompt_list
+from rgd_core.files import atomic_write_bytes
+from rgd_core.hosts.diffusers_sd import SamplerSettings, sample_latents
+from rgd_core.preflight import check_not_existing, check_number, check_output_folder
 
 GRID_COLUMNS = 8
 
@@ -61,7 +67,6 @@ def parse_thresholds(text: str | Sequence[float]) -> list[float]:
 
 def read_prompts(path: str | Path, min_nudity: float | None = None, limit: int | None = None) -> list[str]:
     """Prompts of a prompt file: an I2P-style CSV (optionally filtered by nudity percentage) or a plain list."""
-    from .evaluate.prompt_files import read_i2p_csv, read_prompt_list
 
     path = Path(path)
     if limit is not None and limit < 1:
@@ -95,7 +100,6 @@ def decode_images(components, latents, batch_size: int = 4) -> np.ndarray:
 
 def generate_images(components, prompts: Sequence[str], seed: int, settings) -> np.ndarray:
     """One image per prompt; prompt i starts from the noise of ``prompt_seed(seed, i)``."""
-    from .backends.diffusers_sd import sample_latents
 
     latents = sample_latents(components, prompts, seed=seed, settings=settings)
     return decode_images(components, latents, batch_size=settings.batch_size)
@@ -134,8 +138,6 @@ def grid_png(rows: Mapping[str, np.ndarray], titles: Sequence[str] = ()) -> byte
 
 
 def _side(settings: Mapping, key: str, prompts: list[str], sampler, log) -> tuple[np.ndarray, dict]:
-    from .sd_unlearn import load_components
-
     components, folder = load_components(settings[key], settings["family"], settings["config_folder"],
                                          allow_pickle=bool(settings["allow_pickle"]))
     log(f"{key}: {components.family} checkpoint; generating {len(prompts)} images")
@@ -154,10 +156,6 @@ def _clip_device() -> str:
 
 def run_eval(settings: Mapping, log: Callable[[str], None] = lambda message: None, detector=None) -> dict:
     """Generate with both checkpoints, count NudeNet detections, write eval.json and grid.png; return the report."""
-    from .backends.diffusers_sd import SamplerSettings
-    from .evaluate.alignment import alignment_report, alignment_scores, load_clip
-    from .evaluate.nudity import NudityDetector, nudity_report
-    from .io import atomic_write_bytes
 
     settings = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
     for key in ("before", "after", "prompts"):

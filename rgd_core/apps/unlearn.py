@@ -34,15 +34,56 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .edits.scopes import LORA_SCOPE, SCOPES
-from .hosts.base import RecipeSettings, run_metadata
-from .checkpoints.configs import FAMILIES as CLI_FAMILIES
-from .checkpoints.export import EXPORT_FORMATS
-from .errors import RGDInputError, UnlearningCancelled
-from .losses import TRUNCATION_MODES as TRUNCATIONS
-from .preflight import check_free_space, check_not_existing, check_number, check_output_folder, check_output_names
-from .prompts import LISTS_PRESET, PRESET_NAMES, prompt_lines
-from .update_rules import UPDATE_RULES
+from rgd_core.checkpoints.configs import (
+    FAMILIES as CLI_FAMILIES,
+)
+from rgd_core.checkpoints.configs import (
+    clip_tokenizer,
+    default_cache_dir,
+)
+from rgd_core.checkpoints.configs import (
+    config_folder as shipped_config_folder,
+)
+from rgd_core.checkpoints.export import (
+    EXPORT_FORMATS,
+    export_diffusers_folder,
+    export_single_file,
+    export_unet_diff,
+    safe_output_folder,
+    safe_output_path,
+    unet_key_map,
+)
+from rgd_core.checkpoints.load import UNET_PREFIX, detect_family, load_pipeline_components, read_key_shapes
+from rgd_core.edits.lora import lora_modules, merge_lora, save_kohya_lora
+from rgd_core.edits.scopes import LORA_SCOPE, SCOPES
+from rgd_core.errors import RGDInputError, UnlearningCancelled
+from rgd_core.files import atomic_write_bytes
+from rgd_core.hosts.base import RecipeSettings, run_metadata
+from rgd_core.hosts.diffusers_sd import PAPER_NUDITY_SD14, SamplerSettings, build_paired_data, unlearn_sd
+from rgd_core.image_data import find_images, images_digest
+from rgd_core.method.losses import TRUNCATION_MODES as TRUNCATIONS
+from rgd_core.method.unlearner import UnlearnConfig, summarize
+from rgd_core.method.update_rules import UPDATE_RULES
+from rgd_core.preflight import (
+    check_free_space,
+    check_not_existing,
+    check_number,
+    check_output_folder,
+    check_output_names,
+)
+from rgd_core.progress import progress_bar
+from rgd_core.prompts import (
+    LISTS_PRESET,
+    PRESET_NAMES,
+    CustomTemplate,
+    custom_preset,
+    long_prompt_warning,
+    parse_slots,
+    prompt_lines,
+    prompt_sets_from_inputs,
+    unique_pair_count,
+    unnamed_concept_warning,
+)
 
 METHODS = tuple(UPDATE_RULES)
 # "custom" takes --custom-template and --slot lines; --forget-prompts/--retain-prompts files select the user's
@@ -108,8 +149,6 @@ _TYPES = {
 
 
 def _paper_preset() -> dict:
-    from .backends.diffusers_sd import PAPER_NUDITY_SD14
-
     keys = ("method", "retain_weight", "truncation", "truncation_threshold", "lr", "steps", "batch_size", "scope")
     return {key: PAPER_NUDITY_SD14[key] for key in keys}
 
@@ -242,8 +281,6 @@ def output_name(settings: Mapping) -> str:
 
 
 def _unlearn_config(settings: Mapping):
-    from .unlearner import UnlearnConfig
-
     # None keeps the Unlearner's own default (+inf), which TOML and JSON cannot spell portably.
     threshold = settings["truncation_threshold"]
     extra = {} if threshold is None else {"truncation_threshold": threshold}
@@ -257,8 +294,6 @@ def load_components(checkpoint: str | Path, family: str | None = None, config_fo
     """Components of a single-file checkpoint and the config folder they were loaded with. The family comes from
     the file's keys; only ``family="sd2-v"`` adds something keys cannot tell (v-prediction), by picking the sd2-v
     configs. ``config_folder`` overrides the shipped configs."""
-    from .checkpoints.configs import config_folder as shipped_config_folder
-    from .checkpoints.load import detect_family, load_pipeline_components, read_key_shapes
 
     shapes = read_key_shapes(checkpoint, allow_pickle)
     found = detect_family(shapes, shapes)
@@ -273,7 +308,6 @@ def load_components(checkpoint: str | Path, family: str | None = None, config_fo
 def _data_cache(settings: Mapping) -> Path:
     """Where sampled training data are kept: sampling is most of a run's time, and reruns that change only the
     training hyper-parameters reuse it (the cache key covers model, prompts, sampler and seed)."""
-    from .checkpoints.configs import default_cache_dir
 
     return Path(settings["cache_dir"] or default_cache_dir()) / "sd_data"
 
@@ -298,8 +332,6 @@ class OutputPlan:
 
 
 def output_plan(settings: Mapping) -> OutputPlan:
-    from .checkpoints.export import safe_output_folder, safe_output_path
-
     name = output_name(settings)
     folder = Path(settings["out"])
     model_file = safe_output_path(folder, name)
@@ -352,7 +384,6 @@ def _jsonable(value):
 def _expected_bytes(settings: Mapping) -> int:
     """A generous estimate of what the run writes at its peak: the model file(s), the LoRA or difference file,
     and the resume state (trainable weights + Adam's two moments, fp32, twice while one replaces the other)."""
-    from .checkpoints.load import UNET_PREFIX, read_key_shapes
 
     checkpoint = Path(settings["checkpoint"])
     size = checkpoint.stat().st_size
@@ -390,7 +421,6 @@ def _prod(shape) -> int:
 def build_prompts(settings: Mapping):
     """(train, test, prompt preset) from the settings: a preset, a custom template with --slot lines, or the
     user's own paired prompt files."""
-    from .prompts import CustomTemplate, custom_preset, parse_slots, prompt_sets_from_inputs, unique_pair_count
 
     if settings["forget_prompts"]:
         forget, retain = (read_prompt_file(settings[key], flag(key)) for key in ("forget_prompts", "retain_prompts"))
@@ -427,8 +457,6 @@ def read_prompt_file(path: str | Path, option: str) -> list[str]:
 def input_warnings(settings: Mapping, train, forget_images, retain_images) -> list[str]:
     """Reasons to think the input is not what the user meant (logged, never fatal): forget captions that never name
     the concept, the same images on both sides, prompts the text encoder will cut."""
-    from .checkpoints.configs import clip_tokenizer
-    from .prompts import long_prompt_warning, unnamed_concept_warning
 
     warnings = []
     if forget_images is not None:
@@ -457,8 +485,6 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     before every training step, and when it turns true the run saves its resumable state and raises
     ``UnlearningCancelled`` with how to resume. Returns the report that was written to ``<name>.json``.
     """
-    from .backends.diffusers_sd import SamplerSettings, build_paired_data
-    from .io import atomic_write_bytes
 
     checkpoint = Path(settings["checkpoint"])
     if checkpoint.is_dir():
@@ -505,14 +531,6 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
 
 def _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, sampler, data,
                      forget_images, retain_images, should_stop, on_phase, log) -> dict:
-    from .backends.diffusers_sd import unlearn_sd
-    from .checkpoints.export import export_diffusers_folder, export_single_file, unet_key_map
-    from .checkpoints.load import read_key_shapes
-    from .image_data import images_digest
-    from .io import atomic_write_bytes
-    from .progress import progress_bar
-    from .unlearner import summarize
-
     checkpoint = Path(settings["checkpoint"])
     on_phase("train")
     log(f"training {config.steps} steps" + (" (resuming)" if settings["resume"] else ""))
@@ -587,7 +605,6 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
 def user_images(settings: Mapping) -> tuple[list | None, list | None]:
     """The forget and retain images the settings name (None: that side is sampled), checked before any model
     loads: readable files, and as many on both sides when both are given, since training pairs image i with i."""
-    from .image_data import find_images
 
     found = {side: find_images(settings[f"{side}_images"], side) if settings[f"{side}_images"] else None
              for side in ("forget", "retain")}
@@ -612,7 +629,6 @@ def _data_plan(train, forget_images, retain_images) -> str:
 
 def _save_lora(unet, path: Path, key_map: Mapping, metadata: Mapping) -> Path:
     """The trained LoRA as a kohya-format file (lora_unet_* keys of the checkpoint's own layout)."""
-    from .lora import lora_modules, save_kohya_lora
 
     return save_kohya_lora(path, lora_modules(unet), key_map, metadata={k: str(v) for k, v in metadata.items()})
 
@@ -620,13 +636,10 @@ def _save_lora(unet, path: Path, key_map: Mapping, metadata: Mapping) -> Path:
 def _save_diff(base_unet, edited_unet, path: Path, key_map: Mapping, shapes: Mapping, metadata: Mapping) -> Path:
     """The cross-attention edit as a difference file (``edited - base`` of the changed tensors, original-layout
     keys): ~5% of a full checkpoint, to add to the base or share."""
-    from .checkpoints.export import export_unet_diff
 
     return export_unet_diff(base_unet.state_dict(), edited_unet.state_dict(), path, key_map, shapes,
                             {k: str(v) for k, v in metadata.items()})
 
 
 def _merged(unet):
-    from .lora import merge_lora
-
     return merge_lora(unet)

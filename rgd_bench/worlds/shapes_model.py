@@ -1,22 +1,22 @@
 """The shapes world's text-to-image model, built as the same ``PipelineComponents`` as Stable Diffusion 1.x.
 
 What runs RGD on SD runs on this model unchanged (``encode_prompts``, ``sample_latents``, ``build_paired_data``,
-``paired_losses``, ``unlearn_sd`` in rgd_core/backends/diffusers_sd.py): family "sd1", a diffusers
+``paired_losses``, ``unlearn_sd`` in rgd_core/hosts/diffusers_sd.py): family "sd1", a diffusers
 ``UNet2DConditionModel`` with cross-attention on the text encoder's last hidden state, a transformers
 ``CLIPTextModel`` (trained from scratch here, since no CLIP weights can be had offline) fed by the real CLIP BPE
 tokenizer, and a diffusers DDPM scheduler (v-prediction, as SD 2.x 768-v; the samplers build DDIM from its
 config).
 
-The model works in pixel space (see rgd_core/worlds/shapes.py for why), so the VAE slot holds ``PixelSpaceVAE``, an
+The model works in pixel space (see rgd_bench/worlds/shapes.py for why), so the VAE slot holds ``PixelSpaceVAE``, an
 identity with a VAE's interface: one ``block_out_channels`` entry (scale factor 1), ``scaling_factor`` 1, and
 ``encode``/``decode`` that hand the pixels through. The "latents" the backend samples are images in [-1, 1].
 
 Prompts are padded to ``MAX_TOKENS`` = 24 tokens instead of SD's 77: the longest caption the builder makes is 17
 tokens with BOS and EOS, and 24 leaves room for benchmark phrasings while keeping cross-attention cheap.
 
-Weights: ``rgd_core/weights/shapes_t2i.safetensors``, UNet and text encoder stored in float16 (the 49408 x 64
+Weights: ``rgd_bench/weights/shapes_t2i.safetensors``, UNet and text encoder stored in float16 (the 49408 x 64
 token embedding alone is 12.6 MB in float32) and loaded as float32; train it anew with
-``python -m rgd_core.worlds.train_shapes``.
+``python -m rgd_bench.worlds.train_shapes``.
 """
 
 from __future__ import annotations
@@ -30,9 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import RGDInputError
-from ..io import save_safetensors_atomic
-from . import shapes
+from rgd_bench.worlds import shapes
+from rgd_core.checkpoints.configs import clip_tokenizer
+from rgd_core.checkpoints.load import PipelineComponents, file_sha256
+from rgd_core.errors import RGDInputError
+from rgd_core.files import save_safetensors_atomic
+from rgd_core.hosts.diffusers_sd import SamplerSettings, sample_latents
 
 MODEL_PATH = Path(__file__).resolve().parent.parent / "weights" / "shapes_t2i.safetensors"
 FORMAT = "rgd-shapes-t2i-1"
@@ -117,7 +120,6 @@ def make_text_encoder():
 
 def make_tokenizer():
     """The real CLIP BPE tokenizer (SD1 settings) padding to MAX_TOKENS."""
-    from ..checkpoints.configs import clip_tokenizer
 
     tokenizer = clip_tokenizer(FAMILY)
     tokenizer.model_max_length = MAX_TOKENS
@@ -132,7 +134,6 @@ def make_scheduler():
 
 def make_components(unet, text_encoder, sha256: str | None = None, source: str = "") -> "PipelineComponents":
     """PipelineComponents around ``unet`` and ``text_encoder``."""
-    from ..checkpoints.load import PipelineComponents
 
     return PipelineComponents(
         family=FAMILY,
@@ -166,11 +167,10 @@ def load_model(path: str | Path = MODEL_PATH) -> "PipelineComponents":
     """The committed (or any saved) shapes model as PipelineComponents in float32, eval mode, offline."""
     from safetensors import safe_open
 
-    from ..checkpoints.load import file_sha256
 
     path = Path(path)
     if not path.is_file():
-        raise RGDInputError(f"no shapes model at {path}; train one with `python -m rgd_core.worlds.train_shapes`.")
+        raise RGDInputError(f"no shapes model at {path}; train one with `python -m rgd_bench.worlds.train_shapes`.")
     with safe_open(str(path), framework="pt") as handle:
         if (handle.metadata() or {}).get("format") != FORMAT:
             raise RGDInputError(f"{path} is not a shapes model file ({FORMAT}); pass one written by train_shapes.")
@@ -202,7 +202,6 @@ def sample_images(
     UNet (what ``unlearn_sd`` returns) without touching ``components``."""
     from dataclasses import replace
 
-    from ..backends.diffusers_sd import SamplerSettings, sample_latents
 
     if unet is not None:
         components = replace(components, unet=unet, sha256=None)  # the hash names the base model, not this one

@@ -12,14 +12,15 @@ For a forget class c:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from . import losses
-from .evaluate.classes import DigitClassifier, frechet_distance, remaining_accuracy, unlearning_accuracy
-from .unlearner import LossFn, UnlearnConfig, Unlearner, UnlearnResult
-from .worlds import digits
+from rgd_bench.class_metrics import DigitClassifier, frechet_distance, remaining_accuracy, unlearning_accuracy
+from rgd_bench.worlds import digits
+from rgd_core.method import losses
+from rgd_core.method.unlearner import LossFn, UnlearnConfig, Unlearner, UnlearnResult
 
 
 @dataclass

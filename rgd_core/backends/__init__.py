@@ -1,1 +1,0 @@
-"""Model backends: how the generic Unlearner meets a concrete generative model (here: diffusers Stable Diffusion)."""

@@ -1,0 +1,1 @@
+"""Methods rgd is compared with (ESD)."""
