@@ -20,12 +20,10 @@ from .common import CATEGORY, CheckpointInfo, first_error
 LORA_DTYPES = ("fp16", "fp32", "bf16")
 
 
-def check_save(filename_prefix: str, save_checkpoint: bool, save_lora: bool) -> None:
+def check_save(filename_prefix: str) -> None:
     from .glue import check_prefix
 
     check_prefix(filename_prefix)
-    if not (save_checkpoint or save_lora):
-        raise RGDInputError("nothing to save: turn on save_checkpoint or save_lora.")
 
 
 def file_metadata(edit_metadata: dict, checkpoint_info: dict | None, prompt=None, extra_pnginfo=None) -> dict:
@@ -71,10 +69,11 @@ class RGDSave(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, filename_prefix=None, save_checkpoint=None, save_lora=None):
-        if None in (filename_prefix, save_checkpoint, save_lora):
-            return True
-        return first_error(lambda: check_save(filename_prefix, save_checkpoint, save_lora))
+    def validate_inputs(cls, filename_prefix=None):
+        # only the prefix is declared: ComfyUI repeats a validation message under every declared input
+        if filename_prefix is None:
+            return True  # linked from another node: checked when it runs
+        return first_error(lambda: check_save(filename_prefix))
 
     @classmethod
     def execute(cls, model, clip, vae, filename_prefix, save_checkpoint, save_lora, lora_dtype, destination="models",
@@ -83,7 +82,9 @@ class RGDSave(io.ComfyNode):
 
         from . import glue
 
-        check_save(filename_prefix, save_checkpoint, save_lora)
+        check_save(filename_prefix)
+        if not (save_checkpoint or save_lora):
+            return io.NodeOutput("", "", ui=ui.PreviewText("nothing saved: save_checkpoint and save_lora are off"))
         if save_lora and edit is None:
             raise RGDInputError("save_lora is on but no edit is connected; link RGD Unlearn's edit output.")
         hidden = cls.hidden

@@ -19,7 +19,7 @@ from rgd_core.errors import RGDInputError
 from rgd_core.hosts.base import RecipeSettings, run_metadata
 from rgd_core.method.unlearner import UnlearnConfig
 
-from .common import CATEGORY, PromptSetType, first_error
+from .common import CATEGORY, PromptSetType
 
 METHODS = ("rgd", "graddiff", "rgd-adam")
 
@@ -36,12 +36,20 @@ def unlearn_config(method: str, steps: int, retain_weight: float, truncation_m: 
 
 def check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank, pairs,
                    width, height) -> UnlearnConfig:
+    """The widgets checked when the node runs, one message per problem naming the widget. In the editor ComfyUI
+    checks each widget's own range first (so the node declares no validate_inputs: ComfyUI would repeat one
+    message under every input it declares); this catches what a hand-written API prompt can still send."""
     check_scope(scope)
-    if steps < 1 or batch_size < 1 or lora_rank < 1 or pairs < 0:
-        raise RGDInputError("steps, batch size and LoRA rank must be at least 1, pairs at least 0 (0 = all).")
-    if width % 8 or height % 8:
-        raise RGDInputError(f"width and height must be multiples of 8, got {width}x{height}.")
+    for name, value, minimum in (("steps", steps, 1), ("batch_size", batch_size, 1), ("lora_rank", lora_rank, 1),
+                                 ("pairs", pairs, 0), ("width", width, 8), ("height", height, 8)):
+        if value < minimum:
+            raise RGDInputError(f"{name} must be at least {minimum}, not {value}.")
     return unlearn_config(method, steps, retain_weight, truncation_m, lr, seed)
+
+
+def latent_size(width: int, height: int) -> tuple[int, int]:
+    """Width and height rounded down to whole latent cells (8 pixels), as ComfyUI's Empty Latent Image does."""
+    return width // 8 * 8, height // 8 * 8
 
 
 def progress_text(record: dict, steps: int, conflicts: int) -> str:
@@ -106,15 +114,6 @@ class RGDUnlearn(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, method=None, scope=None, steps=None, retain_weight=None, truncation_m=None, lr=None,
-                        seed=None, batch_size=None, lora_rank=None, pairs=None, width=None, height=None):
-        values = (method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank, pairs, width,
-                  height)
-        if None in values:
-            return True  # linked from another node: checked when it runs
-        return first_error(lambda: check_settings(*values))
-
-    @classmethod
     def execute(cls, model, clip, prompt_set, method, scope, steps, retain_weight, truncation_m, lr, batch_size,
                 seed, lora_rank, pairs, sample_steps, cfg, sampler_name, scheduler, width, height, preview_every=0,
                 vae=None) -> io.NodeOutput:
@@ -122,6 +121,7 @@ class RGDUnlearn(io.ComfyNode):
 
         config = check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank,
                                 pairs, width, height)
+        width, height = latent_size(width, height)
         chosen = prompt_set.pairs[:pairs] if pairs else prompt_set.pairs
         forget, retain = [f for f, _ in chosen], [r for _, r in chosen]
         settings = glue.SamplerSettings(sample_steps, cfg, sampler_name, scheduler, width, height,

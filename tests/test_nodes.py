@@ -165,20 +165,34 @@ def unlearn_widgets(**changes):
 
 @pytest.mark.parametrize("changes, message", [
     (dict(lr=0.0), "lr > 0"),
-    (dict(width=500), "multiples of 8"),
     (dict(truncation_m=-1.0), "truncation m"),
     (dict(scope="everything"), "scope must be one of"),
     (dict(method="sgd"), "method must be one of"),
+    (dict(steps=0), "steps must be at least 1, not 0"),
+    (dict(batch_size=0), "batch_size must be at least 1"),
+    (dict(lora_rank=0), "lora_rank must be at least 1"),
+    (dict(pairs=-1), "pairs must be at least 0"),
+    (dict(width=4), "width must be at least 8"),
 ])
-def test_unlearn_refuses_bad_settings_with_one_line(pack, changes, message):
-    result = pack.NODE_CLASS_MAPPINGS["RGDUnlearn"].validate_inputs(**unlearn_widgets(**changes))
-    assert isinstance(result, str) and message in result and "\n" not in result
+def test_unlearn_refuses_bad_settings_with_one_line_per_problem(pack, changes, message):
+    """What a hand-written API prompt can still send past ComfyUI's own widget checks: one line naming the widget."""
+    module = sys.modules["rgd_pack_under_test.nodes.unlearn"]
+    with pytest.raises(RGDInputError) as info:
+        module.check_settings(**unlearn_widgets(**changes))
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_unlearn_accepts_its_defaults_and_leaves_linked_inputs_to_run_time(pack):
+def test_unlearn_leaves_widget_ranges_to_comfyui_and_rounds_sizes_like_empty_latent_image(pack):
+    """ComfyUI repeats a validate_inputs message under every input the function declares and skips its own range
+    check for them; declaring none gives one message per out-of-range widget, from ComfyUI itself."""
     node = pack.NODE_CLASS_MAPPINGS["RGDUnlearn"]
-    assert node.validate_inputs(**unlearn_widgets()) is True
-    assert node.validate_inputs(**unlearn_widgets(steps=None)) is True
+    assert "validate_inputs" not in vars(node)
+    widgets = inputs_of(schema(pack, "RGDUnlearn"))
+    assert widgets["steps"].options["min"] == 1 and widgets["lr"].options["min"] > 0
+    assert widgets["truncation_m"].options["min"] == 0 and widgets["batch_size"].options["min"] == 1
+    module = sys.modules["rgd_pack_under_test.nodes.unlearn"]
+    assert module.latent_size(500, 512) == (496, 512)
+    module.check_settings(**unlearn_widgets())  # the defaults pass
 
 
 def test_the_truncation_widget_maps_to_skip_ascent_and_zero_turns_it_off(pack):
@@ -218,15 +232,18 @@ def test_prompt_set_node_reports_rgd_core_errors(pack):
 
 @pytest.mark.parametrize("prefix", ["../escape", "/abs/path", "rgd/../../x", "C:evil", "", "rgd/", "a//b"])
 def test_save_prefix_can_never_leave_the_output_folders(pack, prefix):
-    result = pack.NODE_CLASS_MAPPINGS["RGDSave"].validate_inputs(filename_prefix=prefix, save_checkpoint=True,
-                                                                  save_lora=False)
+    result = pack.NODE_CLASS_MAPPINGS["RGDSave"].validate_inputs(filename_prefix=prefix)
     assert isinstance(result, str) and "filename prefix" in result
 
 
-def test_save_accepts_sub_folders_and_needs_something_to_save(pack):
+def test_save_accepts_sub_folders_and_declares_only_the_prefix(pack):
     node = pack.NODE_CLASS_MAPPINGS["RGDSave"]
-    assert node.validate_inputs(filename_prefix="rgd/unlearned", save_checkpoint=True, save_lora=True) is True
-    assert "nothing to save" in node.validate_inputs(filename_prefix="x", save_checkpoint=False, save_lora=False)
+    assert node.validate_inputs(filename_prefix="rgd/unlearned") is True
+    assert node.validate_inputs(filename_prefix=None) is True  # linked: checked when it runs
+    import inspect
+
+    # one declared input: a bad prefix is one message, not one per widget
+    assert list(inspect.signature(node.validate_inputs).parameters) == ["filename_prefix"]
 
 
 def test_evaluate_counts_with_rgd_core_and_grids_before_over_after(pack, monkeypatch):
@@ -846,4 +863,12 @@ def test_save_node_without_an_edit_for_the_lora_writes_nothing(comfy_runtime):
     node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDSave"]
     with pytest.raises(RGDInputError, match="no edit is connected"):
         node.execute(runtime.model, runtime.clip, None, "rgd/x", True, True, "fp16", "models")
+    assert _all_files(runtime.root.parent) == []
+
+
+def test_save_node_with_both_switches_off_writes_nothing_and_says_so(comfy_runtime):
+    runtime = comfy_runtime
+    node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDSave"]
+    out = node.execute(runtime.model, runtime.clip, None, "rgd/x", False, False, "fp16", "models", edit=_edit())
+    assert out.args == ("", "") and "nothing saved" in out.ui.text
     assert _all_files(runtime.root.parent) == []
