@@ -29,6 +29,7 @@ import json
 import re
 import shutil
 import tomllib
+import typing
 import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -97,55 +98,67 @@ TEST_PROMPTS = 100
 
 # Built-in defaults: the paper's only Stable Diffusion run (lambda 1.6, no ascent above m = 1.1, Adam 1e-5, 100
 # steps of 8 + 8, full UNet; the paper-nudity-sd14 preset pins the same values should these defaults change) and
-# SD's usual sampler (50 DDIM steps at guidance 7.5). None means "decided later" (family: from the file's keys;
-# prompt_preset: from the concept; name: from the checkpoint and concept).
-DEFAULTS: dict = {
-    "checkpoint": None,
-    "concept": None,
-    "out": None,
-    "preset": None,
-    "prompt_preset": None,
-    "family": None,
-    "config_folder": None,
-    "method": "rgd",
-    "scope": "full",
-    "lora_rank": 4,
-    "steps": 100,
-    "lr": 1e-5,
-    "retain_weight": 1.6,
-    "truncation": "skip",
-    "truncation_threshold": 1.1,
-    "batch_size": 8,
-    "train_prompts": 800,
-    "sample_steps": 50,
-    "guidance": 7.5,
-    "seed": 0,
-    "cache_dir": None,
-    "name": None,
-    "allow_pickle": False,
-    "format": "single-file",
-    "overwrite": False,
-    "forget_images": None,
-    "retain_images": None,
-    "synonyms": None,
-    "custom_template": None,
-    "slot": None,
-    "forget_prompts": None,
-    "retain_prompts": None,
-    "checkpoint_every": 25,
-    "resume": False,
-}
+# SD's usual sampler (50 DDIM steps at guidance 7.5).
+@dataclass
+class UnlearnSettings:
+    """Every setting of ``rgd unlearn``, its type and its default: the one definition the command line, TOML files
+    and the checks read (``DEFAULTS``, ``SETTING_TYPES``). None means "decided later" (family: from the file's
+    keys; prompt_preset: from the concept; name: from the checkpoint and concept)."""
+
+    checkpoint: str | None = None
+    concept: str | None = None
+    out: str | None = None
+    preset: str | None = None
+    prompt_preset: str | None = None
+    family: str | None = None
+    config_folder: str | None = None
+    method: str = "rgd"
+    scope: str = "full"
+    lora_rank: int = 4
+    steps: int = 100
+    lr: float = 1e-5
+    retain_weight: float = 1.6
+    truncation: str = "skip"
+    truncation_threshold: float = 1.1
+    batch_size: int = 8
+    train_prompts: int = 800
+    sample_steps: int = 50
+    guidance: float = 7.5
+    seed: int = 0
+    cache_dir: str | None = None
+    name: str | None = None
+    allow_pickle: bool = False
+    format: str = "single-file"
+    overwrite: bool = False
+    forget_images: str | None = None
+    retain_images: str | None = None
+    synonyms: str | None = None
+    custom_template: str | None = None
+    slot: list[str] | None = None
+    forget_prompts: str | None = None
+    retain_prompts: str | None = None
+    checkpoint_every: int = 25
+    resume: bool = False
+
+
+def _setting_types() -> dict[str, type]:
+    """Setting -> the type a resolved value must have (``str | None`` -> str, ``list[str] | None`` -> list)."""
+    hints = typing.get_type_hints(UnlearnSettings)
+    types = {}
+    for name, hint in hints.items():
+        options = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+        types[name] = typing.get_origin(options[0]) or options[0]
+    return types
+
+
+DEFAULTS: dict = asdict(UnlearnSettings())
+SETTING_TYPES: dict[str, type] = _setting_types()
 
 # Settings that may differ between an interrupted run and its --resume: they change neither the data nor the steps
 # already taken (``steps`` may grow to train on).
 RESUME_FREE = ("steps", "overwrite", "resume", "checkpoint_every", "format", "name", "out", "cache_dir")
 
 # Type each setting must have once resolved (TOML values are checked against it; ints are accepted as floats).
-_TYPES = {
-    "steps": int, "lora_rank": int, "batch_size": int, "train_prompts": int, "sample_steps": int, "seed": int,
-    "lr": float, "retain_weight": float, "truncation_threshold": float, "guidance": float, "checkpoint_every": int,
-    "allow_pickle": bool, "overwrite": bool, "resume": bool, "slot": list,
-}
 
 
 def _paper_preset() -> dict:
@@ -177,7 +190,7 @@ def read_toml(path: str | Path) -> dict:
 
 
 def _check_type(key: str, value, path: Path):
-    wanted = _TYPES.get(key, str)
+    wanted = SETTING_TYPES[key]
     if wanted is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if wanted is list:
@@ -226,7 +239,7 @@ def _check_settings(settings: dict) -> None:
             raise RGDInputError(f"{flag(key)} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
     for key, (minimum, above) in NUMBER_RANGES.items():
         if settings[key] is not None:
-            check_number(flag(key), settings[key], minimum=minimum, above=above, integer=_TYPES[key] is int,
+            check_number(flag(key), settings[key], minimum=minimum, above=above, integer=SETTING_TYPES[key] is int,
                          allow_inf=key == "truncation_threshold")
     lists = [key for key in ("forget_prompts", "retain_prompts") if settings[key]]
     if len(lists) == 1:
