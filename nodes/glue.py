@@ -24,7 +24,7 @@ from rgd_core.hosts.base import RecipeSettings, Trainee, run_unlearning
 from rgd_core.method.paired_data import PairedData, prompt_seed
 from rgd_core.method.unlearner import UnlearnConfig
 
-UNET_PREFIX = "diffusion_model."
+COMFY_UNET_PREFIX = "diffusion_model."
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ def editable_shapes(model) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape for every weight and bias ComfyUI can wrap (layers of comfy.ops)."""
     shapes = {}
     for name, module in model.model.named_modules():
-        if not name.startswith(UNET_PREFIX) or not hasattr(module, "weight_function"):
+        if not name.startswith(COMFY_UNET_PREFIX) or not hasattr(module, "weight_function"):
             continue
         for kind in ("weight", "bias"):
             tensor = getattr(module, kind, None)
@@ -220,7 +220,7 @@ def kohya_names(model) -> dict[str, str]:
         if not lora_key.startswith("lora_unet_") or not weight_key.endswith(".weight"):
             continue
         module = weight_key[: -len(".weight")]
-        ldm_name = "lora_unet_" + module[len(UNET_PREFIX):].replace(".", "_")
+        ldm_name = "lora_unet_" + module[len(COMFY_UNET_PREFIX):].replace(".", "_")
         if module not in names or names[module] == ldm_name:
             names[module] = lora_key
     return names

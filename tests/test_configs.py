@@ -44,7 +44,7 @@ def parameter_count(model: torch.nn.Module) -> int:
 def folders(tmp_path_factory):
     """One complete config folder per family, in a temporary cache (never the user's)."""
     cache = tmp_path_factory.mktemp("rgd_cache")
-    return {family: configs.config_folder(family, cache) for family in configs.FAMILIES}
+    return {family: configs.config_folder(family, cache) for family in configs.CONFIG_FAMILIES}
 
 
 # --- tokenizers -------------------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def test_shipped_vocabulary_is_what_the_build_script_makes():
 # --- model configs ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", configs.FAMILIES)
+@pytest.mark.parametrize("family", configs.CONFIG_FAMILIES)
 def test_unet_config_has_the_real_parameter_count(family):
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(configs.component_config(family, "unet"))
@@ -109,7 +109,7 @@ def test_unet_config_has_the_real_parameter_count(family):
     assert unet.config.cross_attention_dim == {"sd1": 768, "sdxl": 2048}.get(family, 1024)
 
 
-@pytest.mark.parametrize("family", configs.FAMILIES)
+@pytest.mark.parametrize("family", configs.CONFIG_FAMILIES)
 def test_vae_config_builds(family):
     with torch.device("meta"):
         vae = AutoencoderKL.from_config(configs.component_config(family, "vae"))
@@ -130,7 +130,7 @@ def test_text_encoder_config_builds(folders, family, subfolder):
         assert config.projection_dim == 1280 and model.text_projection.out_features == 1280
 
 
-@pytest.mark.parametrize("family", configs.FAMILIES)
+@pytest.mark.parametrize("family", configs.CONFIG_FAMILIES)
 def test_scheduler_prediction_type(family):
     assert configs.prediction_type(family) == PREDICTION[family]
     scheduler = configs.component_config(family, "scheduler")
@@ -142,7 +142,7 @@ def test_scheduler_prediction_type(family):
 # --- complete folders and diffusers' single-file loader ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", configs.FAMILIES)
+@pytest.mark.parametrize("family", configs.CONFIG_FAMILIES)
 def test_config_folder_is_complete(folders, family):
     folder = folders[family]
     names = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
@@ -176,7 +176,7 @@ def test_config_folder_reports_an_unwritable_cache(tmp_path):
         configs.config_folder("sd1", blocker)
 
 
-@pytest.mark.parametrize("family", configs.FAMILIES)
+@pytest.mark.parametrize("family", configs.CONFIG_FAMILIES)
 def test_from_single_file_takes_the_folder_offline(folders, tmp_path, family):
     # The models are passed in (built on meta: no weights exist offline); diffusers still reads model_index.json,
     # the scheduler and the tokenizer(s) from the folder, which is what the folder must get right.

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from rgd_core.edits.scopes import SCOPES, in_scope
-from rgd_core.hosts.denoiser import alphas_cumprod_from_sigmas, paired_losses, predict_from_denoiser
+from rgd_core.hosts.denoiser import alphas_cumprod_from_sigmas, denoiser_losses, predict_from_denoiser
 from rgd_core.edits.deltas import FullDelta, LoRADelta, kohya_tensors, make_edit
 from rgd_core.method.paired_data import PairedData
 from rgd_core.errors import RGDInputError
@@ -335,7 +335,7 @@ def test_paired_losses_match_the_diffusers_backend_draw_for_draw():
     data = PairedData(torch.randn(5, 4, 8, 8), torch.randn(5, 4, 8, 8), {"c": torch.randn(5, 4)},
                       {"c": torch.randn(5, 4)})
     predict = predict_from_denoiser(k_denoiser(model, abar, "epsilon"), abar, "epsilon")
-    ours = paired_losses(predict, data, abar, "epsilon", batch_size=3)
+    ours = denoiser_losses(predict, data, abar, "epsilon", batch_size=3)
     components = types.SimpleNamespace(scheduler=types.SimpleNamespace(alphas_cumprod=abar), prediction_type="epsilon")
     original = diffusers_sd._unet_call
     diffusers_sd._unet_call = lambda unet, x, t, cond: unet(x, t, cond)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from rgd_core.checkpoints.configs import (
-    FAMILIES as CLI_FAMILIES,
+    CONFIG_FAMILIES as CLI_FAMILIES,
 )
 from rgd_core.checkpoints.configs import (
     clip_tokenizer,

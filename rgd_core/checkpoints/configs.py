@@ -46,7 +46,7 @@ from rgd_core.errors import RGDInputError
 if TYPE_CHECKING:  # importing transformers takes seconds; config_folder does not need it
     from transformers import CLIPTokenizer
 
-FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
+CONFIG_FAMILIES = ("sd1", "sd2", "sd2-v", "sdxl")
 """SD 1.x (epsilon, 512 px), SD 2.x base (epsilon, 512 px), SD 2.x 768-v (v_prediction, 768 px), SDXL base."""
 
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -71,8 +71,8 @@ _TOKENIZER_KWARGS = ("model_max_length", "bos_token", "eos_token", "unk_token", 
 
 def check_family(family: str) -> str:
     """Return ``family`` if rgd ships configs for it, else raise an error that lists the known families."""
-    if family not in FAMILIES:
-        raise RGDInputError(f"unknown model family {family!r}: use one of {', '.join(FAMILIES)}")
+    if family not in CONFIG_FAMILIES:
+        raise RGDInputError(f"unknown model family {family!r}: use one of {', '.join(CONFIG_FAMILIES)}")
     return family
 
 

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from rgd_core.edits.kohya import LORA_FORMAT, save_kohya_file  # noqa: F401  (LORA_FORMAT: the tag files carry)
 from rgd_core.edits.scopes import LORA_TARGETS, is_lora_target
+from rgd_core.checkpoints.load import UNET_PREFIX
 from rgd_core.errors import RGDInputError
 
-UNET_PREFIX = "model.diffusion_model."
 KOHYA_PREFIX = "lora_unet_"
 
 

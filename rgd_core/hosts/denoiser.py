@@ -1,4 +1,4 @@
-"""Unlearning any denoiser that a host application drives: the losses and the weight edits, without the host.
+"""Unlearning any denoiser that a host application drives: its prediction and losses, without the host.
 
 A host such as ComfyUI owns the model: it loads it, moves it between devices and calls it as a k-diffusion
 *denoiser* ``D(x, sigma, cond) -> x0`` (x = x0 + sigma * eps). The paper's objective is the plain denoising MSE in
@@ -7,7 +7,7 @@ it for a ``predict(x_t, t)`` in DDPM form. This module joins the two:
 
 - ``predict_from_denoiser`` turns the host's denoiser into that DDPM-form ``predict`` (the same x_t, the same t,
   the model's own epsilon or v), so the in-graph loss is the headless loss, not an x0-space MSE;
-- ``paired_losses`` gives the Unlearner its two loss callables over ``PairedData`` (the diffusers backend's paired
+- ``denoiser_losses`` gives the Unlearner its two loss callables over ``PairedData`` (the diffusers backend's paired
   forget/retain latents and conditioning), batching forget pair i with its retain twin i as the paper does;
 - the weight edits a host applies beside its model (``LoRADelta``, ``FullDelta``, ``make_edit``) are in
   ``rgd_core.edits.deltas``.
@@ -81,7 +81,7 @@ def predict_from_denoiser(denoise: Denoiser, alphas_cumprod: Tensor, prediction_
     return predict
 
 
-def paired_losses(
+def denoiser_losses(
     predict: Predict,
     data: PairedData,
     alphas_cumprod: Tensor,

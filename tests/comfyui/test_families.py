@@ -82,7 +82,7 @@ def halves(latents, cond: dict):
 
 
 def in_graph_losses(glue, model, data) -> list[float]:
-    from rgd_core.hosts.denoiser import paired_losses, predict_from_denoiser
+    from rgd_core.hosts.denoiser import denoiser_losses, predict_from_denoiser
     from rgd_core.edits.deltas import make_edit
 
     schedule, kind = glue.alphas_cumprod(model), glue.prediction_type(model)
@@ -90,7 +90,7 @@ def in_graph_losses(glue, model, data) -> list[float]:
     with torch.inference_mode(False), torch.no_grad(), glue.wrapped(model, edit) as patcher:
         predict = predict_from_denoiser(lambda x, s, c: patcher.model.apply_model(x, s, **c), schedule, kind)
         return [loss(None, torch.Generator().manual_seed(5)).mean().item()
-                for loss in paired_losses(predict, data, schedule, kind, batch_size=2)]
+                for loss in denoiser_losses(predict, data, schedule, kind, batch_size=2)]
 
 
 def v_prediction(model):
