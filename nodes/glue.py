@@ -272,6 +272,8 @@ class ComfyHost:
         self.model, self.clip, self.settings, self.on_prompt = model, clip, settings, on_prompt
         self.prediction_type = prediction_type(model)
         self.alphas_cumprod = alphas_cumprod(model)
+        # ComfyUI's samplers and our training both call the model through this module's forward
+        self.evaluated_module = getattr(model.model, "diffusion_model", None)
         self.patcher = None  # the wrapped clone while training (previews sample with it)
 
     def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int) -> PairedData:
@@ -292,7 +294,8 @@ class ComfyHost:
             try:
                 # the EditSet is what trains; the model call already applies it through the wrappers
                 yield Trainee(edit, lambda module, x_t, t, cond: predict(x_t, t, cond), in_place=True,
-                              place=lambda module, x0: x0.to(device))
+                              place=lambda module, x0: x0.to(device),
+                              evaluated=getattr(patcher.model, "diffusion_model", None))
             finally:
                 self.patcher = None
 
@@ -300,12 +303,13 @@ class ComfyHost:
 def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: UnlearnConfig, scope: str,
             batch_size: int, lora_rank: int, settings: SamplerSettings, on_prompt=lambda: None,
             on_step=lambda record: None, should_stop=None, vae=None, preview_every: int = 0,
-            on_preview=lambda step, image: None):
+            on_preview=lambda step, image: None, phases: dict | None = None):
     """RGD on ComfyUI's MODEL through the one recipe (``run_unlearning``) and return (edit, records). The MODEL
     passed in is never written: the edit lives in weight wrappers of a clone.
 
     With a ``vae`` and ``preview_every`` N > 0, every N steps (and after the last) the model as trained so far
     samples the first forget and retain prompts from one fixed noise, and ``on_preview(step, PIL image)`` gets them.
+    ``phases``, a dict, receives the seconds and model evaluations of the data and training phases.
     """
     import comfy.model_management
 
@@ -329,6 +333,8 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
         except UnlearningCancelled:
             comfy.model_management.throw_exception_if_processing_interrupted()
             raise
+    if phases is not None:
+        phases.update(result.phases)
     return result.module, result.records
 
 

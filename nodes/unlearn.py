@@ -52,6 +52,12 @@ def latent_size(width: int, height: int) -> tuple[int, int]:
     return width // 8 * 8, height // 8 * 8
 
 
+def phases_text(phases: dict) -> str:
+    """``data 41.2 s (4800 evaluations), training 12.0 s (3200 evaluations)``."""
+    return ", ".join(f"{name} {values['seconds']:.1f} s ({values['evaluations']} evaluations)"
+                     for name, values in phases.items())
+
+
 def progress_text(record: dict, steps: int, conflicts: int) -> str:
     return (f"step {record['step'] + 1}/{steps}  forget {record['forget_loss']:.4f}  retain {record['retain_loss']:.4f}"
             f"  cos {record['cosine']:+.3f}  conflict rate {conflicts / (record['step'] + 1):.2f}"
@@ -127,9 +133,11 @@ class RGDUnlearn(io.ComfyNode):
         settings = glue.SamplerSettings(sample_steps, cfg, sampler_name, scheduler, width, height,
                                         batch_size=min(batch_size, 8))
         report = Report(cls.hidden.unique_id if cls.hidden else None, steps, 2 * len(chosen))
+        phases: dict = {}
         edit, records = glue.unlearn(model, clip, forget, retain, config, scope, batch_size, lora_rank, settings,
                                      on_prompt=report.prompt_done, on_step=report.step_done, vae=vae,
-                                     preview_every=preview_every, on_preview=report.preview)
+                                     preview_every=preview_every, on_preview=report.preview, phases=phases)
+        report.done(phases)
         metadata = run_metadata(prompt_set.concept, prompt_set.preset, prompt_set.digest(), forget, retain,
                                 RecipeSettings(config, scope, batch_size, lora_rank, data_seed=config.seed),
                                 asdict(settings), records, "comfyui")
@@ -142,6 +150,7 @@ class RGDUnlearn(io.ComfyNode):
             "cosine": [r["cosine"] for r in records],
             "conflict": [bool(r["conflict"]) for r in records],
             "records": records,
+            "phases": phases,
         }
         return io.NodeOutput(edited, lora, history)
 
@@ -168,6 +177,13 @@ class Report:
 
     def preview(self, step: int, image) -> None:
         self.bar.update_absolute(self.bar.current, preview=("JPEG", image, 512))
+
+    def done(self, phases: dict) -> None:
+        """The run's time per phase (the model sampling its data, then training), as the node's last text."""
+        text = phases_text(phases)
+        logging.info("RGD %s", text)
+        if self.server is not None and self.node_id is not None:
+            self.server.send_progress_text(text, self.node_id)
 
     def step_done(self, record: dict) -> None:
         self.conflicts += bool(record["conflict"])

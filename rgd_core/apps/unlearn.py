@@ -59,7 +59,7 @@ from rgd_core.edits.lora import lora_modules, merge_lora, save_kohya_lora
 from rgd_core.edits.scopes import LORA_SCOPE, SCOPES
 from rgd_core.errors import RGDInputError, UnlearningCancelled
 from rgd_core.files import atomic_write_bytes
-from rgd_core.hosts.base import RecipeSettings, run_metadata
+from rgd_core.hosts.base import RecipeSettings, phase, run_metadata
 from rgd_core.hosts.diffusers_sd import PAPER_NUDITY_SD14, SamplerSettings, build_paired_data, unlearn_sd
 from rgd_core.image_data import find_images, images_digest
 from rgd_core.method.losses import TRUNCATION_MODES as TRUNCATIONS
@@ -520,15 +520,18 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
                                          settings["cache_dir"], settings["allow_pickle"])
     log(f"{components.family} checkpoint; {_data_plan(train, forget_images, retain_images)}, then {config.steps} steps")
     on_phase("data")
-    data = build_paired_data(components, train, None, sampler, settings["seed"], _data_cache(settings),
-                             forget_images=forget_images, retain_images=retain_images)
+    phases: dict = {}
+    with phase(phases, "data", components.unet):  # zero evaluations when the data come from the cache
+        data = build_paired_data(components, train, None, sampler, settings["seed"], _data_cache(settings),
+                                 forget_images=forget_images, retain_images=retain_images)
+    log(f"data: {phases['data']['seconds']:.1f} s, {phases['data']['evaluations']} UNet evaluations")
     if not settings["resume"]:
         plan.resume_state.unlink(missing_ok=True)  # an old run's state (--overwrite was given to get here)
         atomic_write_bytes((json.dumps(_jsonable(dict(settings)), indent=2) + "\n").encode("utf-8"),
                            plan.resume_settings)
     try:
         report = _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, sampler,
-                                  data, forget_images, retain_images, should_stop, on_phase, log)
+                                  data, forget_images, retain_images, should_stop, on_phase, log, phases)
     except BaseException as error:
         if not plan.resume_state.exists():  # nothing was saved to resume from: the settings file alone is noise
             plan.resume_settings.unlink(missing_ok=True)
@@ -543,7 +546,7 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
 
 
 def _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, sampler, data,
-                     forget_images, retain_images, should_stop, on_phase, log) -> dict:
+                     forget_images, retain_images, should_stop, on_phase, log, phases) -> dict:
     checkpoint = Path(settings["checkpoint"])
     on_phase("train")
     log(f"training {config.steps} steps" + (" (resuming)" if settings["resume"] else ""))
@@ -553,7 +556,7 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
             data=data, callbacks=[progress_bar(config.steps, f"rgd {settings['method']}")],
             should_stop=should_stop, lora_rank=settings["lora_rank"], checkpoint_path=plan.resume_state,
             checkpoint_every=settings["checkpoint_every"],
-            resume_from=plan.resume_state if settings["resume"] else None,
+            resume_from=plan.resume_state if settings["resume"] else None, phases=phases,
         )
     except UnlearningCancelled as stopped:
         raise UnlearningCancelled(f"{stopped}; the state is saved in {plan.resume_state}: run the same command with "
@@ -577,6 +580,8 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
         "settings": resolved,
         "prompt_digests": {"train": train.digest(), "test": test.digest()},
         "summary": summarize(records),
+        # what the user waited for, per phase: seconds and UNet evaluations (one per sample through the UNet)
+        "phases": phases,
         "output": str(plan.model_file.resolve() if plan.model_file else plan.diffusers_folder),
     }
     if images:

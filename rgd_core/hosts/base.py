@@ -7,10 +7,12 @@ families) runs the same recipe:
                  --batched_losses--> (forget_loss, retain_loss) --Unlearner--> trained module + records
 
 A host is whatever owns the model: the diffusers pipeline components, ComfyUI's MODEL, a UI's loaded checkpoint.
-It provides four things and nothing else:
+It provides five things and nothing else:
 
 - ``prediction_type`` and ``alphas_cumprod``: the model's own parameterisation and noise schedule, so the loss is
   the denoising MSE the model was trained with (``losses.denoising_error``);
+- ``evaluated_module``: the module whose forward is one evaluation of the model (the UNet, ComfyUI's diffusion
+  model), so that every run reports the seconds and model evaluations of its data and training phases alike;
 - ``paired_data(forget_prompts, retain_prompts, seed)``: D_f and D_r as latents with their conditioning, row i of
   one paired with row i of the other (sampled by the model itself, or encoded from the user's images);
 - ``training(scope, lora_rank, lora_alpha, seed)``: a context manager that sets the model up to be trained on one
@@ -27,7 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, ContextManager, Iterable, Mapping, Protocol, Sequence
 
@@ -47,13 +50,38 @@ Predict = Callable[[nn.Module, Tensor, Tensor, Mapping[str, Tensor]], Tensor]
 class Trainee:
     """What a host hands the recipe to train: ``module`` (the Unlearner trains its ``trainable`` parameters; the
     Unlearner deep-copies it unless ``in_place``), the prediction with the edit applied, and ``place(module, x0)``,
-    which moves a batch to where the module runs."""
+    which moves a batch to where the module runs. ``evaluated`` is the module whose forward is one model evaluation
+    while training (default: the module the Unlearner trains)."""
 
     module: nn.Module
     predict: Predict
     trainable: Callable[[str, nn.Parameter], bool] | None = None
     in_place: bool = False
     place: Callable[[nn.Module, Tensor], Tensor] = lambda module, x0: x0
+    evaluated: nn.Module | None = None
+
+
+@contextlib.contextmanager
+def phase(phases: dict, name: str, module: nn.Module | None):
+    """Time a phase of the run and count the model evaluations in it: one per sample that goes through
+    ``module``'s forward (a batch of 8 with classifier-free guidance's doubled batch counts 16). Adds
+    ``{"seconds", "evaluations"}`` to ``phases[name]`` (a resumed or repeated phase accumulates)."""
+    counted = {"evaluations": 0}
+
+    def count(_module, args, kwargs, _output):
+        x = args[0] if args else next(iter(kwargs.values()), None)
+        counted["evaluations"] += int(x.shape[0]) if isinstance(x, Tensor) and x.ndim > 0 else 1
+
+    handle = module.register_forward_hook(count, with_kwargs=True) if module is not None else None
+    start = time.perf_counter()
+    try:
+        yield counted
+    finally:
+        if handle is not None:
+            handle.remove()
+        entry = phases.setdefault(name, {"seconds": 0.0, "evaluations": 0})
+        entry["seconds"] += time.perf_counter() - start
+        entry["evaluations"] += counted["evaluations"]
 
 
 class Host(Protocol):
@@ -61,6 +89,7 @@ class Host(Protocol):
 
     prediction_type: str
     alphas_cumprod: Tensor
+    evaluated_module: nn.Module | None
 
     def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int) -> PairedData:
         ...
@@ -96,6 +125,9 @@ class RecipeResult:
     module: nn.Module  # the trained module: the host's Trainee.module, edited
     records: list[dict]
     data: PairedData
+    # {"data": {"seconds", "evaluations"}, "training": {...}}: what the user waited for, per phase ("data" is absent
+    # when the caller passed the data in, and then timed it itself with ``phase``)
+    phases: dict = field(default_factory=dict)
 
 
 def run_unlearning(
@@ -117,8 +149,10 @@ def run_unlearning(
     ``on_training(module)`` gets the module being trained and may return a context manager entered around the
     loop (gradient checkpointing, say); checkpointing and resume are the Unlearner's (bit-identical resume).
     """
+    phases: dict = {}
     if data is None:
-        data = host.paired_data(forget_prompts, retain_prompts, settings.data_seed)
+        with phase(phases, "data", host.evaluated_module):
+            data = host.paired_data(forget_prompts, retain_prompts, settings.data_seed)
     config = settings.config
     with host.training(settings.scope, settings.lora_rank, settings.lora_alpha, config.seed) as trainee:
         forget_loss, retain_loss = batched_losses(trainee.predict, data, host.alphas_cumprod, host.prediction_type,
@@ -127,9 +161,10 @@ def run_unlearning(
                               in_place=trainee.in_place)
         extra = on_training(unlearner.model) if on_training is not None else None
         with extra if extra is not None else contextlib.nullcontext():
-            result = unlearner.run(callbacks=callbacks, should_stop=should_stop, checkpoint_path=checkpoint_path,
-                                   checkpoint_every=checkpoint_every, resume_from=resume_from)
-    return RecipeResult(result.model, result.records, data)
+            with phase(phases, "training", trainee.evaluated or unlearner.model):
+                result = unlearner.run(callbacks=callbacks, should_stop=should_stop, checkpoint_path=checkpoint_path,
+                                       checkpoint_every=checkpoint_every, resume_from=resume_from)
+    return RecipeResult(result.model, result.records, data, phases)
 
 
 def run_metadata(concept: str, prompt_preset: str, prompt_digest: str, forget_prompts: Sequence[str],

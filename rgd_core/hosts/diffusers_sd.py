@@ -518,6 +518,7 @@ def unlearn_sd(
     checkpoint_path: str | Path | None = None,
     checkpoint_every: int = 0,
     resume_from: str | Path | None = None,
+    phases: dict | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """RGD on a Stable Diffusion UNet: sample (or load) the paired data, then run the Unlearner on the parameters
     of ``scope``. Returns the edited UNet (a copy; ``components.unet`` is never changed) and the step records.
@@ -532,7 +533,8 @@ def unlearn_sd(
     ``forget_images`` / ``retain_images`` train on the user's images instead of samples on that side
     (``build_image_paired_data``); ignored when ``data`` is given. ``checkpoint_path``, ``checkpoint_every`` and
     ``resume_from`` are the Unlearner's: the resumable state every N steps and on cancel, and the state to go on
-    from (bit-identical to an uninterrupted run)."""
+    from (bit-identical to an uninterrupted run). ``phases``, a dict, receives the seconds and UNet evaluations
+    of the data and training phases (``hosts.base.phase``)."""
     config = config or paper_nudity_sd14_config()
     host = DiffusersHost(components, sampler, cache_dir, forget_images, retain_images)
     forget, retain = (None, None) if data is not None else _prompt_lists(forget_set, retain_set)
@@ -541,6 +543,11 @@ def unlearn_sd(
                             checkpoint_every, resume_from,
                             on_training=_gradient_checkpointing if gradient_checkpointing else None)
     result.module.eval()
+    if phases is not None:
+        for name, values in result.phases.items():
+            entry = phases.setdefault(name, {"seconds": 0.0, "evaluations": 0})
+            entry["seconds"] += values["seconds"]
+            entry["evaluations"] += values["evaluations"]
     return result.module, result.records
 
 
@@ -567,6 +574,7 @@ class DiffusersHost:
         self.forget_images, self.retain_images = forget_images, retain_images
         self.prediction_type = components.prediction_type
         self.alphas_cumprod = torch.as_tensor(components.scheduler.alphas_cumprod, dtype=torch.float32)
+        self.evaluated_module = components.unet
 
     def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int) -> PairedData:
         return build_paired_data(self.components, list(forget_prompts), list(retain_prompts), self.sampler, seed,
