@@ -83,7 +83,7 @@ def test_config_folder_tokenizer_matches_clip_tokenizer(folders, family, which, 
 def test_shipped_vocabulary_is_what_the_build_script_makes():
     # Renumbering the shipped merges with the script's own functions must give the shipped vocab.json back, so a
     # hand edit of either file (or a change of the numbering) is caught without downloading the wheel.
-    script_path = Path(__file__).parents[1] / "scripts" / "build_tokenizer.py"
+    script_path = Path(__file__).parents[1] / "tools" / "build_tokenizer.py"
     spec = importlib.util.spec_from_file_location("build_tokenizer", script_path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

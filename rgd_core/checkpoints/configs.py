@@ -6,7 +6,7 @@ models around it, diffusers needs each component's config, and by default it dow
 
 What ships, under ``rgd_core/checkpoints/configs/``:
     clip_tokenizer/   vocab.json + merges.txt (OpenAI's CLIP BPE, MIT, see its LICENSE), written once by
-                      scripts/build_tokenizer.py. All four families use this one vocabulary; about 1.4 MB, so it
+                      tools/build_tokenizer.py. All four families use this one vocabulary; about 1.4 MB, so it
                       ships once, not once per family.
     <family>/         a diffusers-layout folder of configs only: model_index.json, unet/, vae/, text_encoder/
                       (+ text_encoder_2/ for SDXL), scheduler/, and tokenizer/ (+ tokenizer_2/) holding just
