@@ -34,6 +34,7 @@ from rgd_bench.worlds.shapes_prompts import concept_attribute, shape_prompt_sets
 from rgd_core.baselines.esd import ESDConfig, run_esd
 from rgd_core.errors import RGDInputError
 from rgd_core.evaluate.plots import loss_curves, sample_grid
+from rgd_core.hosts.base import phase
 from rgd_core.hosts.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
 from rgd_core.method.unlearner import UnlearnConfig
 from rgd_core.progress import progress_bar
@@ -156,9 +157,12 @@ def score(components, unet, eval_set: EvalSet, classifier, config: ShapesBenchCo
 
 
 def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, cache_dir, callbacks=(),
-            sampled: dict | None = None):
+            sampled: dict | None = None, phases: dict | None = None):
     """(edited UNet, step records) for one method; ``components`` is never changed. ``sampled`` keeps the
-    self-sampled paired data between calls, so RGD and GradDiff train on data sampled once."""
+    self-sampled paired data between calls, so RGD and GradDiff train on data sampled once (the data phase is
+    counted for the method that sampled it). ``phases`` receives the seconds and UNet evaluations of the data
+    and training phases (not for ESD, whose data are its own training trajectories)."""
+    phases = {} if phases is None else phases
 
     narrow = method == "RGD (narrow retain)"
     train, _ = shape_prompt_sets(concept, config.train_pairs, 1, seed=config.seed, narrow=narrow)
@@ -174,9 +178,10 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
     sampler = SamplerSettings(steps=config.sample_steps, guidance_scale=config.guidance, batch_size=64)
     sampled = {} if sampled is None else sampled
     if narrow not in sampled:
-        sampled[narrow] = build_paired_data(components, train, None, sampler, config.seed, cache_dir)
+        with phase(phases, "data", components.unet):
+            sampled[narrow] = build_paired_data(components, train, None, sampler, config.seed, cache_dir)
     return unlearn_sd(components, train, config=unlearn_config, scope=config.scope, batch_size=config.batch_size,
-                      data=sampled[narrow], callbacks=callbacks)
+                      data=sampled[narrow], callbacks=callbacks, phases=phases)
 
 
 def run_shapes_bench(
@@ -203,10 +208,11 @@ def run_shapes_bench(
         log(_row_text(rows[-1]))
         for method in config.methods:
             callbacks = [progress_bar(config.steps, f"{eval_set.value} {method}")] if progress else []
-            unet, records = unlearn(components, method, concept, config, cache_dir, callbacks, sampled)
+            phases: dict = {}
+            unet, records = unlearn(components, method, concept, config, cache_dir, callbacks, sampled, phases)
             scores, samples[method] = score(components, unet, eval_set, classifier, config)
             rows.append({"concept": eval_set.value, "method": method, **scores,
-                         "seconds": float(sum(r["seconds"] for r in records))})
+                         "seconds": float(sum(r["seconds"] for r in records)), "phases": phases})
             histories[method] = records
             log(_row_text(rows[-1]))
         if out is not None:

@@ -59,3 +59,7 @@ def test_reduced_run_erases_striped_and_keeps_retain_alignment(tmp_path):
     assert rgd["erasure"] <= 0.5 * original["erasure"]
     assert rgd["retain"] >= original["retain"] - 0.10
     assert (tmp_path / "shapes_striped_grid.png").is_file() and (tmp_path / "shapes_striped_losses.png").is_file()
+    # the row says what the run cost per phase: 32 forget + 32 retain prompts x 10 sampler steps x 2 (guidance),
+    # then 40 steps of 16 forget + 16 retain pairs
+    assert rgd["phases"]["data"]["evaluations"] == 2 * 32 * 10 * 2
+    assert rgd["phases"]["training"]["evaluations"] == 40 * 2 * 16
