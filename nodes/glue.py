@@ -20,7 +20,7 @@ from torch import Tensor
 from rgd_core.hosts.denoiser import alphas_cumprod_from_sigmas, predict_from_denoiser
 from rgd_core.edits.deltas import EditSet, kohya_tensors, make_edit
 from rgd_core.errors import RGDInputError, UnlearningCancelled
-from rgd_core.hosts.base import RecipeSettings, Trainee, run_unlearning
+from rgd_core.hosts.base import RecipeSettings, Trainee, add_phases, run_unlearning
 from rgd_core.method.paired_data import PairedData, prompt_seed
 from rgd_core.method.unlearner import UnlearnConfig
 
@@ -334,7 +334,7 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
             comfy.model_management.throw_exception_if_processing_interrupted()
             raise
     if phases is not None:
-        phases.update(result.phases)
+        add_phases(phases, result.phases)
     return result.module, result.records
 
 

@@ -23,7 +23,7 @@ from rgd_core.apps import evaluation, unlearn
 from rgd_core.edits.scopes import SCOPES
 from rgd_core.errors import NonFiniteError, RGDError, RGDInputError, UnlearningCancelled
 from rgd_core.files import atomic_write_bytes
-from rgd_core.preflight import check_not_existing, check_number, check_output_folder
+from rgd_core.preflight import check_not_existing, check_numbers, check_output_folder
 
 EXIT_INPUT, EXIT_FAILURE, EXIT_INTERRUPT = 2, 1, 130
 
@@ -60,14 +60,11 @@ def _add_forgetting_options(parser: argparse.ArgumentParser, samples_per_class: 
 def _configs(args):
     from rgd_bench.class_forgetting import ClassForgettingConfig, EvalConfig
 
-    for name, minimum, above in (("steps", 1, None), ("lr", None, 0.0), ("retain_weight", 0.0, None),
-                                 ("truncation_threshold", None, 0.0), ("forget_batch", 1, None),
-                                 ("retain_batch", 0, None), ("retain_per_class", 1, None),
-                                 ("samples_per_class", 2, None), ("sampling_steps", 1, None), ("seed", 0, None)):
-        check_number("--" + name.replace("_", "-"), getattr(args, name), minimum=minimum, above=above,
-                     allow_inf=name == "truncation_threshold")
-    if args.threads is not None:
-        check_number("--threads", args.threads, minimum=1)
+    check_numbers(vars(args), {"steps": (1, None), "lr": (None, 0.0), "retain_weight": (0.0, None),
+                               "truncation_threshold": (None, 0.0), "forget_batch": (1, None),
+                               "retain_batch": (0, None), "retain_per_class": (1, None),
+                               "samples_per_class": (2, None), "sampling_steps": (1, None), "seed": (0, None),
+                               "threads": (1, None)})
     config = ClassForgettingConfig(
         forget_class=getattr(args, "forget_class", 0), steps=args.steps, lr=args.lr,
         retain_weight=args.retain_weight, truncation=args.truncation,
@@ -165,11 +162,10 @@ def cmd_bench_shapes(args) -> None:
     from rgd_bench.digits_demo import set_threads
     from rgd_bench.shapes_bench import ShapesBenchConfig, format_table, run_shapes_bench
 
-    for name, minimum, above in (("steps", 1, None), ("lr", None, 0.0), ("retain_weight", 0.0, None),
-                                 ("truncation_threshold", None, 0.0), ("batch_size", 1, None), ("train_pairs", 1, None),
-                                 ("test_prompts", 1, None), ("sample_steps", 1, None), ("seed", 0, None)):
-        check_number("--" + name.replace("_", "-"), getattr(args, name), minimum=minimum, above=above,
-                     allow_inf=name == "truncation_threshold")
+    check_numbers(vars(args), {"steps": (1, None), "lr": (None, 0.0), "retain_weight": (0.0, None),
+                               "truncation_threshold": (None, 0.0), "batch_size": (1, None), "train_pairs": (1, None),
+                               "test_prompts": (1, None), "sample_steps": (1, None), "seed": (0, None),
+                               "threads": (1, None)})
     config = ShapesBenchConfig(
         concepts=tuple(c.strip() for c in args.concepts.split(",") if c.strip()),
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,

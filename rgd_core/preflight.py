@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from rgd_core.errors import RGDInputError
 
@@ -37,6 +37,22 @@ def check_number(flag: str, value, *, minimum: float | None = None, above: float
         raise RGDInputError(f"{flag} must be at least {minimum:g}, not {value:g}.")
     if above is not None and value <= above:
         raise RGDInputError(f"{flag} must be greater than {above:g}, not {value:g}.")
+
+
+def option_flag(name: str) -> str:
+    """The command-line spelling of a setting, for messages: ``retain_weight`` -> ``--retain-weight``."""
+    return "--" + name.replace("_", "-")
+
+
+def check_numbers(values: Mapping[str, object], ranges: Mapping[str, tuple[float | None, float | None]],
+                  integers: Iterable[str] = (), infinite: Iterable[str] = ("truncation_threshold",)) -> None:
+    """``check_number`` for every ``name: (minimum, strictly above)`` of ``ranges`` whose value is not None, the
+    message naming the option (``option_flag``); ``integers`` must be whole, only ``infinite`` may be inf."""
+    integers, infinite = set(integers), set(infinite)
+    for name, (minimum, above) in ranges.items():
+        if values[name] is not None:
+            check_number(option_flag(name), values[name], minimum=minimum, above=above, integer=name in integers,
+                         allow_inf=name in infinite)
 
 
 def name_max(folder: Path) -> int:

@@ -56,7 +56,7 @@ from rgd_core.checkpoints.export import (
 )
 from rgd_core.checkpoints.load import UNET_PREFIX, detect_family, load_pipeline_components, read_key_shapes
 from rgd_core.edits.lora import lora_modules, merge_lora, save_kohya_lora
-from rgd_core.edits.scopes import LORA_SCOPE, SCOPES
+from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
 from rgd_core.errors import RGDInputError, UnlearningCancelled
 from rgd_core.files import atomic_write_bytes
 from rgd_core.hosts.base import RecipeSettings, phase, run_metadata
@@ -68,9 +68,10 @@ from rgd_core.method.update_rules import UPDATE_RULES
 from rgd_core.preflight import (
     check_free_space,
     check_not_existing,
-    check_number,
+    check_numbers,
     check_output_folder,
     check_output_names,
+    option_flag,
 )
 from rgd_core.progress import progress_bar
 from rgd_core.prompts import (
@@ -215,11 +216,6 @@ def resolve_settings(cli: Mapping, toml_path: str | Path | None = None) -> dict:
     return settings
 
 
-def flag(key: str) -> str:
-    """The command-line spelling of a setting, for messages."""
-    return "--" + key.replace("_", "-")
-
-
 # (minimum, strictly above) per number setting; every one must also be finite (inf only for the threshold).
 NUMBER_RANGES = {
     "steps": (1, None), "batch_size": (1, None), "train_prompts": (1, None), "sample_steps": (1, None),
@@ -231,20 +227,17 @@ NUMBER_RANGES = {
 def _check_settings(settings: dict) -> None:
     for key in ("checkpoint", "concept", "out"):
         if not settings[key] or not str(settings[key]).strip():
-            raise RGDInputError(f"{flag(key)} is required (on the command line or in the --config file).")
+            raise RGDInputError(f"{option_flag(key)} is required (on the command line or in the --config file).")
     choices = {"method": METHODS, "truncation": TRUNCATIONS, "family": CLI_FAMILIES,
                "prompt_preset": PROMPT_PRESETS, "format": EXPORT_FORMATS, "scope": SCOPES}
     for key, allowed in choices.items():
         if settings[key] is not None and settings[key] not in allowed:
-            raise RGDInputError(f"{flag(key)} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
-    for key, (minimum, above) in NUMBER_RANGES.items():
-        if settings[key] is not None:
-            check_number(flag(key), settings[key], minimum=minimum, above=above, integer=SETTING_TYPES[key] is int,
-                         allow_inf=key == "truncation_threshold")
+            raise RGDInputError(f"{option_flag(key)} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
+    check_numbers(settings, NUMBER_RANGES, integers=[key for key in NUMBER_RANGES if SETTING_TYPES[key] is int])
     lists = [key for key in ("forget_prompts", "retain_prompts") if settings[key]]
     if len(lists) == 1:
         partner = "retain_prompts" if lists[0] == "forget_prompts" else "forget_prompts"
-        raise RGDInputError(f"{flag(lists[0])} needs {flag(partner)} too: line i of one pairs with line i of the "
+        raise RGDInputError(f"{option_flag(lists[0])} needs {option_flag(partner)} too: line i of one pairs with line i of the "
                             "other.")
     if lists and (settings["prompt_preset"] or settings["custom_template"]):
         raise RGDInputError("--forget-prompts/--retain-prompts replace the prompt preset; drop --prompt-preset and "
@@ -330,7 +323,6 @@ class OutputPlan:
     """Every path a run may write, known before any work starts (None: not written by this run)."""
 
     folder: Path
-    name: str
     model_file: Path | None
     diffusers_folder: Path | None
     report: Path
@@ -351,7 +343,7 @@ def output_plan(settings: Mapping) -> OutputPlan:
     stem = model_file.name.removesuffix(".safetensors")
     diffusers = settings["format"] in ("diffusers", "both")
     return OutputPlan(
-        folder=folder, name=stem,
+        folder=folder,
         model_file=model_file if settings["format"] in ("single-file", "both") else None,
         diffusers_folder=safe_output_folder(folder, name).resolve() if diffusers else None,
         report=folder / f"{stem}.json",
@@ -373,7 +365,7 @@ def check_outputs(settings: Mapping, plan: OutputPlan) -> None:
         saved = _read_resume_settings(plan.resume_settings)
         for key in sorted(set(DEFAULTS) - set(RESUME_FREE)):
             if saved.get(key) != _jsonable(settings[key]):
-                raise RGDInputError(f"--resume: the interrupted run had {flag(key)} {saved.get(key)!r}, this one "
+                raise RGDInputError(f"--resume: the interrupted run had {option_flag(key)} {saved.get(key)!r}, this one "
                                     f"{settings[key]!r}; resume with the same settings (only --steps may grow).")
     elif plan.resume_state.exists() and not settings["overwrite"]:
         raise RGDInputError(f"an interrupted run left its state at {plan.resume_state}: add --resume to continue "
@@ -409,11 +401,11 @@ def _expected_bytes(settings: Mapping) -> int:
     numel = {key: _prod(shape) for key, shape in shapes.items()}
     unet = {key: n for key, n in numel.items() if key.startswith(UNET_PREFIX)}
     total = sum(numel.values()) or size // 2
-    scoped = {
-        "full": sum(unet.values()), "lora": sum(unet.values()) // 100,
-        "cross-attn": sum(n for key, n in unet.items() if ".attn2." in key),
-        "non-cross-attn": sum(n for key, n in unet.items() if ".attn2." not in key),
-    }.get(settings["scope"], sum(unet.values())) or total
+    if settings["scope"] == LORA_SCOPE:  # rank-r factors of the attention projections: ~1% of the UNet at rank 4
+        scoped = sum(unet.values()) // 100
+    else:
+        scoped = sum(n for key, n in unet.items() if in_scope(key, settings["scope"]))
+    scoped = scoped or total
     needed = 2 * 3 * 4 * scoped  # resume state
     if settings["format"] in ("single-file", "both"):
         needed += size
@@ -436,7 +428,7 @@ def build_prompts(settings: Mapping):
     user's own paired prompt files."""
 
     if settings["forget_prompts"]:
-        forget, retain = (read_prompt_file(settings[key], flag(key)) for key in ("forget_prompts", "retain_prompts"))
+        forget, retain = (read_prompt_file(settings[key], option_flag(key)) for key in ("forget_prompts", "retain_prompts"))
         preset = LISTS_PRESET
     else:
         forget = retain = None

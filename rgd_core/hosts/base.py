@@ -79,9 +79,16 @@ def phase(phases: dict, name: str, module: nn.Module | None):
     finally:
         if handle is not None:
             handle.remove()
-        entry = phases.setdefault(name, {"seconds": 0.0, "evaluations": 0})
-        entry["seconds"] += time.perf_counter() - start
-        entry["evaluations"] += counted["evaluations"]
+        add_phases(phases, {name: {"seconds": time.perf_counter() - start, "evaluations": counted["evaluations"]}})
+
+
+def add_phases(into: dict, phases: Mapping[str, Mapping]) -> dict:
+    """Add ``phases`` (name -> {"seconds", "evaluations"}) into ``into``; a phase seen twice accumulates."""
+    for name, values in phases.items():
+        entry = into.setdefault(name, {"seconds": 0.0, "evaluations": 0})
+        entry["seconds"] += values["seconds"]
+        entry["evaluations"] += values["evaluations"]
+    return into
 
 
 class Host(Protocol):

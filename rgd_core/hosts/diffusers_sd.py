@@ -35,7 +35,7 @@ from rgd_core.edits.lora import add_lora, lora_parameters_filter
 from rgd_core.edits.scopes import LORA_SCOPE, check_scope, scope_filter
 from rgd_core.errors import RGDInputError
 from rgd_core.files import save_safetensors_atomic
-from rgd_core.hosts.base import RecipeSettings, Trainee, run_unlearning
+from rgd_core.hosts.base import RecipeSettings, Trainee, add_phases, run_unlearning
 from rgd_core.image_data import PREPARATION, ImageFile, find_images, load_pixels
 from rgd_core.method.paired_data import PairedData, batched_losses, prompt_seed
 from rgd_core.method.unlearner import UnlearnConfig
@@ -122,6 +122,11 @@ def _encode_batch(components, prompts: list[str]) -> dict[str, Tensor]:
 def sdxl_time_ids(height: int, width: int, count: int) -> Tensor:
     """SDXL's size conditioning (original size, crop top-left, target size), as the base pipeline sets it."""
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(count, 1)
+
+
+def _place_on_unet(unet: nn.Module, x0: Tensor) -> Tensor:
+    """A batch of latents on the UNet's device, in its dtype."""
+    return x0.to(_device(unet), unet.dtype)
 
 
 def _unet_call(unet: nn.Module, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
@@ -487,7 +492,7 @@ def paired_losses(components, data: PairedData, batch_size: int = 8, paired: boo
     """
     alphas_cumprod = torch.as_tensor(components.scheduler.alphas_cumprod, dtype=torch.float32)
     return batched_losses(_unet_call, data, alphas_cumprod, components.prediction_type, batch_size, paired,
-                          place=lambda unet, x0: x0.to(_device(unet), unet.dtype))
+                          place=_place_on_unet)
 
 
 # --- parameter scopes ----------------------------------------------------------------------------------------
@@ -544,10 +549,7 @@ def unlearn_sd(
                             on_training=_gradient_checkpointing if gradient_checkpointing else None)
     result.module.eval()
     if phases is not None:
-        for name, values in result.phases.items():
-            entry = phases.setdefault(name, {"seconds": 0.0, "evaluations": 0})
-            entry["seconds"] += values["seconds"]
-            entry["evaluations"] += values["evaluations"]
+        add_phases(phases, result.phases)
     return result.module, result.records
 
 
@@ -582,10 +584,9 @@ class DiffusersHost:
 
     @contextlib.contextmanager
     def training(self, scope: str, lora_rank: int = 4, lora_alpha: float | None = None, seed: int = 0):
-        place = lambda unet, x0: x0.to(_device(unet), unet.dtype)  # noqa: E731
         if check_scope(scope) == LORA_SCOPE:
             unet = copy.deepcopy(self.components.unet)
             add_lora(unet, lora_rank, lora_alpha, seed=seed)
-            yield Trainee(unet, _unet_call, lora_parameters_filter, in_place=True, place=place)
+            yield Trainee(unet, _unet_call, lora_parameters_filter, in_place=True, place=_place_on_unet)
         else:
-            yield Trainee(self.components.unet, _unet_call, scope_filter(scope), in_place=False, place=place)
+            yield Trainee(self.components.unet, _unet_call, scope_filter(scope), in_place=False, place=_place_on_unet)
