@@ -367,3 +367,15 @@ def test_check_number_messages_name_flag_and_value():
         check_number("--steps", 2.5, minimum=1, integer=True)
     check_number("--truncation-threshold", math.inf, above=0.0, allow_inf=True)
     assert Path(".").exists()
+
+
+def test_eval_refuses_a_bad_after_file_before_the_before_model_generates(sd1_files, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sd_eval, "_side", lambda *a, **k: pytest.fail("images were generated"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a person\n")
+    after = tmp_path / "after.ckpt"
+    after.write_bytes(b"\x80\x04not really a pickle")
+    code, err = run_cli(["eval", "--before", str(sd1_files.checkpoint), "--after", str(after), "--prompts",
+                         str(prompts), "--out", str(tmp_path / "eval")], capsys)
+    assert code == 2
+    assert_one_line(err, "after.ckpt", "--allow-pickle")

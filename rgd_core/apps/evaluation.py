@@ -23,6 +23,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from rgd_core.apps.unlearn import load_components
+from rgd_core.checkpoints.load import detect_family, read_key_shapes
 from rgd_core.errors import RGDInputError
 from rgd_core.evaluate.alignment import alignment_report, alignment_scores, load_clip
 from rgd_core.evaluate.nudity import NudityDetector, nudity_report
@@ -164,6 +165,10 @@ def run_eval(settings: Mapping, log: Callable[[str], None] = lambda message: Non
     for key in ("before", "after"):
         if not Path(settings[key]).exists():
             raise RGDInputError(f"--{key} checkpoint not found: {settings[key]}")
+        # both files' headers (pickles refused, LoRA/VAE-only files named) before the first model generates anything;
+        # the answers are kept per file version, so loading reads nothing twice
+        shapes = read_key_shapes(settings[key], bool(settings["allow_pickle"]))
+        detect_family(shapes, shapes)
     thresholds = parse_thresholds(settings["thresholds"])
     check_number("--steps", settings["steps"], minimum=1, integer=True)
     check_number("--guidance", settings["guidance"], minimum=0.0)
