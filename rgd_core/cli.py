@@ -1,4 +1,4 @@
-"""Command line: `rgd demo`, `rgd bench digits`, `rgd bench shapes`, `rgd unlearn`, `rgd eval`.
+"""Command line: `rgd demo`, `rgd bench digits`, `rgd bench shapes`, `rgd unlearn`, `rgd eval`, `rgd ui`.
 
 Every command takes a seed; logs go to stderr so that `--json` output on stdout stays machine-readable.
 
@@ -245,6 +245,18 @@ def cmd_unlearn(args) -> None:
                                for name, values in report.get("phases", {}).items()))
 
 
+def cmd_ui(args) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
+        raise RGDInputError("rgd ui needs Gradio, an optional extra: pip install 'rgd[ui]' (or pip install gradio).")
+    check_numbers(vars(args), {"port": (1, None)}, integers=["port"])
+    from rgd_ui.standalone import serve
+
+    print(f"rgd ui: http://{args.host}:{args.port} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    serve(args.checkpoints, args.loras, args.cache_dir, host=args.host, port=args.port)
+
+
 def cmd_eval(args) -> None:
     report = evaluation.run_eval(vars(args), log=_log)
     if args.json:
@@ -334,8 +346,13 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
         "image i pairs with forget example i (file-name order); with both folders, they must hold as many images")
     add("--cache-dir", metavar="DIR", help="cache for sampled data and config folders (default: rgd's cache dir)")
     add("--name", help="output file name without folders (default <checkpoint stem>-rgd-<concept>)")
-    add("--format", choices=unlearn.EXPORT_FORMATS, help=f"single-file: one original-layout .safetensors (A1111, Forge, "
-        f"ComfyUI); diffusers: a diffusers folder <name>/; both (default {d['format']})")
+    add("--format", choices=unlearn.MODEL_FORMATS, help=f"single-file: one original-layout .safetensors (A1111, Forge, "
+        f"ComfyUI); diffusers: a diffusers folder <name>/; both; none: no model, only the LoRA (--scope lora) or "
+        f"difference file (--scope cross-attn) (default {d['format']})")
+    add("--lora-out", metavar="DIR", help="folder for the LoRA of --scope lora, e.g. a UI's models/Lora (default: --out)")
+    add("--no-save-lora", dest="save_lora", action="store_false", default=None,
+        help="with --scope lora, write only the merged model, not the LoRA file")
+    add("--state-dir", metavar="DIR", help="folder for the resumable training state (default: --out)")
     add("--overwrite", action="store_true", default=None,
         help="replace existing outputs of the same name (checkpoint, LoRA, diff, report, diffusers folder) and "
              "discard an interrupted run's state")
@@ -398,6 +415,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "write eval.json and grid.png.")
     _add_eval_options(evaluate)
     evaluate.set_defaults(run=cmd_eval)
+
+    ui = commands.add_parser("ui", help="the Unlearn tab as a page of its own (needs the ui extra: Gradio)",
+                             description="Serve the A1111/Forge Unlearn tab on its own: clean the checkpoints of one "
+                             "folder in the browser, with live losses, previews and Interrupt.")
+    ui.add_argument("--checkpoints", metavar="DIR", required=True,
+                    help="folder of .safetensors checkpoints to list; the cleaned checkpoint is saved into it")
+    ui.add_argument("--loras", metavar="DIR", help="folder for the LoRA files (default: --checkpoints)")
+    ui.add_argument("--cache-dir", metavar="DIR", help="cache for sampled data (default: rgd's cache dir)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=7870, help="port (default 7870)")
+    ui.set_defaults(run=cmd_ui)
     return parser
 
 

@@ -29,7 +29,7 @@ from rgd_core.evaluate.alignment import alignment_report, alignment_scores, load
 from rgd_core.evaluate.nudity import NudityDetector, nudity_report
 from rgd_core.evaluate.prompt_files import read_i2p_csv, read_prompt_list
 from rgd_core.files import atomic_write_bytes
-from rgd_core.hosts.diffusers_sd import SamplerSettings, sample_latents
+from rgd_core.hosts.diffusers_sd import SamplerSettings, generate_images
 from rgd_core.preflight import check_not_existing, check_number, check_output_folder
 
 GRID_COLUMNS = 8
@@ -81,29 +81,6 @@ def read_prompts(path: str | Path, min_nudity: float | None = None, limit: int |
             raise RGDInputError("--i2p-min-nudity applies to an I2P CSV prompt file only")
         prompts = read_prompt_list(path)
     return prompts[:limit] if limit is not None else prompts
-
-
-def decode_images(components, latents, batch_size: int = 4) -> np.ndarray:
-    """x0 latents (scaled, as the UNet sees them) -> (N, H, W, 3) uint8 RGB images."""
-    import torch
-
-    vae = components.vae
-    device = next(vae.parameters()).device
-    dtype = next(vae.parameters()).dtype
-    out = []
-    with torch.no_grad():
-        for start in range(0, latents.shape[0], batch_size):
-            chunk = latents[start : start + batch_size].to(device, dtype) / vae.config.scaling_factor
-            pixels = vae.decode(chunk).sample.float().clamp(-1, 1)
-            out.append(((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
-    return np.concatenate(out)
-
-
-def generate_images(components, prompts: Sequence[str], seed: int, settings) -> np.ndarray:
-    """One image per prompt; prompt i starts from the noise of ``prompt_seed(seed, i)``."""
-
-    latents = sample_latents(components, prompts, seed=seed, settings=settings)
-    return decode_images(components, latents, batch_size=settings.batch_size)
 
 
 def image_digest(image: np.ndarray) -> str:

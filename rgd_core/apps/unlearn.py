@@ -18,7 +18,9 @@ its settings in ``<name>.resume.json``); ``resume`` continues it to the same wei
 finished run deletes it.
 
 ``format`` picks the model output: the single file (default), a diffusers folder ``<out>/<name>/`` (built aside and
-renamed into place; an existing one is replaced only with ``overwrite``), or both. ``forget_images`` /
+renamed into place; an existing one is replaced only with ``overwrite``), both, or none (only the LoRA or difference
+file). ``lora_out`` puts the LoRA in its own folder (a UI's Lora folder) and ``state_dir`` the resumable state in
+another (so that a UI never lists it as a model). ``forget_images`` /
 ``retain_images`` name folders of the user's own images, which replace the base model's samples on that side.
 """
 
@@ -31,9 +33,9 @@ import shutil
 import tomllib
 import typing
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 from rgd_core.checkpoints.configs import (
     CONFIG_FAMILIES as CLI_FAMILIES,
@@ -59,8 +61,14 @@ from rgd_core.edits.lora import lora_modules, merge_lora, save_kohya_lora
 from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
 from rgd_core.errors import RGDInputError, UnlearningCancelled
 from rgd_core.files import atomic_write_bytes
-from rgd_core.hosts.base import RecipeSettings, phase, run_metadata
-from rgd_core.hosts.diffusers_sd import PAPER_NUDITY_SD14, SamplerSettings, build_paired_data, unlearn_sd
+from rgd_core.hosts.base import RecipeSettings, add_phases, phase, run_metadata
+from rgd_core.hosts.diffusers_sd import (
+    PAPER_NUDITY_SD14,
+    SamplerSettings,
+    build_paired_data,
+    generate_images,
+    unlearn_sd,
+)
 from rgd_core.image_data import find_images, images_digest
 from rgd_core.method.losses import TRUNCATION_MODES as TRUNCATIONS
 from rgd_core.method.unlearner import UnlearnConfig, summarize
@@ -88,6 +96,8 @@ from rgd_core.prompts import (
 )
 
 METHODS = tuple(UPDATE_RULES)
+# "none": no model file, only the edit itself (the LoRA of --scope lora, the difference file of --scope cross-attn).
+MODEL_FORMATS = (*EXPORT_FORMATS, "none")
 # "custom" takes --custom-template and --slot lines; --forget-prompts/--retain-prompts files select the user's
 # own lists.
 PROMPT_PRESETS = PRESET_NAMES
@@ -140,6 +150,9 @@ class UnlearnSettings:
     retain_prompts: str | None = None
     checkpoint_every: int = 25
     resume: bool = False
+    lora_out: str | None = None
+    save_lora: bool = True
+    state_dir: str | None = None
 
 
 def _setting_types() -> dict[str, type]:
@@ -157,7 +170,8 @@ SETTING_TYPES: dict[str, type] = _setting_types()
 
 # Settings that may differ between an interrupted run and its --resume: they change neither the data nor the steps
 # already taken (``steps`` may grow to train on).
-RESUME_FREE = ("steps", "overwrite", "resume", "checkpoint_every", "format", "name", "out", "cache_dir")
+RESUME_FREE = ("steps", "overwrite", "resume", "checkpoint_every", "format", "name", "out", "cache_dir", "lora_out",
+               "save_lora", "state_dir")
 
 # Type each setting must have once resolved (TOML values are checked against it; ints are accepted as floats).
 
@@ -229,7 +243,7 @@ def _check_settings(settings: dict) -> None:
         if not settings[key] or not str(settings[key]).strip():
             raise RGDInputError(f"{option_flag(key)} is required (on the command line or in the --config file).")
     choices = {"method": METHODS, "truncation": TRUNCATIONS, "family": CLI_FAMILIES,
-               "prompt_preset": PROMPT_PRESETS, "format": EXPORT_FORMATS, "scope": SCOPES}
+               "prompt_preset": PROMPT_PRESETS, "format": MODEL_FORMATS, "scope": SCOPES}
     for key, allowed in choices.items():
         if settings[key] is not None and settings[key] not in allowed:
             raise RGDInputError(f"{option_flag(key)} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
@@ -250,6 +264,10 @@ def _check_settings(settings: dict) -> None:
                             "and one --slot 'place: in a park, at the beach' per slot.")
     if settings["slot"] and not settings["custom_template"]:
         raise RGDInputError("--slot fills the slots of --custom-template; give the template too.")
+    edit_file = settings["scope"] == "cross-attn" or (settings["scope"] == LORA_SCOPE and settings["save_lora"])
+    if settings["format"] == "none" and not edit_file:
+        raise RGDInputError("nothing to save: --format none writes no model, and only --scope lora (its LoRA file) or "
+                            "--scope cross-attn (its difference file) write anything else; choose another --format.")
 
 
 def default_prompt_preset(concept: str) -> str:
@@ -342,22 +360,28 @@ def output_plan(settings: Mapping) -> OutputPlan:
     model_file = safe_output_path(folder, name)
     stem = model_file.name.removesuffix(".safetensors")
     diffusers = settings["format"] in ("diffusers", "both")
+    lora = settings["scope"] == LORA_SCOPE and settings["save_lora"]
+    state = Path(settings["state_dir"] or folder)
     return OutputPlan(
         folder=folder,
         model_file=model_file if settings["format"] in ("single-file", "both") else None,
         diffusers_folder=safe_output_folder(folder, name).resolve() if diffusers else None,
         report=folder / f"{stem}.json",
-        lora=safe_output_path(folder, stem + "-lora") if settings["scope"] == LORA_SCOPE else None,
+        lora=safe_output_path(Path(settings["lora_out"] or folder), stem + "-lora") if lora else None,
         diff=safe_output_path(folder, stem + "-diff") if settings["scope"] == "cross-attn" else None,
-        resume_state=folder / f"{stem}.resume.safetensors",
-        resume_settings=folder / f"{stem}.resume.json",
+        resume_state=state / f"{stem}.resume.safetensors",
+        resume_settings=state / f"{stem}.resume.json",
     )
 
 
 def check_outputs(settings: Mapping, plan: OutputPlan) -> None:
     """The checks on where the run will write, made before the model loads (``preflight``)."""
     check_output_folder(plan.folder)
-    check_output_names(plan.folder, [p.name for p in plan.results + [plan.resume_state, plan.resume_settings]])
+    for key in ("lora_out", "state_dir"):
+        if settings[key]:
+            check_output_folder(Path(settings[key]), option_flag(key))
+    for path in plan.results + [plan.resume_state, plan.resume_settings]:
+        check_output_names(path.parent, [path.name])
     if settings["resume"]:
         if not plan.resume_state.is_file():
             raise RGDInputError(f"nothing to resume: no interrupted run's state at {plan.resume_state}; run "
@@ -482,13 +506,20 @@ def input_warnings(settings: Mapping, train, forget_images, retain_images) -> li
 
 def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: None,
                 should_stop: Callable[[], bool] | None = None,
-                on_phase: Callable[[str], None] = lambda phase: None) -> dict:
+                on_phase: Callable[[str], None] = lambda phase: None,
+                callbacks: Sequence[Callable[[dict], None]] = (),
+                preview_every: int = 0,
+                on_preview: Callable[[int, dict], None] | None = None) -> dict:
     """Unlearn ``settings["concept"]`` from the checkpoint and write the edited checkpoint and its JSON report.
 
     Everything that can be checked without the model is checked first, so bad settings fail in a second.
     ``on_phase`` hears "load", "data", "train" and "write" as the run enters each; ``should_stop()`` is asked
     before every training step, and when it turns true the run saves its resumable state and raises
-    ``UnlearningCancelled`` with how to resume. Returns the report that was written to ``<name>.json``.
+    ``UnlearningCancelled`` with how to resume. ``callbacks`` hear every step's record (losses, cosine, conflict).
+    With ``preview_every`` N > 0, ``on_preview(step, images)`` receives same-noise samples of the first forget and
+    retain prompt (``images["forget"]``, ``images["retain"]``: (H, W, 3) uint8) before training (step 0), every N
+    steps and after the last; their time and UNet evaluations are the report's "preview" phase, not "training".
+    Returns the report that was written to ``<name>.json``.
     """
 
     checkpoint = Path(settings["checkpoint"])
@@ -517,13 +548,16 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
         data = build_paired_data(components, train, None, sampler, settings["seed"], _data_cache(settings),
                                  forget_images=forget_images, retain_images=retain_images)
     log(f"data: {phases['data']['seconds']:.1f} s, {phases['data']['evaluations']} UNet evaluations")
+    previews = _Previews(components, train, sampler, settings["seed"], preview_every, on_preview, phases)
+    previews.take(0, components.unet)
     if not settings["resume"]:
         plan.resume_state.unlink(missing_ok=True)  # an old run's state (--overwrite was given to get here)
         atomic_write_bytes((json.dumps(_jsonable(dict(settings)), indent=2) + "\n").encode("utf-8"),
                            plan.resume_settings)
     try:
         report = _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, sampler,
-                                  data, forget_images, retain_images, should_stop, on_phase, log, phases)
+                                  data, forget_images, retain_images, should_stop, on_phase, log, phases,
+                                  list(callbacks), previews)
     except BaseException as error:
         if not plan.resume_state.exists():  # nothing was saved to resume from: the settings file alone is noise
             plan.resume_settings.unlink(missing_ok=True)
@@ -538,18 +572,20 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
 
 
 def _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, sampler, data,
-                     forget_images, retain_images, should_stop, on_phase, log, phases) -> dict:
+                     forget_images, retain_images, should_stop, on_phase, log, phases, callbacks, previews) -> dict:
     checkpoint = Path(settings["checkpoint"])
     on_phase("train")
     log(f"training {config.steps} steps" + (" (resuming)" if settings["resume"] else ""))
     try:
         unet, records = unlearn_sd(
             components, train, config=config, scope=settings["scope"], batch_size=settings["batch_size"],
-            data=data, callbacks=[progress_bar(config.steps, f"rgd {settings['method']}")],
+            data=data, callbacks=[progress_bar(config.steps, f"rgd {settings['method']}"), *callbacks,
+                                  previews.after_step],
             should_stop=should_stop, lora_rank=settings["lora_rank"], checkpoint_path=plan.resume_state,
             checkpoint_every=settings["checkpoint_every"],
-            resume_from=plan.resume_state if settings["resume"] else None, phases=phases,
+            resume_from=plan.resume_state if settings["resume"] else None, phases=phases, watch=previews.watch,
         )
+        previews.finish(unet)
     except UnlearningCancelled as stopped:
         raise UnlearningCancelled(f"{stopped}; the state is saved in {plan.resume_state}: run the same command with "
                                   "--resume to continue.") from None
@@ -574,7 +610,7 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
         "summary": summarize(records),
         # what the user waited for, per phase: seconds and UNet evaluations (one per sample through the UNet)
         "phases": phases,
-        "output": str(plan.model_file.resolve() if plan.model_file else plan.diffusers_folder),
+        "output": str((plan.model_file or plan.diffusers_folder or plan.lora or plan.diff).resolve()),
     }
     if images:
         report["images"] = images
@@ -610,6 +646,49 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
                 path.unlink(missing_ok=True)
         raise
     return report
+
+
+class _Previews:
+    """Same-noise samples of the first forget and retain prompt while a run trains (``run_unlearn``'s
+    ``preview_every``): step 0 from the base model, then every N steps and after the last from the module being
+    trained. Their seconds and evaluations go to the "preview" phase and are taken out of "training"."""
+
+    def __init__(self, components, train, sampler, seed: int, every: int, on_preview, phases: dict) -> None:
+        self.components, self.every, self.on_preview, self.phases = components, every, on_preview, phases
+        self.prompts = [train.forget_prompts[0], train.retain_prompts[0]]
+        self.sampler, self.seed = replace(sampler, batch_size=2), seed
+        self.module = None
+        self.last_step = -1
+        self.steps_done = 0
+
+    @property
+    def active(self) -> bool:
+        return self.every > 0 and self.on_preview is not None
+
+    def watch(self, module) -> None:
+        self.module = module
+
+    def take(self, step: int, unet, in_training: bool = False) -> None:
+        if not self.active or step == self.last_step:
+            return
+        spent: dict = {}
+        with phase(spent, "preview", unet):
+            images = generate_images(replace(self.components, unet=unet), self.prompts, self.seed, self.sampler)
+        add_phases(self.phases, spent)
+        if in_training:  # the training phase's clock and hook saw the preview too
+            add_phases(self.phases, {"training": {key: -value for key, value in spent["preview"].items()}})
+        self.last_step = step
+        self.on_preview(step, {"forget": images[0], "retain": images[1], "prompts": list(self.prompts)})
+
+    def after_step(self, record: dict) -> None:
+        self.steps_done = record["step"] + 1
+        if self.active and self.steps_done % self.every == 0 and self.module is not None:
+            self.take(self.steps_done, self.module, in_training=True)
+
+    def finish(self, unet) -> None:
+        """The trained model's preview after the last step (unless that step's preview was just taken)."""
+        if self.module is not None:
+            self.take(self.steps_done, unet)
 
 
 def user_images(settings: Mapping) -> tuple[list | None, list | None]:

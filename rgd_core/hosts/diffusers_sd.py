@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -212,6 +213,27 @@ def sample_latents(
         batch_cond = {key: value[index.start : index.stop] for key, value in cond.items()}
         out.append(_denoise(components, noise, batch_cond, uncond, settings).float().cpu())
     return torch.cat(out)
+
+
+def decode_images(components, latents, batch_size: int = 4) -> np.ndarray:
+    """x0 latents (scaled, as the UNet sees them) -> (N, H, W, 3) uint8 RGB images."""
+    vae = components.vae
+    device = next(vae.parameters()).device
+    dtype = next(vae.parameters()).dtype
+    out = []
+    with torch.no_grad():
+        for start in range(0, latents.shape[0], batch_size):
+            chunk = latents[start : start + batch_size].to(device, dtype) / vae.config.scaling_factor
+            pixels = vae.decode(chunk).sample.float().clamp(-1, 1)
+            out.append(((pixels + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+    return np.concatenate(out)
+
+
+def generate_images(components, prompts: Sequence[str], seed: int, settings) -> np.ndarray:
+    """One image per prompt; prompt i starts from the noise of ``prompt_seed(seed, i)``."""
+
+    latents = sample_latents(components, prompts, seed=seed, settings=settings)
+    return decode_images(components, latents, batch_size=settings.batch_size)
 
 
 def guidance_conditioning(components, prompts: Sequence[str], height: int, width: int,
@@ -524,6 +546,7 @@ def unlearn_sd(
     checkpoint_every: int = 0,
     resume_from: str | Path | None = None,
     phases: dict | None = None,
+    watch: Callable[[nn.Module], None] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """RGD on a Stable Diffusion UNet: sample (or load) the paired data, then run the Unlearner on the parameters
     of ``scope``. Returns the edited UNet (a copy; ``components.unet`` is never changed) and the step records.
@@ -539,14 +562,20 @@ def unlearn_sd(
     (``build_image_paired_data``); ignored when ``data`` is given. ``checkpoint_path``, ``checkpoint_every`` and
     ``resume_from`` are the Unlearner's: the resumable state every N steps and on cancel, and the state to go on
     from (bit-identical to an uninterrupted run). ``phases``, a dict, receives the seconds and UNet evaluations
-    of the data and training phases (``hosts.base.phase``)."""
+    of the data and training phases (``hosts.base.phase``). ``watch(module)`` is called with the module being
+    trained before the first step (a host's live previews sample from it)."""
     config = config or paper_nudity_sd14_config()
     host = DiffusersHost(components, sampler, cache_dir, forget_images, retain_images)
     forget, retain = (None, None) if data is not None else _prompt_lists(forget_set, retain_set)
     settings = RecipeSettings(config, scope, batch_size, lora_rank, lora_alpha, paired, data_seed)
+
+    def on_training(module: nn.Module):
+        if watch is not None:
+            watch(module)
+        return _gradient_checkpointing(module) if gradient_checkpointing else None
+
     result = run_unlearning(host, forget, retain, settings, callbacks, should_stop, data, checkpoint_path,
-                            checkpoint_every, resume_from,
-                            on_training=_gradient_checkpointing if gradient_checkpointing else None)
+                            checkpoint_every, resume_from, on_training=on_training)
     result.module.eval()
     if phases is not None:
         add_phases(phases, result.phases)
