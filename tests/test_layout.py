@@ -1,8 +1,8 @@
 """The layout tells the architecture (docs/architecture.md), and these checks keep it so:
 
-- the library (rgd_core) never imports the benchmarks (rgd_bench) nor a UI (ComfyUI, A1111/Forge, gradio); the one
-  exception is the `rgd` command (rgd_core/cli.py), a host that reaches rgd_bench for `rgd demo` / `rgd bench`,
-  inside those commands only;
+- the library (rgd_core) never imports the benchmarks (rgd_bench) nor a UI (ComfyUI, A1111/Forge, gradio, the tab's
+  rgd_ui); the one exception is the `rgd` command (rgd_core/cli.py), a host that reaches rgd_bench for `rgd demo` /
+  `rgd bench` and rgd_ui for `rgd ui`, inside those commands only;
 - no import circles between the package's modules;
 - the package's own modules are imported at the top of a module, where a reader looks for them.
 """
@@ -15,8 +15,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = sorted((ROOT / "rgd_core").rglob("*.py"))
 BENCH = sorted((ROOT / "rgd_bench").rglob("*.py"))
+TAB = sorted((ROOT / "rgd_ui").rglob("*.py"))
 UI_MODULES = ("comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "modules", "gradio",
-              "rgd_bench")
+              "rgd_bench", "rgd_ui")
 
 
 def module_name(path: Path) -> str:
@@ -50,14 +51,14 @@ def test_the_library_imports_no_ui_and_no_benchmark_code():
             top = name.split(".")[0]
             if top not in UI_MODULES:
                 continue
-            allowed = path.name == "cli.py" and top == "rgd_bench" and (name, line) in imports(path, True)
+            allowed = path.name == "cli.py" and top in ("rgd_bench", "rgd_ui") and (name, line) in imports(path, True)
             assert allowed, f"{path.relative_to(ROOT)}:{line} imports {name}"
 
 
 def test_importing_every_library_module_loads_neither_benchmarks_nor_comfyui():
     modules = [module_name(p) for p in LIBRARY]
     code = ("import sys\n" + "".join(f"import {m}\n" for m in modules) +
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('rgd_bench', 'comfy', 'comfy_api', "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('rgd_bench', 'rgd_ui', 'comfy', 'comfy_api', "
             "'folder_paths', 'gradio'))\nprint(bad)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -65,15 +66,16 @@ def test_importing_every_library_module_loads_neither_benchmarks_nor_comfyui():
 
 
 def test_own_package_imports_are_at_the_top():
-    for path in LIBRARY + BENCH:
+    for path in LIBRARY + BENCH + TAB:
         for name, line in imports(path, inside_functions=True):
             top = name.split(".")[0]
-            if top == "rgd_core" or (top == "rgd_bench" and path.name != "cli.py"):
+            host_import = top in ("rgd_bench", "rgd_ui") and path.name == "cli.py" and path.parent.name == "rgd_core"
+            if top in ("rgd_core", "rgd_ui", "rgd_bench") and not host_import:
                 raise AssertionError(f"{path.relative_to(ROOT)}:{line} imports {name} inside a function")
 
 
 def test_no_import_circles():
-    own = {module_name(p): p for p in LIBRARY + BENCH}
+    own = {module_name(p): p for p in LIBRARY + BENCH + TAB}
     graph = {}
     for module, path in own.items():
         targets = set()
