@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import re
-import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +22,7 @@ def declared_floors() -> dict[str, str]:
     """Package (lower case) -> the lowest version rgd declares (``"0"`` when it declares none)."""
     pyproject = ROOT / "pyproject.toml"
     if pyproject.is_file():
-        lines = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
+        lines = _dependency_lines(pyproject.read_text(encoding="utf-8"))
     else:
         lines = [line for line in metadata.requires("rgd") or [] if "extra ==" not in line]
     floors = {}
@@ -32,6 +31,12 @@ def declared_floors() -> dict[str, str]:
         if match:
             floors[match.group(1).lower()] = match.group(2) or "0"
     return floors
+
+
+def _dependency_lines(pyproject: str) -> list[str]:
+    """The strings of ``[project] dependencies = [...]``. Read without tomllib, which the webuis' Python 3.10 lacks."""
+    block = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", pyproject, re.MULTILINE | re.DOTALL)
+    return re.findall(r'"([^"]+)"', block.group(1)) if block else []
 
 
 def version_tuple(version: str) -> tuple:

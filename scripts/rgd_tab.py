@@ -14,7 +14,20 @@ if ROOT not in sys.path:
 
 try:
     from rgd_ui.webui import register
-except Exception as error:  # a broken environment must not take the UI down: say so on the console
-    print(f"rgd: the Unlearn tab is not available: {type(error).__name__}: {error}", file=sys.stderr)
+except Exception as error:  # a broken environment must not take the UI down: say why, on the console and the tab
+    reason = f"{type(error).__name__}: {error}"
+    print(f"rgd: the Unlearn tab is not available: {reason}", file=sys.stderr)
+
+    def _explain():
+        import gradio as gr
+
+        with gr.Blocks(analytics_enabled=False) as tab:
+            gr.Markdown(f"**rgd cannot load in this UI's Python:** `{reason}`. See the README's A1111 / Forge "
+                        "section for what the tab needs.")
+        return [(tab, "Unlearn", "rgd")]
+
+    from modules import script_callbacks
+
+    script_callbacks.on_ui_tabs(_explain)
 else:
     register()

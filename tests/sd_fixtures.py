@@ -377,6 +377,7 @@ def open_clip_to_original(text_encoder, prefix: str, extra_projection: bool = Fa
     projection-less diffusers encoder ignores.
     """
     state = {key.removeprefix("text_model."): tensor for key, tensor in text_encoder.state_dict().items()}
+    state.pop("embeddings.position_ids", None)  # transformers < 4.31 keeps it in the state dict; OpenCLIP has none
     out = {
         prefix + "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
         prefix + "positional_embedding": state.pop("embeddings.position_embedding.weight"),

@@ -30,7 +30,6 @@ import hashlib
 import json
 import re
 import shutil
-import tomllib
 import typing
 import unicodedata
 from dataclasses import asdict, dataclass, replace
@@ -192,6 +191,7 @@ def read_toml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise RGDInputError(f"config file {path} does not exist.")
+    tomllib = _toml_reader()
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
@@ -202,6 +202,20 @@ def read_toml(path: str | Path) -> dict:
                                 "with underscores, e.g. retain_weight.")
         data[key] = _check_type(key, value, path)
     return data
+
+
+def _toml_reader():
+    # Python 3.11's tomllib; the webuis' Python 3.10 (A1111, Forge's one-click package) has only the tomli package,
+    # if that: the rest of rgd runs on 3.10, so only --config needs it.
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            raise RGDInputError("reading a --config file needs Python 3.11 or the tomli package (pip install "
+                                "tomli).") from None
+    return tomllib
 
 
 def _check_type(key: str, value, path: Path):

@@ -353,6 +353,10 @@ def _tokenizer(folder: Path, name: str):
 
     if not any((folder / name / file).is_file() for file in ("vocab.json", "tokenizer.json")):
         raise RGDInputError(f"{folder / name} has no vocab.json or tokenizer.json; the config folder is incomplete.")
+    if not (folder / name / "vocab.json").is_file():
+        # A folder saved by transformers 5 holds only tokenizer.json, which transformers 4's slow CLIPTokenizer
+        # cannot read; the fast one can (on 5 the two names are one class).
+        from transformers import CLIPTokenizerFast as CLIPTokenizer  # noqa: N814
     try:
         return CLIPTokenizer.from_pretrained(str(folder / name), local_files_only=True)
     except (OSError, ValueError, TypeError) as error:
@@ -433,7 +437,10 @@ def _convert_to_diffusers(name: str, model, checkpoint: dict, family: str) -> di
 
 
 def _compare(name: str, model, converted: dict, config_folder) -> None:
-    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    # transformers < 4.31 (A1111 1.10 pins 4.30.2) keeps CLIP's position_ids, a fixed 0..n-1, in the state dict;
+    # it is no weight and OpenCLIP files never carry it.
+    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()
+                if not key.endswith(".position_ids")}
     missing = [key for key in expected if converted.get(key) is None]  # the converters store None for gaps
     if len(missing) == len(expected):
         raise RGDInputError(f"The checkpoint has no {name} weights for the {config_folder} configuration.")
@@ -511,6 +518,17 @@ def load_pipeline_components(
     return _load_single_file(path, Path(config_folder), family, prediction_type, allow_pickle)
 
 
+def _reset_position_ids(text_encoder) -> None:
+    """CLIP's position ids are always 0..n-1. transformers < 4.31 loads them from the file, where fp16 checkpoints
+    often hold them as floats (an embedding index must be an integer) or slightly off: rebuild them."""
+    import torch
+
+    embeddings = getattr(getattr(text_encoder, "text_model", text_encoder), "embeddings", None)
+    ids = getattr(embeddings, "position_ids", None)
+    if ids is not None:
+        embeddings.position_ids = torch.arange(ids.shape[-1], device=ids.device).expand((1, -1))
+
+
 def _load_single_file(path, config_folder, family, prediction_type, allow_pickle) -> PipelineComponents:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
@@ -541,6 +559,7 @@ def _load_single_file(path, config_folder, family, prediction_type, allow_pickle
     for name in TEXT_ENCODERS[found]:
         text_class = _text_encoder_class(index, name)
         parts[name] = create_diffusers_clip_model_from_ldm(text_class, checkpoint=state, subfolder=name, **common)
+        _reset_position_ids(parts[name])
     del state
     for name in ("tokenizer", "tokenizer_2") if found == "sdxl" else ("tokenizer",):
         parts[name] = _tokenizer(config_folder, name)
