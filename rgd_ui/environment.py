@@ -1,8 +1,9 @@
 """Can this Python run the tab? The packages unlearning imports, against rgd's own declared floors.
 
 The floors are read from rgd's metadata (``pyproject.toml`` in a checkout, the installed distribution otherwise),
-so they are written down once. ``install.py`` installs what is missing; what is present but too old is reported,
-never upgraded, because a UI pins its packages (A1111 1.10 pins transformers 4.30.2).
+so they are written down once; the tab accepts one lower version, A1111 1.10's transformers pin (``TAB_FLOORS``).
+``install.py`` installs what is missing, at the lowest set CI tests (``constraints/lowest.txt``); what is present
+but too old is reported, never upgraded, because a UI pins its packages.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # What ``rgd_core.apps.unlearn`` imports on the way to a trained LoRA or checkpoint (evaluation's nudenet,
 # scikit-learn and scipy are not needed by the tab). torch is the UI's own and never installed by rgd.
 TAB_PACKAGES = ("torch", "numpy", "safetensors", "transformers", "diffusers", "pillow", "tqdm", "matplotlib")
+# Below rgd's floor for the tab only: A1111 1.10 pins transformers 4.30.2 (and has no diffusers). Measured in a venv
+# of A1111 1.10's pins plus diffusers 0.31.0: the load, unlearn, LoRA and export tests pass (80 of 80) and a tiny
+# `rgd unlearn --scope lora` writes its checkpoint and LoRA; CI tests 4.46.1, not this.
+TAB_FLOORS = {"transformers": "4.30.2"}
+LOWEST = ROOT / "constraints" / "lowest.txt"
 _REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:>=\s*([0-9][^,;\s]*))?")
 
 
@@ -51,17 +57,33 @@ def installed_version(package: str) -> str | None:
         return None
 
 
+def tab_floors() -> dict[str, str]:
+    return {**declared_floors(), **TAB_FLOORS}
+
+
+def lowest_tested() -> dict[str, str]:
+    """Package -> the version of CI's lowest supported set (empty outside a checkout)."""
+    pins = {}
+    if LOWEST.is_file():
+        for line in LOWEST.read_text(encoding="utf-8").splitlines():
+            name, _, version = line.split("#")[0].strip().partition("==")
+            if version:
+                pins[name.lower()] = version
+    return pins
+
+
 def missing_packages() -> list[str]:
-    """Tab packages not installed at all, as pip requirements at rgd's floor (``"diffusers>=0.31"``)."""
-    floors = declared_floors()
-    return [f"{name}>={floors.get(name, '0')}" for name in TAB_PACKAGES
-            if name != "torch" and installed_version(name) is None]
+    """Tab packages not installed at all, as pip requirements: the lowest tested version (``"diffusers==0.31.0"``),
+    else rgd's floor."""
+    floors, tested = tab_floors(), lowest_tested()
+    return [f"{name}=={tested[name]}" if name in tested else f"{name}>={floors.get(name, '0')}"
+            for name in TAB_PACKAGES if name != "torch" and installed_version(name) is None]
 
 
 def unmet_requirements() -> list[str]:
     """One phrase per tab package that is missing or older than rgd's floor, e.g. "transformers 4.30.2 (rgd needs
     >= 4.46.1)"; empty when the tab can run."""
-    floors = declared_floors()
+    floors = tab_floors()
     unmet = []
     for name in TAB_PACKAGES:
         have = installed_version(name)

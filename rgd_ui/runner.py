@@ -46,6 +46,8 @@ class RunMonitor:
 
     steps: int = 0
     phase: str = ""
+    sampled: int = 0  # prompts of the data phase sampled so far, of to_sample
+    to_sample: int = 0
     records: list = field(default_factory=list)
     previews: dict = field(default_factory=dict)  # step -> {"forget", "retain", "prompts"}
     log_lines: list = field(default_factory=list)
@@ -62,6 +64,10 @@ class RunMonitor:
 
     def enter_phase(self, name: str) -> None:
         self.phase = name
+        self._changed()
+
+    def add_sampled(self, done: int, total: int) -> None:
+        self.sampled, self.to_sample = done, total
         self._changed()
 
     def add_record(self, record: dict) -> None:
@@ -83,6 +89,8 @@ class RunMonitor:
     def status(self) -> str:
         """One line: the phase, the step and the latest losses."""
         title = PHASE_TITLES.get(self.phase, "Starting")
+        if self.phase == "data" and self.to_sample:
+            return f"{title}: {self.sampled}/{self.to_sample} prompts"
         if self.phase != "train" or not self.records:
             return f"{title}…"
         last = self.records[-1]
@@ -180,10 +188,13 @@ def run_tab(form: TabForm, host: UiHost, monitor: RunMonitor) -> Outcome:
         with freed:
             report = run_unlearn(settings, log=monitor.log, should_stop=host.should_stop, on_phase=on_phase,
                                  callbacks=[monitor.add_record], preview_every=int(form.preview_every or 0),
-                                 on_preview=monitor.add_preview)
+                                 on_preview=monitor.add_preview, on_sampled=monitor.add_sampled)
     except RGDInputError as error:
         return Outcome(False, f"rgd: {error}")
     except UnlearningCancelled:
+        if monitor.phase == "data":
+            return Outcome(False, f"Interrupted while sampling the training data ({monitor.sampled} of "
+                                  f"{monitor.to_sample} prompts); nothing was written.")
         return Outcome(False, f"Interrupted after {monitor.step} of {monitor.steps} steps; no checkpoint or LoRA was written. Tick "
                               "Resume and run again to go on from there, or Overwrite to start over.")
     except (RGDError, NonFiniteError) as error:

@@ -84,7 +84,9 @@ class WebuiHost:
         phase = PHASES.index(monitor.phase) if monitor.phase in PHASES else 0
         while state.job_no < phase:
             state.nextjob()
-        if monitor.phase == "train":
+        if monitor.phase == "data":
+            state.sampling_steps, state.sampling_step = monitor.to_sample, monitor.sampled
+        elif monitor.phase == "train":
             state.sampling_steps, state.sampling_step = monitor.steps, monitor.step
         state.textinfo = monitor.status()
         now = time.monotonic()

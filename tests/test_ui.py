@@ -103,6 +103,7 @@ def test_a_tab_run_saves_into_the_hosts_folders_with_progress_and_previews(host,
     # progress went through every phase in order, one record per step
     assert [phase for phase in PHASES if phase in {p for p, _ in shown}] == list(PHASES)
     assert [r["step"] for r in monitor.records] == [0, 1, 2] and ("train", 3) in shown
+    assert (monitor.sampled, monitor.to_sample) == (8, 8)  # 4 forget + 4 retain prompts sampled, then training
     # previews: the base model before training, every 2 steps, and after the last; their cost is their own phase
     assert sorted(monitor.previews) == [0, 2, 3]
     assert monitor.previews[0]["forget"].shape == monitor.previews[3]["retain"].shape
@@ -129,6 +130,15 @@ def test_interrupt_writes_no_model_and_resume_finishes_the_run(host, sd1_files):
     outcome = run_tab(tiny_form(sd1_files, steps=3, resume=True), host, monitor)
     assert outcome.ok, outcome.message
     assert [r["step"] for r in monitor.records] == [1, 2]
+
+
+def test_interrupt_while_sampling_stops_before_training_and_writes_nothing(host, sd1_files):
+    monitor = RunMonitor()
+    host.should_stop = lambda: monitor.sampled > 0
+    outcome = run_tab(tiny_form(sd1_files), host, monitor)
+    assert outcome.message.startswith("Interrupted while sampling the training data (4 of 8 prompts)")
+    assert monitor.records == [] and not list(host.state_folder.glob("*"))  # no resume state: nothing to resume
+    assert not host.lora_folder.exists() and not list(host.cache_dir.rglob("*.safetensors"))  # nor cached data
 
 
 # --- the A1111 / Forge host, against stand-ins for the UI's modules ----------------------------------------------
@@ -231,12 +241,14 @@ def test_environment_reads_rgds_floors_and_names_what_is_unmet(monkeypatch):
     floors = environment.declared_floors()
     assert floors["transformers"] == "4.46.1" and floors["diffusers"] == "0.31"
     assert environment.unmet_requirements() == []
-    versions = {"transformers": "4.30.2", "diffusers": None}
+    versions = {"transformers": "4.29.0", "diffusers": None}
     monkeypatch.setattr(environment, "installed_version",
                         lambda name: versions[name] if name in versions else "99")
-    assert environment.unmet_requirements() == ["transformers 4.30.2 (rgd needs >= 4.46.1)",
+    assert environment.unmet_requirements() == ["transformers 4.29.0 (rgd needs >= 4.30.2)",
                                                 "diffusers is not installed (rgd needs >= 0.31)"]
-    assert environment.missing_packages() == ["diffusers>=0.31"]
+    assert environment.missing_packages() == ["diffusers==0.31.0"]  # the lowest set CI tests
+    versions["transformers"] = "4.30.2"  # A1111 1.10's pin: the tab runs on it
+    assert environment.unmet_requirements() == ["diffusers is not installed (rgd needs >= 0.31)"]
     assert environment.version_tuple("2.13.0+cpu") == (2, 13, 0)
 
 

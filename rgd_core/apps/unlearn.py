@@ -523,13 +523,15 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
                 on_phase: Callable[[str], None] = lambda phase: None,
                 callbacks: Sequence[Callable[[dict], None]] = (),
                 preview_every: int = 0,
-                on_preview: Callable[[int, dict], None] | None = None) -> dict:
+                on_preview: Callable[[int, dict], None] | None = None,
+                on_sampled: Callable[[int, int], None] | None = None) -> dict:
     """Unlearn ``settings["concept"]`` from the checkpoint and write the edited checkpoint and its JSON report.
 
     Everything that can be checked without the model is checked first, so bad settings fail in a second.
     ``on_phase`` hears "load", "data", "train" and "write" as the run enters each; ``should_stop()`` is asked
     before every training step, and when it turns true the run saves its resumable state and raises
-    ``UnlearningCancelled`` with how to resume. ``callbacks`` hear every step's record (losses, cosine, conflict).
+    ``UnlearningCancelled`` with how to resume; while the data are sampled it is asked after every batch (nothing
+    is written then). ``on_sampled(done, total)`` follows the sampling, in prompts. ``callbacks`` hear every step's record (losses, cosine, conflict).
     With ``preview_every`` N > 0, ``on_preview(step, images)`` receives same-noise samples of the first forget and
     retain prompt (``images["forget"]``, ``images["retain"]``: (H, W, 3) uint8) before training (step 0), every N
     steps and after the last; their time and UNet evaluations are the report's "preview" phase, not "training".
@@ -560,7 +562,8 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     phases: dict = {}
     with phase(phases, "data", components.unet):  # zero evaluations when the data come from the cache
         data = build_paired_data(components, train, None, sampler, settings["seed"], _data_cache(settings),
-                                 forget_images=forget_images, retain_images=retain_images)
+                                 forget_images=forget_images, retain_images=retain_images,
+                                 on_sampled=_sampling_watch(should_stop, on_sampled))
     log(f"data: {phases['data']['seconds']:.1f} s, {phases['data']['evaluations']} UNet evaluations")
     previews = _Previews(components, train, sampler, settings["seed"], preview_every, on_preview, phases)
     previews.take(0, components.unet)
@@ -660,6 +663,19 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
                 path.unlink(missing_ok=True)
         raise
     return report
+
+
+def _sampling_watch(should_stop, on_sampled):
+    """The data phase's per-batch hook: report progress, and stop (nothing written yet) when asked to."""
+
+    def watch(done: int, total: int) -> None:
+        if on_sampled is not None:
+            on_sampled(done, total)
+        if should_stop is not None and done < total and should_stop():
+            raise UnlearningCancelled(f"stopped while sampling the training data ({done} of {total} prompts); "
+                                      "nothing was written")
+
+    return watch
 
 
 class _Previews:
