@@ -21,7 +21,7 @@ from rgd_core.hosts.denoiser import alphas_cumprod_from_sigmas, predict_from_den
 from rgd_core.edits.deltas import EditSet, kohya_tensors, make_edit
 from rgd_core.errors import RGDInputError, UnlearningCancelled
 from rgd_core.hosts.base import RecipeSettings, Trainee, add_phases, run_unlearning
-from rgd_core.method.paired_data import PairedData, prompt_seed
+from rgd_core.method.paired_data import PairedData, prompt_seed, rows_mask, scatter_rows
 from rgd_core.method.unlearner import UnlearnConfig
 
 COMFY_UNET_PREFIX = "diffusion_model."
@@ -115,17 +115,18 @@ def latent_shape(model, settings: SamplerSettings) -> tuple[int, int, int]:
 
 
 def sample_latents(model, entries: list[list], negative: list, seed: int, settings: SamplerSettings,
-                   on_prompt: Callable[[], None] = lambda: None) -> Tensor:
+                   on_prompt: Callable[[], None] = lambda: None, seed_indices: Sequence[int] | None = None) -> Tensor:
     """x0 latents (as the model sees them) that the model itself samples for each prompt, with CFG against
     ``negative`` (the empty prompt's entry). Prompt i starts from noise seeded by ``prompt_seed(seed, i)`` (as the
-    headless backend), so any subset or batching gives the same latents."""
+    headless backend), so any subset or batching gives the same latents; ``seed_indices[i]`` replaces i when the
+    entries are rows of a longer list."""
     import comfy.sample
 
     shape = latent_shape(model, settings)
     out = []
     for group in _groups(entries, settings.batch_size):
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(prompt_seed(seed, i)))
-                             for i in group])
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
+            prompt_seed(seed, i if seed_indices is None else seed_indices[i]))) for i in group])
         empty = torch.zeros_like(noise)
         samples = comfy.sample.sample(
             model, noise, settings.steps, settings.cfg, settings.sampler_name, settings.scheduler,
@@ -171,20 +172,24 @@ def model_conds(model, entries: list[list], shape: tuple[int, int, int]) -> dict
 
 
 def build_data(model, clip, forget: Sequence[str], retain: Sequence[str], seed: int, settings: SamplerSettings,
-               on_prompt: Callable[[], None] = lambda: None) -> PairedData:
-    """D_f and D_r made by the loaded model, with their conditioning, as ordinary (non-inference) CPU tensors."""
+               on_prompt: Callable[[], None] = lambda: None, rows: Sequence[int] | None = None) -> PairedData:
+    """D_f and D_r made by the loaded model, with their conditioning, as ordinary (non-inference) CPU tensors;
+    with ``rows``, only those pairs (the ones training draws), the others left zero and marked unsampled."""
     shape = latent_shape(model, settings)
     negative = encode(clip, [""])[0]
     sides = []
     for prompts in (forget, retain):
-        entries = encode(clip, prompts)
+        chosen = list(prompts) if rows is None else [prompts[i] for i in rows]
+        entries = encode(clip, chosen)
         with torch.no_grad():
-            latents = sample_latents(model, entries, negative, seed, settings, on_prompt)
-        sides.append((latents, model_conds(model, entries, shape)))
+            latents = sample_latents(model, entries, negative, seed, settings, on_prompt, seed_indices=rows)
+        cond = model_conds(model, entries, shape)
+        sides.append((scatter_rows(latents, rows, len(prompts)),
+                      {k: scatter_rows(v, rows, len(prompts)) for k, v in cond.items()}))
     with torch.inference_mode(False):
         # ComfyUI runs a prompt under inference_mode; autograd cannot save inference tensors for backward
         (fl, fc), (rl, rc) = [(latents.clone(), {k: v.clone() for k, v in cond.items()}) for latents, cond in sides]
-    return PairedData(fl, rl, fc, rc)
+    return PairedData(fl, rl, fc, rc, sampled=rows_mask(rows, len(forget)))
 
 
 # --- training on the loaded model -----------------------------------------------------------------------------
@@ -276,8 +281,10 @@ class ComfyHost:
         self.evaluated_module = getattr(model.model, "diffusion_model", None)
         self.patcher = None  # the wrapped clone while training (previews sample with it)
 
-    def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int) -> PairedData:
-        return build_data(self.model, self.clip, forget_prompts, retain_prompts, seed, self.settings, self.on_prompt)
+    def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int,
+                    rows: Sequence[int] | None = None) -> PairedData:
+        return build_data(self.model, self.clip, forget_prompts, retain_prompts, seed, self.settings, self.on_prompt,
+                          rows)
 
     @contextlib.contextmanager
     def training(self, scope: str, lora_rank: int = 4, lora_alpha: float | None = None, seed: int = 0):

@@ -16,7 +16,7 @@ from comfy_api.latest import io
 
 from rgd_core.edits.scopes import SCOPES, check_scope
 from rgd_core.errors import RGDInputError
-from rgd_core.hosts.base import RecipeSettings, run_metadata
+from rgd_core.hosts.base import RecipeSettings, run_metadata, training_rows
 from rgd_core.method.unlearner import UnlearnConfig
 
 from .common import CATEGORY, PromptSetType
@@ -132,14 +132,16 @@ class RGDUnlearn(io.ComfyNode):
         forget, retain = [f for f, _ in chosen], [r for _, r in chosen]
         settings = glue.SamplerSettings(sample_steps, cfg, sampler_name, scheduler, width, height,
                                         batch_size=min(batch_size, 8))
-        report = Report(cls.hidden.unique_id if cls.hidden else None, steps, 2 * len(chosen))
+        recipe = RecipeSettings(config, scope, batch_size, lora_rank, data_seed=config.seed)
+        drawn = training_rows(recipe, len(chosen), len(chosen))  # the pairs the run samples
+        report = Report(cls.hidden.unique_id if cls.hidden else None, steps, 2 * len(drawn))
         phases: dict = {}
         edit, records = glue.unlearn(model, clip, forget, retain, config, scope, batch_size, lora_rank, settings,
                                      on_prompt=report.prompt_done, on_step=report.step_done, vae=vae,
                                      preview_every=preview_every, on_preview=report.preview, phases=phases)
         report.done(phases)
         metadata = run_metadata(prompt_set.concept, prompt_set.preset, prompt_set.digest(), forget, retain,
-                                RecipeSettings(config, scope, batch_size, lora_rank, data_seed=config.seed),
+                                recipe,
                                 asdict(settings), records, "comfyui")
         lora = glue.edit_to_lora(model, edit, metadata)
         edited = glue.apply_lora(model, lora)

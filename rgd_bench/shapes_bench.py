@@ -34,7 +34,7 @@ from rgd_bench.worlds.shapes_prompts import concept_attribute, shape_prompt_sets
 from rgd_core.baselines.esd import ESDConfig, run_esd
 from rgd_core.errors import RGDInputError
 from rgd_core.evaluate.plots import loss_curves, sample_grid
-from rgd_core.hosts.base import phase
+from rgd_core.hosts.base import RecipeSettings, phase, training_rows
 from rgd_core.hosts.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
 from rgd_core.method.unlearner import UnlearnConfig
 from rgd_core.progress import progress_bar
@@ -57,8 +57,11 @@ class ShapesBenchConfig:
     scope: str = "full"
     train_pairs: int = 256
     test_prompts: int = 64
-    sample_steps: int = 25
+    sample_steps: int = 25  # sampler steps of the evaluation and, unless data_steps says otherwise, of the data
     guidance: float = 4.0
+    data_sampler: str = "ddim"  # how the model samples its own training data (SAMPLERS of the diffusers host)
+    data_steps: int | None = None  # that sampler's steps (None: sample_steps)
+    lazy_data: bool = True  # sample only the pairs training draws (False: every training pair, as rgd once did)
     esd_negative_guidance: float = 1.0
     seed: int = 0
 
@@ -175,11 +178,15 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
     unlearn_config = UnlearnConfig(method=rule, steps=config.steps, retain_weight=config.retain_weight, lr=config.lr,
                                    truncation=config.truncation, truncation_threshold=config.truncation_threshold,
                                    seed=config.seed)
-    sampler = SamplerSettings(steps=config.sample_steps, guidance_scale=config.guidance, batch_size=64)
+    sampler = SamplerSettings(steps=config.data_steps or config.sample_steps, guidance_scale=config.guidance,
+                              batch_size=64, scheduler=config.data_sampler)
     sampled = {} if sampled is None else sampled
     if narrow not in sampled:
+        recipe = RecipeSettings(unlearn_config, config.scope, config.batch_size, data_seed=config.seed)
         with phase(phases, "data", components.unet):
-            sampled[narrow] = build_paired_data(components, train, None, sampler, config.seed, cache_dir)
+            sampled[narrow] = build_paired_data(components, train, None, sampler, config.seed, cache_dir,
+                                                rows=training_rows(recipe, len(train), len(train))
+                                                if config.lazy_data else None)
     return unlearn_sd(components, train, config=unlearn_config, scope=config.scope, batch_size=config.batch_size,
                       data=sampled[narrow], callbacks=callbacks, phases=phases)
 

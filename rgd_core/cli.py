@@ -23,6 +23,7 @@ from rgd_core.apps import evaluation, unlearn
 from rgd_core.edits.scopes import SCOPES
 from rgd_core.errors import NonFiniteError, RGDError, RGDInputError, UnlearningCancelled
 from rgd_core.files import atomic_write_bytes
+from rgd_core.hosts.diffusers_sd import SAMPLERS
 from rgd_core.preflight import check_not_existing, check_numbers, check_output_folder
 
 EXIT_INPUT, EXIT_FAILURE, EXIT_INTERRUPT = 2, 1, 130
@@ -149,6 +150,9 @@ def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
         f"{d.test_prompts})")
     add("--sample-steps", type=int, default=d.sample_steps, help=f"DDIM steps, data and evaluation (default "
         f"{d.sample_steps})")
+    add("--data-sampler", choices=sorted(SAMPLERS), default=d.data_sampler,
+        help=f"sampler of the self-sampled training data (default {d.data_sampler})")
+    add("--data-steps", type=int, default=None, help="that sampler's steps (default: --sample-steps)")
     add("--seed", type=int, default=d.seed, help=f"seed for prompts, data, training and samples (default {d.seed})")
     add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     add("--out", default="rgd_outputs", help="folder for the grid and loss-curve figures (default rgd_outputs)")
@@ -165,13 +169,14 @@ def cmd_bench_shapes(args) -> None:
     check_numbers(vars(args), {"steps": (1, None), "lr": (None, 0.0), "retain_weight": (0.0, None),
                                "truncation_threshold": (None, 0.0), "batch_size": (1, None), "train_pairs": (1, None),
                                "test_prompts": (1, None), "sample_steps": (1, None), "seed": (0, None),
-                               "threads": (1, None)})
+                               "threads": (1, None), "data_steps": (1, None)})
     config = ShapesBenchConfig(
         concepts=tuple(c.strip() for c in args.concepts.split(",") if c.strip()),
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,
         retain_weight=args.retain_weight, truncation=args.truncation,
         truncation_threshold=args.truncation_threshold, batch_size=args.batch_size, scope=args.scope,
         train_pairs=args.train_pairs, test_prompts=args.test_prompts, sample_steps=args.sample_steps, seed=args.seed,
+        data_sampler=args.data_sampler, data_steps=args.data_steps,
     )
     _check_outputs(args, [f"shapes_{concept}_{kind}.png" for concept in config.concepts
                           for kind in ("grid", "losses")])
@@ -338,6 +343,8 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--train-prompts", type=int, help=f"forget/retain prompt pairs to sample (default {d['train_prompts']})")
     add("--sample-steps", type=int, help=f"DDIM steps when sampling the training data (default {d['sample_steps']})")
     add("--guidance", type=float, help=f"classifier-free guidance when sampling the data (default {d['guidance']})")
+    add("--sampler", choices=sorted(SAMPLERS), help=f"sampler of the data (default {d['sampler']}; dpm++2m needs "
+        "fewer --sample-steps for the same quality)")
     add("--seed", type=int, help=f"seed for prompts, data and training (default {d['seed']})")
     add("--forget-images", metavar="DIR", help="train on your own images of the concept instead of samples: "
         "a folder of .png/.jpg/.webp files, each captioned by a .txt of the same name (else a forget prompt); "

@@ -10,6 +10,7 @@ from typing import Callable
 
 from rgd_core.apps.unlearn import METHODS
 from rgd_core.edits.scopes import SCOPES
+from rgd_core.hosts.diffusers_sd import SAMPLERS
 
 from rgd_ui.form import FAMILY_CHOICES, FORM_FIELDS, PROMPT_PRESET_CHOICES, TabForm, form_from_values, pair_preview
 
@@ -66,9 +67,9 @@ def build_blocks(host, run: Callable, interrupt: Callable[[], None], webui: bool
                 with gr.Accordion("Self-sampled data: the model draws its own forget and retain images", open=False):
                     with gr.Row():
                         c["train_prompts"] = gr.Number(value=d.train_prompts, label="Prompt pairs", precision=0)
-                        c["sample_steps"] = gr.Number(value=d.sample_steps, label="Sampling steps (DDIM)",
-                                                      precision=0)
+                        c["sample_steps"] = gr.Number(value=d.sample_steps, label="Sampling steps", precision=0)
                         c["guidance"] = gr.Number(value=d.guidance, label="CFG scale")
+                        c["sampler"] = gr.Dropdown(choices=list(SAMPLERS), value=d.sampler, label="Sampler")
                 with gr.Accordion("Model family and config", open=False):
                     with gr.Row():
                         c["family"] = gr.Dropdown(choices=list(FAMILY_CHOICES), value=d.family,

@@ -49,6 +49,7 @@ class TabForm:
     train_prompts: int = DEFAULTS["train_prompts"]
     sample_steps: int = DEFAULTS["sample_steps"]
     guidance: float = DEFAULTS["guidance"]
+    sampler: str = DEFAULTS["sampler"]
     name: str = ""
     save_checkpoint: bool = True
     save_lora: bool = True
@@ -97,7 +98,7 @@ def settings_for(form: TabForm, places: Places) -> dict:
     checkpoint = places.checkpoint_path(form.checkpoint)
     settings = {key: getattr(form, key) for key in (
         "concept", "method", "scope", "steps", "retain_weight", "truncation_threshold", "lr", "batch_size", "seed",
-        "lora_rank", "train_prompts", "sample_steps", "guidance", "overwrite", "resume", "save_lora")}
+        "lora_rank", "train_prompts", "sample_steps", "guidance", "sampler", "overwrite", "resume", "save_lora")}
     settings.update(
         checkpoint=str(checkpoint),
         concept=form.concept.strip(),

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from rgd_core import cli
+from rgd_core.method.paired_data import drawn_pairs
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
@@ -17,8 +18,10 @@ def test_rgd_unlearn_json_reports_each_phase_and_the_counts_add_up(sd1_files, tm
     cli.main(args + ["--out", str(tmp_path / "first")])
     phases = json.loads(capsys.readouterr().out)["phases"]
     assert set(phases) == {"data", "training"}
-    # 4 forget + 4 retain prompts, 2 sampler steps each, classifier-free guidance doubles every batch
-    assert phases["data"]["evaluations"] == 2 * 4 * 2 * 2
+    # of 4 pairs, the 3 that 3 steps of 2 draw are sampled, forget and retain, 2 sampler steps each, classifier-free
+    # guidance doubling every batch
+    assert len(drawn_pairs(0, 3, 4, 2)) == 3
+    assert phases["data"]["evaluations"] == 2 * 3 * 2 * 2
     # each step: the forget batch and the retain batch, 2 pairs each
     assert phases["training"]["evaluations"] == 3 * 2 * 2
     assert all(values["seconds"] > 0 for values in phases.values())

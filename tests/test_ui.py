@@ -103,7 +103,7 @@ def test_a_tab_run_saves_into_the_hosts_folders_with_progress_and_previews(host,
     # progress went through every phase in order, one record per step
     assert [phase for phase in PHASES if phase in {p for p, _ in shown}] == list(PHASES)
     assert [r["step"] for r in monitor.records] == [0, 1, 2] and ("train", 3) in shown
-    assert (monitor.sampled, monitor.to_sample) == (8, 8)  # 4 forget + 4 retain prompts sampled, then training
+    assert (monitor.sampled, monitor.to_sample) == (6, 6)  # the 3 pairs that 3 steps of 2 draw, both sides
     # previews: the base model before training, every 2 steps, and after the last; their cost is their own phase
     assert sorted(monitor.previews) == [0, 2, 3]
     assert monitor.previews[0]["forget"].shape == monitor.previews[3]["retain"].shape
@@ -136,7 +136,7 @@ def test_interrupt_while_sampling_stops_before_training_and_writes_nothing(host,
     monitor = RunMonitor()
     host.should_stop = lambda: monitor.sampled > 0
     outcome = run_tab(tiny_form(sd1_files), host, monitor)
-    assert outcome.message.startswith("Interrupted while sampling the training data (4 of 8 prompts)")
+    assert outcome.message.startswith("Interrupted while sampling the training data (2 of 4 prompts)")
     assert monitor.records == [] and not list(host.state_folder.glob("*"))  # no resume state: nothing to resume
     assert not host.lora_folder.exists() and not list(host.cache_dir.rglob("*.safetensors"))  # nor cached data
 

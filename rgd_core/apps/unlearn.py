@@ -60,9 +60,10 @@ from rgd_core.edits.lora import lora_modules, merge_lora, save_kohya_lora
 from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
 from rgd_core.errors import RGDInputError, UnlearningCancelled
 from rgd_core.files import atomic_write_bytes
-from rgd_core.hosts.base import RecipeSettings, add_phases, phase, run_metadata
+from rgd_core.hosts.base import RecipeSettings, add_phases, phase, run_metadata, training_rows
 from rgd_core.hosts.diffusers_sd import (
     PAPER_NUDITY_SD14,
+    SAMPLERS,
     SamplerSettings,
     build_paired_data,
     generate_images,
@@ -134,6 +135,7 @@ class UnlearnSettings:
     train_prompts: int = 800
     sample_steps: int = 50
     guidance: float = 7.5
+    sampler: str = "ddim"
     seed: int = 0
     cache_dir: str | None = None
     name: str | None = None
@@ -257,7 +259,7 @@ def _check_settings(settings: dict) -> None:
         if not settings[key] or not str(settings[key]).strip():
             raise RGDInputError(f"{option_flag(key)} is required (on the command line or in the --config file).")
     choices = {"method": METHODS, "truncation": TRUNCATIONS, "family": CLI_FAMILIES,
-               "prompt_preset": PROMPT_PRESETS, "format": MODEL_FORMATS, "scope": SCOPES}
+               "prompt_preset": PROMPT_PRESETS, "format": MODEL_FORMATS, "scope": SCOPES, "sampler": tuple(SAMPLERS)}
     for key, allowed in choices.items():
         if settings[key] is not None and settings[key] not in allowed:
             raise RGDInputError(f"{option_flag(key)} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
@@ -402,7 +404,8 @@ def check_outputs(settings: Mapping, plan: OutputPlan) -> None:
                                 "without --resume.")
         saved = _read_resume_settings(plan.resume_settings)
         for key in sorted(set(DEFAULTS) - set(RESUME_FREE)):
-            if saved.get(key) != _jsonable(settings[key]):
+            # a setting added after the run was interrupted had its default then
+            if saved.get(key, _jsonable(DEFAULTS[key])) != _jsonable(settings[key]):
                 raise RGDInputError(f"--resume: the interrupted run had {option_flag(key)} {saved.get(key)!r}, this one "
                                     f"{settings[key]!r}; resume with the same settings (only --steps may grow).")
     elif plan.resume_state.exists() and not settings["overwrite"]:
@@ -545,7 +548,8 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     if not checkpoint.is_file():
         raise RGDInputError(f"--checkpoint {checkpoint} does not exist.")
     config = _unlearn_config(settings)
-    sampler = SamplerSettings(steps=settings["sample_steps"], guidance_scale=settings["guidance"])
+    sampler = SamplerSettings(steps=settings["sample_steps"], guidance_scale=settings["guidance"],
+                              scheduler=settings["sampler"])
     plan = output_plan(settings)
     check_outputs(settings, plan)
     forget_images, retain_images = user_images(settings)
@@ -557,13 +561,18 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     log(f"loading {checkpoint.name}")
     components, folder = load_components(settings["checkpoint"], settings["family"], settings["config_folder"],
                                          settings["cache_dir"], settings["allow_pickle"])
-    log(f"{components.family} checkpoint; {_data_plan(train, forget_images, retain_images)}, then {config.steps} steps")
+    recipe = RecipeSettings(config, settings["scope"], settings["batch_size"], settings["lora_rank"],
+                            data_seed=settings["seed"])
+    # only the pairs training will draw are sampled (user images are all used as given)
+    rows = training_rows(recipe, len(train), len(train)) if forget_images is None and retain_images is None else None
+    log(f"{components.family} checkpoint; {_data_plan(train, forget_images, retain_images, rows)}, then "
+        f"{config.steps} steps")
     on_phase("data")
     phases: dict = {}
     with phase(phases, "data", components.unet):  # zero evaluations when the data come from the cache
         data = build_paired_data(components, train, None, sampler, settings["seed"], _data_cache(settings),
                                  forget_images=forget_images, retain_images=retain_images,
-                                 on_sampled=_sampling_watch(should_stop, on_sampled))
+                                 on_sampled=_sampling_watch(should_stop, on_sampled), rows=rows)
     log(f"data: {phases['data']['seconds']:.1f} s, {phases['data']['evaluations']} UNet evaluations")
     previews = _Previews(components, train, sampler, settings["seed"], preview_every, on_preview, phases)
     previews.take(0, components.unet)
@@ -736,10 +745,11 @@ def user_images(settings: Mapping) -> tuple[list | None, list | None]:
     return forget, retain
 
 
-def _data_plan(train, forget_images, retain_images) -> str:
+def _data_plan(train, forget_images, retain_images, rows=None) -> str:
     """What the training data will be made of, for the log."""
     if forget_images is None and retain_images is None:
-        return f"sampling {len(train)} prompt pairs"
+        drawn = f" (the {len(rows)} that training draws)" if rows is not None and len(rows) < len(train) else ""
+        return f"sampling {len(rows) if rows is not None else len(train)} of {len(train)} prompt pairs{drawn}"
     count = len(forget_images if forget_images is not None else retain_images)
     sides = [f"{count} {side} images" if images is not None else f"{count} sampled {side} examples"
              for side, images in (("forget", forget_images), ("retain", retain_images))]

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from rgd_core.edits.lora import lora_rank_alpha
 from rgd_core.edits.scopes import LORA_SCOPE, check_scope
 from rgd_core.errors import RGDInputError
-from rgd_core.method.paired_data import PairedData, batched_losses
+from rgd_core.method.paired_data import PairedData, batched_losses, drawn_pairs
 from rgd_core.method.unlearner import UnlearnConfig, Unlearner, summarize
 
 # predict(module, x_t, t, cond) -> the model's epsilon or v at DDPM timestep t, with the edit being trained applied
@@ -98,7 +98,10 @@ class Host(Protocol):
     alphas_cumprod: Tensor
     evaluated_module: nn.Module | None
 
-    def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int) -> PairedData:
+    def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int,
+                    rows: Sequence[int] | None = None) -> PairedData:
+        """The paired data; ``rows`` are the pairs training will draw (``drawn_pairs``): sample those, leaving the
+        others unsampled (``PairedData.sampled``), or sample all."""
         ...
 
     def training(self, scope: str, lora_rank: int, lora_alpha: float | None, seed: int) -> ContextManager[Trainee]:
@@ -159,7 +162,8 @@ def run_unlearning(
     phases: dict = {}
     if data is None:
         with phase(phases, "data", host.evaluated_module):
-            data = host.paired_data(forget_prompts, retain_prompts, settings.data_seed)
+            data = host.paired_data(forget_prompts, retain_prompts, settings.data_seed,
+                                    rows=training_rows(settings, len(forget_prompts), len(retain_prompts)))
     config = settings.config
     with host.training(settings.scope, settings.lora_rank, settings.lora_alpha, config.seed) as trainee:
         forget_loss, retain_loss = batched_losses(trainee.predict, data, host.alphas_cumprod, host.prediction_type,
@@ -172,6 +176,14 @@ def run_unlearning(
                 result = unlearner.run(callbacks=callbacks, should_stop=should_stop, checkpoint_path=checkpoint_path,
                                        checkpoint_every=checkpoint_every, resume_from=resume_from)
     return RecipeResult(result.model, result.records, data, phases)
+
+
+def training_rows(settings: RecipeSettings, forget_count: int, retain_count: int) -> list[int] | None:
+    """The pairs a run of ``settings`` will train on, so that a host samples no more (None: all of them; the
+    unpaired ablation draws retain rows on its own)."""
+    if not settings.paired or forget_count != retain_count:
+        return None
+    return drawn_pairs(settings.config.seed, settings.config.steps, forget_count, settings.batch_size)
 
 
 def run_metadata(concept: str, prompt_preset: str, prompt_digest: str, forget_prompts: Sequence[str],

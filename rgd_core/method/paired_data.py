@@ -3,18 +3,19 @@
 ``PairedData`` holds the forget and retain latents with their conditioning, row i of one paired with row i of the
 other (forget prompt i and its concept-free twin i). ``batched_losses`` turns it into the Unlearner's two loss
 callables for any model call, so the diffusers host, the in-graph (ComfyUI) host and any later one draw the same
-batches, noise and t for the same data and seed.
+batches, noise and t for the same data and seed. ``drawn_pairs`` says which pairs a paired run will draw, so that a
+host samples those and no more.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from rgd_core.errors import RGDInputError
+from rgd_core.errors import RGDError, RGDInputError
 from rgd_core.method.losses import denoising_error
 from rgd_core.method.unlearner import step_seed
 
@@ -34,12 +35,17 @@ class PairedData:
     forget_cond: dict[str, Tensor]
     retain_cond: dict[str, Tensor]
     key: str = ""
+    # Which rows hold sampled latents (a bool per pair); None: all. A host that sampled only the pairs the run
+    # draws (``drawn_pairs``) leaves the others zero, and drawing one of them is an error, never silent.
+    sampled: Tensor | None = None
 
     def __len__(self) -> int:
         return self.forget_latents.shape[0]
 
     def to_tensors(self) -> dict[str, Tensor]:
         tensors = {"forget/latents": self.forget_latents, "retain/latents": self.retain_latents}
+        if self.sampled is not None:
+            tensors["sampled"] = self.sampled.to(torch.uint8)
         for side, cond in (("forget", self.forget_cond), ("retain", self.retain_cond)):
             tensors.update({f"{side}/cond/{key}": value for key, value in cond.items()})
         return {key: value.contiguous() for key, value in tensors.items()}
@@ -50,7 +56,38 @@ class PairedData:
             prefix = f"{side}/cond/"
             return {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
 
-        return cls(tensors["forget/latents"], tensors["retain/latents"], cond("forget"), cond("retain"), key)
+        sampled = tensors["sampled"].bool() if "sampled" in tensors else None
+        return cls(tensors["forget/latents"], tensors["retain/latents"], cond("forget"), cond("retain"), key, sampled)
+
+
+def drawn_pairs(seed: int, steps: int, count: int, batch_size: int) -> list[int]:
+    """The pair indices (sorted) that a paired run of ``steps`` steps draws from ``count`` pairs: the same draws as
+    ``batched_losses`` makes on the Unlearner's step generators. A host samples these and no more: at 100 steps of
+    8 from 800 pairs, 503 of them."""
+    drawn: set[int] = set()
+    for step in range(steps):
+        drawn.update(batch_indices(torch.Generator().manual_seed(step_seed(seed, step)), count, batch_size).tolist())
+        if len(drawn) == count:
+            break
+    return sorted(drawn)
+
+
+def rows_mask(rows: Sequence[int] | None, count: int) -> Tensor | None:
+    """The ``PairedData.sampled`` mask for ``rows`` of ``count`` pairs (None: every row)."""
+    if rows is None:
+        return None
+    mask = torch.zeros(count, dtype=torch.bool)
+    mask[list(rows)] = True
+    return mask
+
+
+def scatter_rows(latents: Tensor, rows: Sequence[int] | None, count: int) -> Tensor:
+    """``latents`` sampled for ``rows`` placed in a tensor of all ``count`` pairs, zeros elsewhere."""
+    if rows is None:
+        return latents
+    full = latents.new_zeros((count, *latents.shape[1:]))
+    full[list(rows)] = latents
+    return full
 
 
 def batch_indices(generator: torch.Generator, count: int, batch_size: int) -> Tensor:
@@ -92,6 +129,10 @@ def batched_losses(
             else:
                 salted = torch.Generator().manual_seed((generator.initial_seed() + salt) % 2**63)
                 index = batch_indices(salted, latents.shape[0], batch_size)
+            if data.sampled is not None and not bool(data.sampled[index].all()):
+                missing = index[~data.sampled[index]].tolist()
+                raise RGDError(f"pairs {missing[:5]} were drawn but never sampled; the data were sampled for "
+                               "another number of steps or batch size.")
             x0 = place(model, latents[index])
             batch_cond = {key: value[index] for key, value in cond.items()}
             return denoising_error(

@@ -1,0 +1,140 @@
+"""Time to erase on the shapes model (CPU): the data phase and the training phase of an RGD run, per way of making
+the data, side by side with the quality each reaches.
+
+    .venv/bin/python benchmarks/time_to_erase.py                          # every setting, striped + triangle, 3 seeds
+    .venv/bin/python benchmarks/time_to_erase.py --settings today,fast --seeds 0 --concepts striped   # a quick look
+
+A "setting" changes only how the model samples its own training data (rgd_bench.shapes_bench.ShapesBenchConfig:
+pairs, sampler, sampler steps, whether only the drawn pairs are sampled); training (RGD, 40 steps of 16 + 16 pairs,
+lr 1e-4, full UNet) and the evaluation (DDIM 25 steps, 64 held-out prompts per measure, the bench's classifier) are
+the same for all, so the quality columns compare like with like. Per (concept, seed) the original model is scored
+once; every setting then trains from it. Seconds are wall time of this process (run it on a quiet machine; --threads
+fixes torch's threads); evaluations count samples through the UNet (hosts.base.phase), exact whatever the load.
+
+Prints, per setting: data and training seconds and evaluations, time to erase (data + training) and its speed-up
+over "today", then erasure / in-prompt / retain / collateral as mean ± std over seeds and concepts; with --json PATH
+also every run. Asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, replace
+
+import torch
+
+from rgd_bench.shapes_bench import EvalSet, ShapesBenchConfig, score, unlearn
+from rgd_bench.shapes_classifier import load_classifier
+from rgd_bench.worlds import shapes_model
+
+# What each setting changes in the bench's defaults (256 pairs, DDIM 25 steps at guidance 4, every pair sampled).
+SETTINGS = {
+    "today": dict(lazy_data=False),  # the bench before: every training pair sampled with DDIM 25
+    "drawn": dict(),  # only the pairs training draws (now the default)
+    "dpm++2m-10": dict(data_sampler="dpm++2m", data_steps=10),
+    "fast": dict(data_sampler="dpm++2m", data_steps=8, train_pairs=64),
+    "fast-48": dict(data_sampler="dpm++2m", data_steps=8, train_pairs=48),
+}
+MEASURES = ("erasure", "in_prompt", "retain", "collateral")
+
+
+def run(settings: list[str], concepts: list[str], seeds: list[int], log) -> list[dict]:
+    components = shapes_model.load_model()
+    classifier = load_classifier()
+    rows = []
+    for concept in concepts:
+        for seed in seeds:
+            base = ShapesBenchConfig(concepts=(concept,), methods=("RGD",), seed=seed)
+            eval_set = EvalSet.build(concept, base.test_prompts, seed, classifier)
+            original, _ = score(components, None, eval_set, classifier, base)
+            rows.append({"setting": "original", "concept": concept, "seed": seed, **_measures(original)})
+            for name in settings:
+                config = replace(base, **SETTINGS[name])
+                phases: dict = {}
+                start = time.perf_counter()
+                unet, _ = unlearn(components, "RGD", concept, config, None, phases=phases)
+                wall = time.perf_counter() - start
+                scores, _ = score(components, unet, eval_set, classifier, config)
+                rows.append({"setting": name, "concept": concept, "seed": seed, "wall_seconds": wall,
+                             "phases": phases, "config": asdict(config), **_measures(scores)})
+                log(f"{concept} seed {seed} {name:11s} data {phases['data']['seconds']:6.1f} s "
+                    f"({phases['data']['evaluations']} ev)  training {phases['training']['seconds']:5.1f} s  "
+                    + "  ".join(f"{m} {scores[m]:.3f}" for m in MEASURES))
+    return rows
+
+
+def _measures(scores: dict) -> dict:
+    return {m: scores[m] for m in MEASURES}
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(rows: list[dict], settings: list[str]) -> str:
+    def of(name):
+        return [r for r in rows if r["setting"] == name]
+
+    today = of("today")
+    today_time = statistics.mean(r["phases"]["data"]["seconds"] + r["phases"]["training"]["seconds"]
+                                 for r in today) if today else None
+    header = (f"{'setting':12s} {'data s':>7s} {'data ev':>8s} {'train s':>7s} {'train ev':>8s} {'erase s':>7s} "
+              f"{'speed-up':>8s}  " + "  ".join(f"{m:>13s}" for m in MEASURES))
+    lines = [header, "-" * len(header)]
+    for name in ["original", *settings]:
+        group = of(name)
+        if not group:
+            continue
+        cells = [f"{name:12s}"]
+        if name == "original":
+            cells.append(" " * 59)
+        else:
+            data = [r["phases"]["data"] for r in group]
+            train = [r["phases"]["training"] for r in group]
+            total = statistics.mean(d["seconds"] + t["seconds"] for d, t in zip(data, train))
+            cells.append(f"{statistics.mean(d['seconds'] for d in data):7.1f} "
+                         f"{statistics.mean(d['evaluations'] for d in data):8.0f} "
+                         f"{statistics.mean(t['seconds'] for t in train):7.1f} "
+                         f"{statistics.mean(t['evaluations'] for t in train):8.0f} {total:7.1f} "
+                         + (f"{today_time / total:7.1f}x" if today_time else " " * 8))
+        cells.append("  ".join(f"{_mean_std([r[m] for r in group]):>13s}" for m in MEASURES))
+        lines.append(" ".join(cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, from {', '.join(SETTINGS)}")
+    parser.add_argument("--concepts", default="striped,triangle")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--json", metavar="PATH", help="also write every run as JSON")
+    args = parser.parse_args(argv)
+    settings = [s.strip() for s in args.settings.split(",") if s.strip()]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown setting {unknown[0]!r}; use some of {', '.join(SETTINGS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    start = time.perf_counter()
+    rows = run(settings, concepts, seeds, log=lambda message: print(message, file=sys.stderr, flush=True))
+    print(f"time to erase on the shapes model: {', '.join(concepts)}; seeds {args.seeds}; "
+          f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{time.perf_counter() - start:.0f} s wall")
+    print(table(rows, settings))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump({"settings": {name: SETTINGS[name] for name in settings}, "rows": rows}, out, indent=2)
+
+
+if __name__ == "__main__":
+    main()
