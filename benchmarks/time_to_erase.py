@@ -79,6 +79,15 @@ def _mean_std(values: list[float]) -> str:
 
 
 def table(rows: list[dict], settings: list[str]) -> str:
+    """One block per concept (erasure differs too much between concepts to average them), then all together."""
+    concepts = list(dict.fromkeys(r["concept"] for r in rows))
+    blocks = [f"{concept}:\n" + _block([r for r in rows if r["concept"] == concept], settings) for concept in concepts]
+    if len(concepts) > 1:
+        blocks.append("all concepts:\n" + _block(rows, settings))
+    return "\n\n".join(blocks)
+
+
+def _block(rows: list[dict], settings: list[str]) -> str:
     def of(name):
         return [r for r in rows if r["setting"] == name]
 
@@ -116,7 +125,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", metavar="PATH", help="also write every run as JSON")
+    parser.add_argument("--table-from", metavar="PATH", help="print the table of an earlier --json file; run nothing")
     args = parser.parse_args(argv)
+    if args.table_from:
+        with open(args.table_from, encoding="utf-8") as saved:
+            report = json.load(saved)
+        print(table(report["rows"], list(report["settings"])))
+        return
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]
     unknown = [s for s in settings if s not in SETTINGS]
     if unknown:
