@@ -16,7 +16,7 @@ OPTIONS = ("--checkpoint", "--concept", "--out", "--preset", "--prompt-preset", 
            "--config-folder", "--method", "--scope", "--steps", "--lr", "--retain-weight", "--truncation",
            "--truncation-threshold", "--batch-size", "--train-prompts", "--sample-steps", "--guidance", "--seed",
            "--cache-dir", "--name", "--allow-pickle", "--json", "--lora-rank", "--format", "--overwrite",
-           "--forget-images", "--retain-images")
+           "--forget-images", "--retain-images", "--sampler", "--lora-out", "--no-save-lora", "--state-dir")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
@@ -139,3 +139,17 @@ def test_missing_checkpoint_is_a_one_line_error(sd1_files, tmp_path, capsys):
     line = _error_line(capsys)
     assert line.startswith("rgd: error:") and "absent.safetensors" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_fast_preset_samples_with_dpm_solver_and_flags_still_win():
+    settings = resolve_settings({"checkpoint": "x.safetensors", "concept": "nudity", "out": "o", "preset": "fast"})
+    assert (settings["sampler"], settings["sample_steps"], settings["train_prompts"]) == ("dpm++2m", 20, 800)
+    settings = resolve_settings({"checkpoint": "x.safetensors", "concept": "nudity", "out": "o", "preset": "fast",
+                                 "sample_steps": 12})
+    assert settings["sample_steps"] == 12
+
+
+def test_dpm_solver_data_run(sd1_files, tmp_path, capsys):
+    cli.main(fast_args(sd1_files, tmp_path / "out", tmp_path / "cache") + ["--sampler", "dpm++2m", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["settings"]["sampler"] == "dpm++2m" and report["summary"]["steps"] == 2
