@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
+import subprocess
 import time
+from pathlib import Path
+
+import pytest
 
 from rgd_ui.form import FORM_FIELDS, TabForm
 
@@ -91,3 +97,15 @@ def test_interrupt_mid_run_leaves_no_file(forge):
     assert "Interrupted after" in status, status
     leftovers = [p for folder in ("Stable-diffusion", "Lora") for p in (forge.models / folder).glob("interrupted*")]
     assert leftovers == []
+
+
+def test_the_tab_renders_in_headless_chromium(forge, tmp_path):
+    """The page a user sees: Forge's UI in a real browser, switched to the Unlearn tab (RGD_SCREENSHOT=PATH keeps
+    the screenshot, as the README's)."""
+    if not any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium (apt-get install chromium)")
+    out = Path(os.environ.get("RGD_SCREENSHOT") or tmp_path / "tab.png")
+    result = subprocess.run([os.environ["RGD_FORGE_PYTHON"], str(Path(__file__).parent / "screenshot.py"), forge.url,
+                             str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
