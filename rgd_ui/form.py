@@ -114,30 +114,32 @@ def settings_for(form: TabForm, places: Places) -> dict:
         config_folder=form.config_folder.strip() or None,
     )
     preset = form.prompt_preset
+    lists: dict = {}  # path -> lines of the user's own prompt lists, written once every setting is checked
     if preset not in PROMPT_PRESET_CHOICES:
         raise RGDInputError(f"prompt preset must be one of {', '.join(PROMPT_PRESET_CHOICES)}, not {preset!r}.")
     if preset == LISTS_PRESET:
-        settings.update(_list_files(form, places, output_name({**settings, "name": settings["name"]})))
+        lists = _list_files(form, places, output_name(settings))
+        forget_file, retain_file = lists
+        settings.update(forget_prompts=str(forget_file), retain_prompts=str(retain_file))
     elif preset == "custom":
         settings.update(prompt_preset="custom", custom_template=form.custom_template.strip() or None,
                         slot=prompt_lines(form.slots) or None)
     elif preset != AUTO_PRESET:
         settings["prompt_preset"] = preset
-    return resolve_settings(settings)
+    resolved = resolve_settings(settings)
+    for path, lines in lists.items():
+        atomic_write_bytes(("\n".join(lines) + "\n").encode("utf-8"), path)
+    return resolved
 
 
-def _list_files(form: TabForm, places: Places, name: str) -> dict:
-    """The user's own prompt lists, written where the run can read them (and a resumed run finds them again)."""
+def _list_files(form: TabForm, places: Places, name: str) -> dict[Path, list[str]]:
+    """Where the user's own prompt lists go (forget, then retain: a resumed run finds them again) and their lines."""
     forget, retain = prompt_lines(form.forget_list), prompt_lines(form.retain_list)
     if not forget or len(forget) != len(retain):
         raise RGDInputError(f"your own prompt lists need one retain prompt per forget prompt, one per line; got "
                             f"{len(forget)} forget and {len(retain)} retain prompts.")
-    paths = {}
-    for side, lines in (("forget", forget), ("retain", retain)):
-        path = Path(places.state_folder) / f"{name}.{side}-prompts.txt"
-        atomic_write_bytes(("\n".join(lines) + "\n").encode("utf-8"), path)
-        paths[f"{side}_prompts"] = str(path)
-    return paths
+    folder = Path(places.state_folder)
+    return {folder / f"{name}.forget-prompts.txt": forget, folder / f"{name}.retain-prompts.txt": retain}
 
 
 def pair_preview(form: TabForm, count: int = PAIRS_SHOWN) -> str:

@@ -6,7 +6,6 @@ The same tab against a real Forge: tests/forge."""
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from rgd_ui import environment
 from rgd_ui.form import FORM_FIELDS, TabForm, form_from_values, pair_preview, settings_for
 from rgd_ui.runner import PHASES, RunMonitor, run_tab
 from rgd_ui.standalone import StandaloneHost
+from servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
@@ -279,12 +279,6 @@ def test_scripts_folder_holds_only_the_tab_entry_point():
 
 
 # --- rgd ui, served and driven through Gradio's client -----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gradio") is None, reason="the ui extra (Gradio) is not installed")

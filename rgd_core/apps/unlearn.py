@@ -590,7 +590,7 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
         atomic_write_bytes((json.dumps(_jsonable(dict(settings)), indent=2) + "\n").encode("utf-8"),
                            plan.resume_settings)
     try:
-        report = _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, sampler,
+        report = _train_and_write(settings, plan, components, folder, train, test, prompt_preset, recipe, sampler,
                                   data, forget_images, retain_images, should_stop, on_phase, log, phases,
                                   list(callbacks), previews)
     except BaseException as error:
@@ -606,9 +606,10 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     return report
 
 
-def _train_and_write(settings, plan, components, folder, train, test, prompt_preset, config, sampler, data,
+def _train_and_write(settings, plan, components, folder, train, test, prompt_preset, recipe, sampler, data,
                      forget_images, retain_images, should_stop, on_phase, log, phases, callbacks, previews) -> dict:
     checkpoint = Path(settings["checkpoint"])
+    config = recipe.config
     on_phase("train")
     log(f"training {config.steps} steps" + (" (resuming)" if settings["resume"] else ""))
     try:
@@ -628,8 +629,6 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
 
     resolved = {**settings, "prompt_preset": prompt_preset, "family": components.family,
                 "config_folder": str(folder), "checkpoint": str(checkpoint), "out": str(settings["out"])}
-    recipe = RecipeSettings(config, settings["scope"], settings["batch_size"], settings["lora_rank"],
-                            data_seed=settings["seed"])
     metadata = run_metadata(train.concept, prompt_preset, train.digest(), train.forget_prompts,
                             train.retain_prompts, recipe, asdict(sampler), records, "diffusers")
     images = {}

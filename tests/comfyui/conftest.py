@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from browser import stop  # tests/comfyui is on sys.path under pytest
+from servers import free_port, skip_folder_unless  # and so is tests/
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -32,18 +32,7 @@ SKIP_REASON = (
 
 
 def pytest_collection_modifyitems(config, items):
-    if COMFYUI:
-        return
-    skip = pytest.mark.skip(reason=SKIP_REASON)
-    for item in items:
-        if HERE in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(skip)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    skip_folder_unless(bool(COMFYUI), HERE, items, SKIP_REASON)
 
 
 class Server:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -20,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from servers import free_port, skip_folder_unless  # tests/ is on sys.path (tests/conftest.py)
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -31,18 +31,7 @@ START_SECONDS = 300  # 15-65 s on this 2-core machine kind; far more while other
 
 
 def pytest_collection_modifyitems(config, items):
-    if FORGE and FORGE_PYTHON:
-        return
-    skip = pytest.mark.skip(reason=SKIP_REASON)
-    for item in items:
-        if HERE in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(skip)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    skip_folder_unless(bool(FORGE and FORGE_PYTHON), HERE, items, SKIP_REASON)
 
 
 class Forge:
