@@ -21,6 +21,7 @@ from rgd_core.hosts.denoiser import alphas_cumprod_from_sigmas, predict_from_den
 from rgd_core.edits.deltas import EditSet, kohya_tensors, make_edit
 from rgd_core.errors import RGDInputError, UnlearningCancelled
 from rgd_core.hosts.base import RecipeSettings, Trainee, add_phases, run_unlearning
+from rgd_core.method.losses import FLOW
 from rgd_core.method.paired_data import PairedData, prompt_seed, rows_mask, scatter_rows
 from rgd_core.method.unlearner import UnlearnConfig
 
@@ -40,6 +41,24 @@ class SamplerSettings:
     batch_size: int = 4
 
 
+# How flow models sample (ComfyUI model config class -> steps, cfg): SD3/3.5 use CFG; Flux dev is guidance-distilled
+# (cfg 1, its guidance input 3.5 from the conditioning, ComfyUI's default) and schnell is distilled to 4 steps. The
+# "simple" scheduler spaces steps evenly in the model's shifted time ("normal" wastes the last step near sigma_min).
+FLOW_SAMPLING = {"SD3": (28, 4.5), "Flux": (20, 1.0), "FluxSchnell": (4, 1.0)}
+OTHER_FLOW_SAMPLING = (20, 4.0)
+
+
+def family_sampler_settings(model, settings: SamplerSettings) -> SamplerSettings:
+    """``settings`` for an epsilon/v model (the widgets); a flow model's family's own steps, cfg, euler and simple
+    (its size and batch kept), since SD's cfg 7.5 and "normal" scheduler are wrong for SD3 and Flux."""
+    from dataclasses import replace
+
+    if prediction_type(model) != FLOW:
+        return settings
+    steps, cfg = FLOW_SAMPLING.get(type(model.model.model_config).__name__, OTHER_FLOW_SAMPLING)
+    return replace(settings, steps=steps, cfg=cfg, sampler_name="euler", scheduler="simple")
+
+
 class RGDEdit(dict):
     """A LORA_MODEL (kohya-named tensors; ComfyUI's LoraModelLoader and this pack's Save take it) that also carries
     the run's safetensors metadata for the Save node."""
@@ -53,9 +72,11 @@ class RGDEdit(dict):
 
 
 def prediction_type(model) -> str:
-    """'epsilon' or 'v_prediction', read from the model's sampling object (what ComfyUI's samplers use), so a
-    ModelSamplingDiscrete node that switches an SD2-768 or v-pred SDXL checkpoint to v_prediction is honoured; other
-    parameterisations (x0, LCM, EDM, flow) are refused."""
+    """'epsilon', 'v_prediction' or 'flow', read from the model's sampling object (what ComfyUI's samplers use), so
+    a ModelSamplingDiscrete node that switches an SD2-768 or v-pred SDXL checkpoint to v_prediction, or a
+    ModelSamplingSD3/Flux/AuraFlow node that changes a flow model's shift, is honoured. Flow means ComfyUI's CONST
+    parameterisation on a discrete flow schedule (SD3.x, Flux.1 dev and schnell, Chroma, AuraFlow, Lumina 2, ...);
+    other parameterisations (x0, LCM, EDM, Cosmos' rectified flow) are refused."""
     import comfy.model_sampling as sampling_types
 
     sampling = model.get_model_object("model_sampling")
@@ -65,15 +86,21 @@ def prediction_type(model) -> str:
             return "v_prediction"
         if isinstance(sampling, sampling_types.EPS) and denoise is sampling_types.EPS.calculate_denoised:
             return "epsilon"
+    flow_schedules = (sampling_types.ModelSamplingDiscreteFlow, sampling_types.ModelSamplingFlux)
+    if isinstance(sampling, flow_schedules) and isinstance(sampling, sampling_types.CONST) \
+            and denoise is sampling_types.CONST.calculate_denoised:
+        return FLOW
     raise RGDInputError(
         f"this model samples as {type(sampling).__name__} ({model.model.model_type.name}); RGD here trains discrete "
-        "epsilon- and v-prediction models (SD1.x, SD2.x, SDXL)."
+        "epsilon- and v-prediction models (SD1.x, SD2.x, SDXL) and flow-matching models (SD3.x, Flux.1)."
     )
 
 
-def alphas_cumprod(model) -> Tensor:
-    sigmas = model.get_model_object("model_sampling").sigmas
-    return alphas_cumprod_from_sigmas(sigmas.detach().cpu())
+def noise_schedule(model) -> Tensor:
+    """The model's training noise levels as ``losses.denoising_error`` takes them: abar_t behind the discrete sigma
+    table of an epsilon/v model; a flow model's own (shifted) sigma table, as it samples with it."""
+    sigmas = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
+    return sigmas.clone() if prediction_type(model) == FLOW else alphas_cumprod_from_sigmas(sigmas)
 
 
 # --- data: text conditioning and the model's own samples ---------------------------------------------------------
@@ -164,8 +191,18 @@ def model_conds(model, entries: list[list], shape: tuple[int, int, int]) -> dict
         conds = model.model.extra_conds(**params)
         per_prompt.append({key: cond.process_cond(batch_size=1, device=noise.device, area=None)
                            for key, cond in conds.items()})
+    import comfy.conds
+
     stacked = {}
     for key in per_prompt[0]:
+        first = per_prompt[0][key]
+        # SD3's and Flux's text states are CONDRegular: prompts of other token lengths (over 77 T5 tokens for SD3,
+        # 256 for Flux) cannot be stacked, and a CONDConstant that differs would silently keep the first's value
+        mismatch = [index for index, conds in enumerate(per_prompt[1:], 2) if not first.can_concat(conds[key])]
+        if mismatch and not isinstance(first, comfy.conds.CONDCrossAttn):
+            raise RGDInputError(
+                f"prompt {mismatch[0]} gives another {key!r} conditioning than prompt 1 (a longer prompt?); this "
+                "model's conditioning cannot be batched across token lengths: shorten the longest prompts.")
         # CONDCrossAttn.concat repeats shorter token runs to a common length, as ComfyUI does when batching
         stacked[key] = per_prompt[0][key].concat([conds[key] for conds in per_prompt[1:]]).float().cpu()
     return stacked
@@ -240,6 +277,17 @@ def _release(patcher) -> None:
             mm.current_loaded_models.pop(index).model_unload()
 
 
+def loose_parameters(model) -> dict[str, Tensor]:
+    """Parameters of the diffusion model that no comfy.ops layer owns, so no weight function can copy them: the
+    QK-norm scales of Flux and SD3.5, Chroma's and others' plain parameters. They stay inference tensors."""
+    owned = set()
+    for name, module in model.model.named_modules():
+        if hasattr(module, "weight_function"):
+            owned.update(f"{name}.{kind}" for kind, _ in module.named_parameters(recurse=False))
+    return {name: parameter for name, parameter in model.model.named_parameters()
+            if name.startswith(COMFY_UNET_PREFIX) and name not in owned}
+
+
 @contextlib.contextmanager
 def wrapped(model, edit: EditSet):
     """A clone of ``model`` whose layers apply ``edit`` (and copy every other weight) while loaded; on the way
@@ -256,6 +304,10 @@ def wrapped(model, edit: EditSet):
     for name in editable_shapes(model):
         if name not in edited:  # biases too: layer_norm saves its bias for backward
             patcher.add_weight_wrapper(name, _copy_through)
+    with torch.inference_mode(False):
+        # autograd cannot save inference tensors: the clone holds ordinary copies while loaded (restored on unload)
+        for name, parameter in loose_parameters(model).items():
+            patcher.add_object_patch(name, torch.nn.Parameter(parameter.detach().clone(), requires_grad=False))
     try:
         comfy.model_management.load_models_gpu([patcher], force_full_load=True)
         yield patcher
@@ -268,6 +320,19 @@ def wrapped(model, edit: EditSet):
         _release(patcher)
 
 
+def _pack_activation(tensor: Tensor) -> Tensor:
+    # Flux's blocks add to their streams in place after a LayerNorm saved them for backward, which autograd
+    # refuses ("modified by an inplace operation"); saving activations (not weights or inputs) by copy gives
+    # exact gradients without touching ComfyUI. Gradient checkpointing would hide the error but recompute from
+    # the overwritten tensors (ComfyUI's trainer: gradients off by up to 0.2% on a tiny Flux).
+    return tensor.clone() if tensor.grad_fn is not None and tensor.ndim >= 3 else tensor
+
+
+def saving_activations_by_copy():
+    """The autograd context of a flow model's training forward (see ``_pack_activation``)."""
+    return torch.autograd.graph.saved_tensors_hooks(_pack_activation, lambda tensor: tensor)
+
+
 class ComfyHost:
     """The recipe's host for ComfyUI's MODEL and CLIP (``rgd_core.hosts.base``): the loaded model samples its own
     data with ComfyUI's sampler; training wraps the layers of a clone (``wrapped``) so that the edit is applied as
@@ -276,7 +341,7 @@ class ComfyHost:
     def __init__(self, model, clip, settings: SamplerSettings, on_prompt: Callable[[], None] = lambda: None):
         self.model, self.clip, self.settings, self.on_prompt = model, clip, settings, on_prompt
         self.prediction_type = prediction_type(model)
-        self.alphas_cumprod = alphas_cumprod(model)
+        self.noise_schedule = noise_schedule(model)
         # ComfyUI's samplers and our training both call the model through this module's forward
         self.evaluated_module = getattr(model.model, "diffusion_model", None)
         self.patcher = None  # the wrapped clone while training (previews sample with it)
@@ -294,10 +359,14 @@ class ComfyHost:
         with wrapped(self.model, edit) as patcher:
             self.patcher = patcher
 
-            def denoise(x, sigma, cond):
-                return patcher.model.apply_model(x, sigma.to(x.device), **{k: v.to(x.device) for k, v in cond.items()})
+            flow = self.prediction_type == FLOW
 
-            predict = predict_from_denoiser(denoise, self.alphas_cumprod, self.prediction_type)
+            def denoise(x, sigma, cond):
+                with saving_activations_by_copy() if flow else contextlib.nullcontext():
+                    return patcher.model.apply_model(x, sigma.to(x.device),
+                                                     **{k: v.to(x.device) for k, v in cond.items()})
+
+            predict = predict_from_denoiser(denoise, self.noise_schedule, self.prediction_type)
             try:
                 # the EditSet is what trains; the model call already applies it through the wrappers
                 yield Trainee(edit, lambda module, x_t, t, cond: predict(x_t, t, cond), in_place=True,

@@ -3,6 +3,9 @@
 Files go to models/checkpoints and models/loras (or ComfyUI's output folder) as ``<prefix>_<counter>_.safetensors``
 and ``<prefix>_lora_<counter>_.safetensors``; a prefix may name sub-folders but never leave those folders. Each
 file is written to a temporary name and renamed into place, so a failure leaves nothing half-written.
+
+Without a CLIP and a VAE (a model loaded with "Load Diffusion Model", as Flux and SD3.5 usually are) the checkpoint
+is the diffusion model alone, written to models/diffusion_models, where "Load Diffusion Model" lists it.
 """
 
 from __future__ import annotations
@@ -51,8 +54,9 @@ class RGDSave(io.ComfyNode):
                         "edit as a kohya-format LoRA / difference file, with the run's settings in the metadata.",
             inputs=[
                 io.Model.Input("model", tooltip="the MODEL from RGD Unlearn (its edit is baked in)"),
-                io.Clip.Input("clip"),
-                io.Vae.Input("vae"),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="with the VAE: one checkpoint file; without both: the diffusion model alone"),
+                io.Vae.Input("vae", optional=True),
                 io.String.Input("filename_prefix", default="rgd/unlearned"),
                 io.Boolean.Input("save_checkpoint", default=True),
                 io.Boolean.Input("save_lora", default=True),
@@ -76,8 +80,9 @@ class RGDSave(io.ComfyNode):
         return first_error(lambda: check_save(filename_prefix))
 
     @classmethod
-    def execute(cls, model, clip, vae, filename_prefix, save_checkpoint, save_lora, lora_dtype, destination="models",
-                edit=None, checkpoint_info=None) -> io.NodeOutput:
+    def execute(cls, model, clip=None, vae=None, filename_prefix="rgd/unlearned", save_checkpoint=True,
+                save_lora=True, lora_dtype="fp16", destination="models", edit=None,
+                checkpoint_info=None) -> io.NodeOutput:
         import torch
 
         from . import glue
@@ -87,6 +92,9 @@ class RGDSave(io.ComfyNode):
             return io.NodeOutput("", "", ui=ui.PreviewText("nothing saved: save_checkpoint and save_lora are off"))
         if save_lora and edit is None:
             raise RGDInputError("save_lora is on but no edit is connected; link RGD Unlearn's edit output.")
+        if save_checkpoint and (clip is None) != (vae is None):
+            raise RGDInputError("connect both clip and vae for a whole checkpoint, or neither to save the diffusion "
+                                "model alone.")
         hidden = cls.hidden
         metadata = file_metadata(getattr(edit, "metadata", {}), checkpoint_info,
                                  hidden.prompt if hidden else None, hidden.extra_pnginfo if hidden else None)
@@ -96,7 +104,8 @@ class RGDSave(io.ComfyNode):
             path = glue.output_path(filename_prefix, "_lora", "loras", destination)
             lora_path = glue.save_lora(edit, path, metadata, dtype)
         if save_checkpoint:
-            path = glue.output_path(filename_prefix, "", "checkpoints", destination)
+            kind = "checkpoints" if clip is not None else "diffusion_models"
+            path = glue.output_path(filename_prefix, "", kind, destination)
             checkpoint_path = glue.save_checkpoint(model, clip, vae, path, metadata)
         saved = [os.path.basename(p) for p in (checkpoint_path, lora_path) if p]
         return io.NodeOutput(checkpoint_path, lora_path, ui=ui.PreviewText("saved: " + ", ".join(saved)))

@@ -22,6 +22,7 @@ from rgd_core.method.unlearner import UnlearnConfig
 from .common import CATEGORY, PromptSetType
 
 METHODS = ("rgd", "graddiff", "rgd-adam")
+SAMPLING_CHOICES = ("auto", "widgets")
 
 
 def unlearn_config(method: str, steps: int, retain_weight: float, truncation_m: float, lr: float,
@@ -110,6 +111,11 @@ class RGDUnlearn(io.ComfyNode):
                              tooltip="with a VAE connected: every N steps, a sample of the first forget and retain "
                                      "prompt (same noise) as the node's preview; 0 = none"),
                 io.Vae.Input("vae", optional=True, tooltip="only for the previews"),
+                io.Combo.Input("sampling", options=list(SAMPLING_CHOICES), default="auto", optional=True,
+                               tooltip="how the model samples its own data. auto: SD1/SD2/SDXL use the sampler "
+                                       "widgets above; flow models (SD3, Flux) their family's settings (SD3: 28 "
+                                       "steps, cfg 4.5; Flux dev: 20 steps, cfg 1, guidance 3.5; Flux schnell: 4 "
+                                       "steps, cfg 1; euler, simple). widgets: always the widgets above"),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL"),
@@ -122,16 +128,20 @@ class RGDUnlearn(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, prompt_set, method, scope, steps, retain_weight, truncation_m, lr, batch_size,
                 seed, lora_rank, pairs, sample_steps, cfg, sampler_name, scheduler, width, height, preview_every=0,
-                vae=None) -> io.NodeOutput:
+                vae=None, sampling="auto") -> io.NodeOutput:
         from . import glue
 
         config = check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank,
                                 pairs, width, height)
+        if sampling not in SAMPLING_CHOICES:
+            raise RGDInputError(f"sampling must be one of {', '.join(SAMPLING_CHOICES)}, not {sampling!r}.")
         width, height = latent_size(width, height)
         chosen = prompt_set.pairs[:pairs] if pairs else prompt_set.pairs
         forget, retain = [f for f, _ in chosen], [r for _, r in chosen]
         settings = glue.SamplerSettings(sample_steps, cfg, sampler_name, scheduler, width, height,
                                         batch_size=min(batch_size, 8))
+        if sampling == "auto":
+            settings = glue.family_sampler_settings(model, settings)
         recipe = RecipeSettings(config, scope, batch_size, lora_rank, data_seed=config.seed)
         drawn = training_rows(recipe, len(chosen), len(chosen))  # the pairs the run samples
         report = Report(cls.hidden.unique_id if cls.hidden else None, steps, 2 * len(drawn))

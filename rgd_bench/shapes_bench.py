@@ -40,6 +40,9 @@ from rgd_core.method.unlearner import UnlearnConfig
 from rgd_core.progress import progress_bar
 
 METHODS = ("RGD", "GradDiff", "RGD (narrow retain)", "ESD")
+# The shapes model in either parameterisation: v-prediction (the first one) or rectified flow (the SD3/Flux kind)
+MODELS = {"v_prediction": shapes_model.MODEL_PATH, "flow": shapes_model.FLOW_MODEL_PATH}
+FLOW_METHODS = tuple(m for m in METHODS if m != "ESD")  # this ESD samples DDIM trajectories: epsilon/v models only
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,8 @@ class ShapesBenchConfig:
     """One comparison. Training settings are shared by every method (ESD uses steps, lr, batch, scope, seed)."""
 
     concepts: tuple[str, ...] = ("striped", "triangle")
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = ()  # () = every method the model takes (METHODS; FLOW_METHODS for the flow model)
+    model: str = "v_prediction"  # which shapes model: a key of MODELS
     steps: int = 40
     lr: float = 1e-4
     retain_weight: float = 1.0
@@ -66,6 +70,13 @@ class ShapesBenchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise RGDInputError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}.")
+        if not self.methods:
+            object.__setattr__(self, "methods", FLOW_METHODS if self.model == "flow" else METHODS)
+        if self.model == "flow" and "ESD" in self.methods:
+            raise RGDInputError(f"ESD runs on the v-prediction model only; with --model flow use some of "
+                                f"{', '.join(FLOW_METHODS)}.")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise RGDInputError(f"unknown method {unknown[0]!r}; use some of {', '.join(METHODS)}.")
@@ -201,10 +212,10 @@ def run_shapes_bench(
     classifier_path: str | Path | None = None,
 ) -> dict:
     """Every concept x (original + methods): the table as a dict; with ``out``, a grid and loss curves per concept.
-    The committed shapes model and classifier unless paths are given."""
+    The committed shapes model of ``config.model`` and the committed classifier unless paths are given."""
 
     start = time.perf_counter()
-    components = shapes_model.load_model(*([model_path] if model_path else []))
+    components = shapes_model.load_model(model_path or MODELS[config.model])
     classifier = load_classifier(*([classifier_path] if classifier_path else []))
     rows, figures = [], {}
     for concept in config.concepts:

@@ -128,13 +128,16 @@ def cmd_bench_digits(args) -> None:
 
 
 def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
-    from rgd_bench.shapes_bench import METHODS, ShapesBenchConfig
+    from rgd_bench.shapes_bench import METHODS, MODELS, ShapesBenchConfig
 
     d = ShapesBenchConfig()
     add = parser.add_argument
     add("--concepts", default=",".join(d.concepts), help=f"concepts to erase, comma-separated (default "
         f"{','.join(d.concepts)}; any shape, colour or non-plain modifier word)")
-    add("--methods", default=",".join(d.methods), help=f"comma-separated, from: {', '.join(METHODS)}")
+    add("--methods", default="", help=f"comma-separated, from: {', '.join(METHODS)} (default: all the model "
+        "takes; ESD not on the flow model)")
+    add("--model", choices=sorted(MODELS), default=d.model, help="the shapes model: v_prediction (default) or flow "
+        "(the same world trained with the rectified-flow objective, as SD3 and Flux are)")
     add("--steps", type=int, default=d.steps, help=f"steps per method (default {d.steps})")
     add("--lr", type=float, default=d.lr, help=f"Adam learning rate, every method (default {d.lr})")
     add("--retain-weight", type=float, default=d.retain_weight, help=f"lambda (default {d.retain_weight})")
@@ -172,7 +175,8 @@ def cmd_bench_shapes(args) -> None:
                                "threads": (1, None), "data_steps": (1, None)})
     config = ShapesBenchConfig(
         concepts=tuple(c.strip() for c in args.concepts.split(",") if c.strip()),
-        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), steps=args.steps, lr=args.lr,
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), model=args.model, steps=args.steps,
+        lr=args.lr,
         retain_weight=args.retain_weight, truncation=args.truncation,
         truncation_threshold=args.truncation_threshold, batch_size=args.batch_size, scope=args.scope,
         train_pairs=args.train_pairs, test_prompts=args.test_prompts, sample_steps=args.sample_steps, seed=args.seed,

@@ -645,7 +645,8 @@ def _comfy_runtime_modules(tmp_path):
             tensor = torch.randn(1, 5, 6, generator=torch.Generator().manual_seed(seed))
             return [[tensor, {"pooled_output": None}]]
 
-    roots = {"checkpoints": tmp_path / "models" / "checkpoints", "loras": tmp_path / "models" / "loras"}
+    roots = {"checkpoints": tmp_path / "models" / "checkpoints", "loras": tmp_path / "models" / "loras",
+             "diffusion_models": tmp_path / "models" / "diffusion_models"}
 
     def get_save_image_path(prefix, output_dir, image_width=0, image_height=0):
         """ComfyUI's folder + name + next counter, without its own escape check (the pack's guard is under test)."""
@@ -662,8 +663,11 @@ def _comfy_runtime_modules(tmp_path):
         get_output_directory=lambda: str(tmp_path / "output"),
         get_save_image_path=get_save_image_path,
     )
+    conds = types.ModuleType("comfy.conds")
+    conds.CONDCrossAttn = _Cond
     modules = {"comfy.model_sampling": sampling, "comfy.model_management": management, "comfy.sample": sample,
-               "comfy.utils": utils, "comfy.lora": lora, "comfy.sd": sd, "comfy.model_base": model_base}
+               "comfy.utils": utils, "comfy.lora": lora, "comfy.sd": sd, "comfy.model_base": model_base,
+               "comfy.conds": conds}
     return modules, folders, ModelPatcher(BaseModel()), Clip()
 
 
@@ -675,6 +679,9 @@ class _Cond:
 
     def process_cond(self, batch_size, device, area=None):
         return self
+
+    def can_concat(self, other):
+        return self.tensor.shape == other.tensor.shape
 
     def concat(self, others):
         return torch.cat([self.tensor] + [other.tensor for other in others])
@@ -810,6 +817,9 @@ def _all_files(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
+VAE = "a VAE"  # the fake saver takes anything
+
+
 def _edit():
     glue = importlib.import_module("rgd_pack_under_test.nodes.glue")
     return glue.RGDEdit({"lora_unet_x.diff": torch.ones(2, 2)}, {"rgd_method": "rgd"})
@@ -821,7 +831,7 @@ def test_save_node_refuses_an_escaping_prefix_at_run_time_and_writes_nothing(com
     runtime = comfy_runtime
     node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDSave"]
     with pytest.raises(RGDInputError, match="filename prefix"):
-        node.execute(runtime.model, runtime.clip, None, prefix, True, True, "fp16", "models", edit=_edit())
+        node.execute(runtime.model, runtime.clip, VAE, prefix, True, True, "fp16", "models", edit=_edit())
     assert _all_files(runtime.root.parent) == []
     assert runtime.comfy.sd.saved == []
 
@@ -833,7 +843,7 @@ def test_save_node_writes_inside_its_folders_with_the_runs_metadata(comfy_runtim
     runtime = comfy_runtime
     node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDSave"]
     info = {"name": "base.safetensors", "sha256": "ab" * 32}
-    out = node.execute(runtime.model, runtime.clip, None, "rgd/unlearned", True, True, "fp16", destination,
+    out = node.execute(runtime.model, runtime.clip, VAE, "rgd/unlearned", True, True, "fp16", destination,
                        edit=_edit(), checkpoint_info=info)
     checkpoint, lora = out.args
     root = runtime.root
@@ -854,7 +864,7 @@ def test_save_node_writes_inside_its_folders_with_the_runs_metadata(comfy_runtim
     with safe_open(lora, "pt") as handle:
         assert handle.get_tensor("lora_unet_x.diff").dtype == torch.float16
     assert out.ui.text == "saved: unlearned_00001_.safetensors, unlearned_lora_00001_.safetensors"
-    again = node.execute(runtime.model, runtime.clip, None, "rgd/unlearned", True, False, "fp16", destination)
+    again = node.execute(runtime.model, runtime.clip, VAE, "rgd/unlearned", True, False, "fp16", destination)
     assert again.args[0].endswith("unlearned_00002_.safetensors")  # ComfyUI's counter: nothing is overwritten
 
 
@@ -862,13 +872,28 @@ def test_save_node_without_an_edit_for_the_lora_writes_nothing(comfy_runtime):
     runtime = comfy_runtime
     node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDSave"]
     with pytest.raises(RGDInputError, match="no edit is connected"):
-        node.execute(runtime.model, runtime.clip, None, "rgd/x", True, True, "fp16", "models")
+        node.execute(runtime.model, runtime.clip, VAE, "rgd/x", True, True, "fp16", "models")
     assert _all_files(runtime.root.parent) == []
 
 
 def test_save_node_with_both_switches_off_writes_nothing_and_says_so(comfy_runtime):
     runtime = comfy_runtime
     node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDSave"]
-    out = node.execute(runtime.model, runtime.clip, None, "rgd/x", False, False, "fp16", "models", edit=_edit())
+    out = node.execute(runtime.model, runtime.clip, VAE, "rgd/x", False, False, "fp16", "models", edit=_edit())
     assert out.args == ("", "") and "nothing saved" in out.ui.text
     assert _all_files(runtime.root.parent) == []
+
+
+def test_save_node_without_clip_and_vae_writes_the_diffusion_model_where_load_diffusion_model_lists_it(
+        comfy_runtime):
+    """Flux and SD3.5 are loaded with "Load Diffusion Model" and separate text encoders and VAE: their cleaned
+    model is saved alone, to models/diffusion_models; one of CLIP/VAE without the other is refused, no file."""
+    runtime = comfy_runtime
+    node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDSave"]
+    for clip, vae in ((runtime.clip, None), (None, VAE)):
+        with pytest.raises(RGDInputError, match="both clip and vae"):
+            node.execute(runtime.model, clip, vae, "rgd/x", True, False, "fp16", "models")
+    assert _all_files(runtime.root.parent) == []
+    out = node.execute(runtime.model, None, None, "rgd/flux", True, False, "fp16", "models")
+    assert out.args[0] == str(runtime.root / "models" / "diffusion_models" / "rgd" / "flux_00001_.safetensors")
+    assert _all_files(runtime.root.parent) == ["comfyui/models/diffusion_models/rgd/flux_00001_.safetensors"]

@@ -38,6 +38,8 @@ from rgd_core.files import save_safetensors_atomic
 from rgd_core.hosts.diffusers_sd import SamplerSettings, sample_latents
 
 MODEL_PATH = Path(__file__).resolve().parent.parent / "weights" / "shapes_t2i.safetensors"
+# The same world and networks trained with the rectified-flow objective (the SD3/Flux kind of model).
+FLOW_MODEL_PATH = MODEL_PATH.with_name("shapes_t2i_flow.safetensors")
 FORMAT = "rgd-shapes-t2i-1"
 MAX_TOKENS = 24
 FAMILY = "sd1"
@@ -78,6 +80,10 @@ SCHEDULER_CONFIG = dict(
     # output, and under CFG 4 the two disagree so much that black backgrounds came out white and white ones black.
     clip_sample=False,
 )
+# x_sigma = (1 - sigma) x0 + sigma eps, velocity target, sigma uniform on 1000 levels: no shift, since the model's
+# 16x16 pixels are not the thousands of latent cells SD3's and Flux's shifts were tuned for.
+FLOW_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0)
+OBJECTIVES = ("v_prediction", "flow")
 # DDIM settings at which the committed model is checked (train_shapes prints the accuracy at them).
 SAMPLE_STEPS = 25
 GUIDANCE_SCALE = 4.0
@@ -126,14 +132,22 @@ def make_tokenizer():
     return tokenizer
 
 
-def make_scheduler():
+def make_scheduler(objective: str = "v_prediction"):
+    """The v-prediction DDPM scheduler, or for ``objective`` "flow" the flow-matching one."""
+    if objective not in OBJECTIVES:
+        raise RGDInputError(f"objective must be one of {', '.join(OBJECTIVES)}, not {objective!r}.")
+    if objective == "flow":
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler(**FLOW_SCHEDULER_CONFIG)
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(**SCHEDULER_CONFIG)
 
 
-def make_components(unet, text_encoder, sha256: str | None = None, source: str = "") -> "PipelineComponents":
-    """PipelineComponents around ``unet`` and ``text_encoder``."""
+def make_components(unet, text_encoder, sha256: str | None = None, source: str = "",
+                    objective: str = "v_prediction") -> "PipelineComponents":
+    """PipelineComponents around ``unet`` and ``text_encoder``, with the scheduler of ``objective``."""
 
     return PipelineComponents(
         family=FAMILY,
@@ -141,13 +155,14 @@ def make_components(unet, text_encoder, sha256: str | None = None, source: str =
         vae=PixelSpaceVAE(),
         text_encoder=text_encoder,
         tokenizer=make_tokenizer(),
-        scheduler=make_scheduler(),
+        scheduler=make_scheduler(objective),
         sha256=sha256,
         source=source,
     )
 
 
-def save_model(unet, text_encoder, path: str | Path = MODEL_PATH, metadata: dict | None = None) -> Path:
+def save_model(unet, text_encoder, path: str | Path = MODEL_PATH, metadata: dict | None = None,
+               objective: str = "v_prediction") -> Path:
     """UNet and text encoder in one safetensors file ("unet." and "text_encoder." keys), float16, atomically.
 
     The text encoder's keys are written without the ``text_model.`` level that transformers < 5.6 puts in
@@ -158,7 +173,10 @@ def save_model(unet, text_encoder, path: str | Path = MODEL_PATH, metadata: dict
         for key, value in module.state_dict().items():
             key = key.removeprefix("text_model.") if prefix == "text_encoder." else key
             tensors[prefix + key] = value.detach().to(torch.float16).contiguous()
-    configs = {"unet": UNET_CONFIG, "text_encoder": TEXT_ENCODER_CONFIG, "scheduler": SCHEDULER_CONFIG}
+    configs = {"unet": UNET_CONFIG, "text_encoder": TEXT_ENCODER_CONFIG,
+               "scheduler": FLOW_SCHEDULER_CONFIG if objective == "flow" else SCHEDULER_CONFIG}
+    if objective != "v_prediction":  # files of the v-prediction model stay byte-identical to before
+        configs["objective"] = objective
     info = {"format": FORMAT, "configs": json.dumps(configs), **{k: str(v) for k, v in (metadata or {}).items()}}
     return save_safetensors_atomic(tensors, path, info)
 
@@ -172,7 +190,8 @@ def load_model(path: str | Path = MODEL_PATH) -> "PipelineComponents":
     if not path.is_file():
         raise RGDInputError(f"no shapes model at {path}; train one with `python -m rgd_bench.worlds.train_shapes`.")
     with safe_open(str(path), framework="pt") as handle:
-        if (handle.metadata() or {}).get("format") != FORMAT:
+        metadata = handle.metadata() or {}
+        if metadata.get("format") != FORMAT:
             raise RGDInputError(f"{path} is not a shapes model file ({FORMAT}); pass one written by train_shapes.")
         tensors = {key: handle.get_tensor(key).float() for key in handle.keys()}
     unet, text_encoder = make_unet(), make_text_encoder()
@@ -185,7 +204,9 @@ def load_model(path: str | Path = MODEL_PATH) -> "PipelineComponents":
         except RuntimeError as error:
             first = str(error).splitlines()[0]
             raise RGDInputError(f"{path} does not fit the shapes model configs ({first}); retrain it.") from None
-    return make_components(unet.eval(), text_encoder.eval(), sha256=file_sha256(path), source=str(path))
+    objective = json.loads(metadata.get("configs", "{}")).get("objective", "v_prediction")
+    return make_components(unet.eval(), text_encoder.eval(), sha256=file_sha256(path), source=str(path),
+                           objective=objective)
 
 
 def sample_images(

@@ -7,6 +7,8 @@ compiler; here it made a UNet training step 1.46x faster at one thread, after ab
 
     python -m rgd_bench.worlds.train_shapes --threads 2 --compile
 
+and its flow-matching twin (rgd_bench/weights/shapes_t2i_flow.safetensors) the same with ``--objective flow``.
+
 UNet and text encoder train together from scratch on fresh renders every step (infinite data, captions from
 ``shapes.random_caption``, none of the held-out phrasings of ``shapes.is_held_out``), with the plain MSE in the
 model's parameterisation (v-prediction) at t ~ U{0..999}; 10% of captions are empty so the model learns the
@@ -32,7 +34,7 @@ import torch
 
 from rgd_bench.shapes_classifier import load_classifier
 from rgd_bench.worlds import ema_update, shapes, shapes_model
-from rgd_core.hosts.diffusers_sd import tokenize
+from rgd_core.hosts.diffusers_sd import model_call, noise_schedule, tokenize
 from rgd_core.method.losses import denoising_error
 
 
@@ -49,6 +51,7 @@ def train(
     checkpoint_every: int = 500,
     init: str | Path | None = None,
     compile_unet: bool = False,
+    objective: str = "v_prediction",
 ):
     """Train UNet and text encoder; returns their EMA copies (eval mode). With ``checkpoint``, the EMA weights
     are also saved there every ``checkpoint_every`` steps, so a long run can be judged while it goes on. ``init``
@@ -67,8 +70,9 @@ def train(
     ema_text = copy.deepcopy(text_encoder).eval().requires_grad_(False)
     parameters = [*unet.parameters(), *text_encoder.parameters()]
     ema_parameters = [*ema_unet.parameters(), *ema_text.parameters()]
-    scheduler = shapes_model.make_scheduler()
-    alphas_cumprod, prediction_type = scheduler.alphas_cumprod.clone(), scheduler.config.prediction_type
+    schedule_of = shapes_model.make_components(unet, text_encoder, objective=objective)
+    noise_levels, prediction_type = noise_schedule(schedule_of), schedule_of.prediction_type
+    call = model_call(schedule_of)
     optimizer = torch.optim.AdamW(parameters, lr=max_lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=steps, pct_start=warmup)
     forward = torch.compile(unet) if compile_unet else unet
@@ -78,9 +82,9 @@ def train(
         ids = tokenize(tokenizer, captions)
 
         def denoiser(x_t, t):
-            return forward(x_t, t, encoder_hidden_states=text_encoder(ids).last_hidden_state).sample
+            return call(forward, x_t, t, {"encoder_hidden_states": text_encoder(ids).last_hidden_state})
 
-        loss = denoising_error(denoiser, images, alphas_cumprod, generator, prediction_type).mean()
+        loss = denoising_error(denoiser, images, noise_levels, generator, prediction_type).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -93,7 +97,8 @@ def train(
             log(f"step {step:5d}  loss {np.mean(losses[-50:]):.4f}  lr {schedule.get_last_lr()[0]:.2e}  "
                 f"{rate:.2f} steps/s  {time.time() - start:.0f} s")
         if checkpoint is not None and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            shapes_model.save_model(ema_unet, ema_text, checkpoint, {"steps": str(step + 1), "seed": str(seed)})
+            shapes_model.save_model(ema_unet, ema_text, checkpoint, {"steps": str(step + 1), "seed": str(seed)},
+                                    objective=objective)
     return ema_unet, ema_text
 
 
@@ -138,23 +143,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ema-decay", type=float, default=0.995)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(shapes_model.MODEL_PATH))
+    parser.add_argument("--objective", choices=shapes_model.OBJECTIVES, default="v_prediction",
+                        help="v_prediction (the committed model) or flow (rectified flow, velocity target)")
+    parser.add_argument("--out", default=None, help="default: the committed model's path for the objective")
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--init", default=None, help="start from this saved model instead of random weights")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (faster steps, slow start)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    if args.out is None:
+        args.out = str(shapes_model.FLOW_MODEL_PATH if args.objective == "flow" else shapes_model.MODEL_PATH)
     start = time.time()
     unet, text_encoder = train(args.steps, args.batch_size, args.lr, ema_decay=args.ema_decay, seed=args.seed,
                                checkpoint=args.out, checkpoint_every=args.checkpoint_every, init=args.init,
-                               compile_unet=args.compile)
+                               compile_unet=args.compile, objective=args.objective)
     seconds = time.time() - start
     print(f"trained {args.steps} steps in {seconds:.0f} s ({args.steps / seconds:.2f} steps/s)")
     metadata = {"steps": str(args.steps), "seed": str(args.seed), "batch_size": str(args.batch_size),
                 "lr": str(args.lr), "ema_decay": str(args.ema_decay), "train_seconds": f"{seconds:.0f}",
                 "init": str(args.init), "compile": str(args.compile), "threads": str(args.threads)}
-    shapes_model.save_model(unet, text_encoder, args.out, metadata)
+    shapes_model.save_model(unet, text_encoder, args.out, metadata, objective=args.objective)
     print(f"wrote {args.out}")
     report(args.out)
 

@@ -100,6 +100,9 @@ def run_esd(
     prompts = list(prompts)
     if not prompts:
         raise RGDInputError("ESD needs at least one concept prompt.")
+    if components.prediction_type not in ("epsilon", "v_prediction"):
+        raise RGDInputError("ESD here samples DDIM trajectories of epsilon/v models; it does not run on a "
+                            f"{components.prediction_type} model.")
     frozen = components.unet
     edited = copy.deepcopy(frozen)
     trainable = scope_filter(config.scope)

@@ -24,7 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from rgd_core.errors import RGDInputError
 
 FAMILIES = ("sd1", "sd2", "sdxl")
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+# What a DDPM scheduler config can be told the model predicts (the weights cannot tell; module docstring)
+DDPM_PREDICTION_TYPES = ("epsilon", "v_prediction")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 UNET_PREFIX = "model.diffusion_model."
@@ -481,6 +482,10 @@ class PipelineComponents:
 
     @property
     def prediction_type(self) -> str:
+        """"epsilon" or "v_prediction" from a DDPM-type scheduler's config; "flow" for a flow-matching scheduler
+        (diffusers' FlowMatch* classes), whose config names no prediction type."""
+        if type(self.scheduler).__name__.startswith("FlowMatch"):
+            return "flow"
         return self.scheduler.config.prediction_type
 
 
@@ -504,8 +509,9 @@ def load_pipeline_components(
     """
     if family is not None and family not in FAMILIES:
         raise RGDInputError(f"family must be one of {', '.join(FAMILIES)}, not {family!r}.")
-    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
-        raise RGDInputError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, not {prediction_type!r}.")
+    if prediction_type is not None and prediction_type not in DDPM_PREDICTION_TYPES:
+        raise RGDInputError(f"prediction_type must be one of {', '.join(DDPM_PREDICTION_TYPES)}, "
+                            f"not {prediction_type!r}.")
     path = Path(path)
     if path.is_dir():
         return _load_diffusers_folder(path, family, prediction_type)

@@ -10,6 +10,21 @@ projections the same way):
     cross-attn      full-rank deltas on the cross-attention layers (attn2: ESD-x's choice, where text enters)
     non-cross-attn  everything else (ESD-u's side)
     full            the whole denoiser (the paper)
+
+Transformer denoisers (SD3.x's MMDiT, Flux.1) have no cross-attention: text enters through *joint* attention, in
+which the text and image streams attend together. For them the same names mean:
+
+    lora            low-rank deltas on every attention projection of the transformer blocks: the fused qkv and the
+                    output proj of both streams (Flux double blocks img_attn/txt_attn, SD3 x_block/context_block
+                    attn, SD3.5's image-only attn2), and Flux's single-stream blocks' linear1/linear2, in which
+                    attention is fused with the MLP
+    cross-attn      full-rank deltas on the joint attention (where text enters; not SD3.5's image-only attn2)
+    non-cross-attn  everything else
+    full            the whole denoiser
+
+Both key layouts are read: the original (BFL / Stability, ComfyUI's) ``double_blocks.3.img_attn.qkv``,
+``single_blocks.0.linear1``, ``joint_blocks.5.x_block.attn.qkv``, and diffusers' ``transformer_blocks.3.attn.to_q``,
+``add_q_proj``, ``to_add_out``, ``single_transformer_blocks.0.attn.to_k`` / ``proj_out``.
 """
 
 from __future__ import annotations
@@ -24,6 +39,46 @@ FULL_RANK_SCOPES = ("full", "cross-attn", "non-cross-attn")
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 ATTENTION_BLOCKS = ("attn1", "attn2")
 CROSS_ATTENTION = "attn2"
+
+
+# Transformer blocks: original layout anywhere in the path; diffusers' "transformer_blocks" only at the root, since
+# an SD UNet also has transformer_blocks, inside its attention modules.
+DIT_BLOCKS = ("double_blocks", "single_blocks", "joint_blocks", "single_transformer_blocks")
+DIT_ROOT_BLOCKS = ("transformer_blocks",)
+ROOT_PREFIXES = ("model", "diffusion_model", "transformer")
+# diffusers' names of the joint attention's projections (image stream, then text stream)
+DIFFUSERS_JOINT = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+def is_transformer_block(module: str) -> bool:
+    """Whether ``module`` lies in a transformer block of an SD3.x / Flux.1 denoiser (either key layout)."""
+    parts = module.split(".")
+    while parts and parts[0] in ROOT_PREFIXES:
+        parts = parts[1:]
+    return any(block in parts for block in DIT_BLOCKS) or bool(parts) and parts[0] in DIT_ROOT_BLOCKS
+
+
+def transformer_attention(module: str) -> str | None:
+    """"joint" for an attention projection where text and image attend together, "self" for SD3.5's image-only
+    attn2, None for anything else (MLPs, modulation, norms) of a transformer block."""
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None
+    last, parent = parts[-1], parts[-2]
+    if "single_blocks" in parts:
+        return "joint" if last in ("linear1", "linear2") else None
+    if "double_blocks" in parts:
+        return "joint" if parent in ("img_attn", "txt_attn") and last in ("qkv", "proj") else None
+    if "joint_blocks" in parts:
+        if last in ("qkv", "proj") and parent in ("attn", "attn2"):
+            return "joint" if parent == "attn" else "self"
+        return None
+    if module.endswith(".attn.to_out.0") or parent == "attn" and last in DIFFUSERS_JOINT or last == "proj_out" \
+            and "single_transformer_blocks" in parts:
+        return "joint"
+    if module.endswith(".attn2.to_out.0") or parent == "attn2" and last in ("to_q", "to_k", "to_v"):
+        return "self"
+    return None
 
 
 def check_scope(scope: str, allowed: tuple[str, ...] = SCOPES) -> str:
@@ -44,6 +99,14 @@ def in_scope(name: str, scope: str) -> bool:
     """Whether parameter ``name`` (``<module path>.weight`` or ``.bias``) is edited under ``scope``."""
     check_scope(scope)
     parts = name.split(".")
+    module = ".".join(parts[:-1])
+    if is_transformer_block(module):
+        attention = transformer_attention(module)
+        if scope == LORA_SCOPE:
+            return parts[-1] == "weight" and attention is not None
+        if scope == "cross-attn":
+            return attention == "joint"
+        return scope == "full" or attention != "joint"
     if scope == LORA_SCOPE:
         return parts[-1] == "weight" and is_lora_target(".".join(parts[:-1]))
     if scope == "cross-attn":

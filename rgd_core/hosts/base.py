@@ -9,8 +9,9 @@ families) runs the same recipe:
 A host is whatever owns the model: the diffusers pipeline components, ComfyUI's MODEL, a UI's loaded checkpoint.
 It provides five things and nothing else:
 
-- ``prediction_type`` and ``alphas_cumprod``: the model's own parameterisation and noise schedule, so the loss is
-  the denoising MSE the model was trained with (``losses.denoising_error``);
+- ``prediction_type`` and ``noise_schedule``: the model's own parameterisation ("epsilon", "v_prediction" or
+  "flow") and training noise schedule (abar_t, or sigma_t for flow), so the loss is the denoising MSE the model was
+  trained with (``losses.denoising_error``);
 - ``evaluated_module``: the module whose forward is one evaluation of the model (the UNet, ComfyUI's diffusion
   model), so that every run reports the seconds and model evaluations of its data and training phases alike;
 - ``paired_data(forget_prompts, retain_prompts, seed)``: D_f and D_r as latents with their conditioning, row i of
@@ -42,7 +43,8 @@ from rgd_core.errors import RGDInputError
 from rgd_core.method.paired_data import PairedData, batched_losses, drawn_pairs
 from rgd_core.method.unlearner import UnlearnConfig, Unlearner, summarize
 
-# predict(module, x_t, t, cond) -> the model's epsilon or v at DDPM timestep t, with the edit being trained applied
+# predict(module, x_t, t, cond) -> the model's epsilon or v at DDPM timestep t (its velocity at noise level sigma for
+# flow models), with the edit being trained applied
 Predict = Callable[[nn.Module, Tensor, Tensor, Mapping[str, Tensor]], Tensor]
 
 
@@ -95,7 +97,7 @@ class Host(Protocol):
     """The few things a host provides (see the module docstring)."""
 
     prediction_type: str
-    alphas_cumprod: Tensor
+    noise_schedule: Tensor
     evaluated_module: nn.Module | None
 
     def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int,
@@ -166,7 +168,7 @@ def run_unlearning(
                                     rows=training_rows(settings, len(forget_prompts), len(retain_prompts)))
     config = settings.config
     with host.training(settings.scope, settings.lora_rank, settings.lora_alpha, config.seed) as trainee:
-        forget_loss, retain_loss = batched_losses(trainee.predict, data, host.alphas_cumprod, host.prediction_type,
+        forget_loss, retain_loss = batched_losses(trainee.predict, data, host.noise_schedule, host.prediction_type,
                                                   settings.batch_size, settings.paired, place=trainee.place)
         unlearner = Unlearner(trainee.module, forget_loss, retain_loss, config, trainee.trainable,
                               in_place=trainee.in_place)

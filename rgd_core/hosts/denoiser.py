@@ -1,12 +1,13 @@
 """Unlearning any denoiser that a host application drives: its prediction and losses, without the host.
 
 A host such as ComfyUI owns the model: it loads it, moves it between devices and calls it as a k-diffusion
-*denoiser* ``D(x, sigma, cond) -> x0`` (x = x0 + sigma * eps). The paper's objective is the plain denoising MSE in
-the model's own parameterisation (epsilon or v) at t ~ U{0..T-1}, as ``rgd_core.method.losses.denoising_error`` computes
-it for a ``predict(x_t, t)`` in DDPM form. This module joins the two:
+*denoiser* ``D(x, sigma, cond) -> x0`` (x = x0 + sigma * eps for epsilon/v models; x = (1 - sigma) x0 + sigma * eps
+for flow models). The paper's objective is the plain denoising MSE in the model's own parameterisation (epsilon, v
+or the flow velocity) at a noise level drawn from the model's own schedule, as
+``rgd_core.method.losses.denoising_error`` computes it for a ``predict(x_t, t)``. This module joins the two:
 
-- ``predict_from_denoiser`` turns the host's denoiser into that DDPM-form ``predict`` (the same x_t, the same t,
-  the model's own epsilon or v), so the in-graph loss is the headless loss, not an x0-space MSE;
+- ``predict_from_denoiser`` turns the host's denoiser into that ``predict`` (the same x_t, the same t or sigma,
+  the model's own epsilon, v or velocity), so the in-graph loss is the headless loss, not an x0-space MSE;
 - ``denoiser_losses`` gives the Unlearner its two loss callables over ``PairedData`` (the diffusers backend's paired
   forget/retain latents and conditioning), batching forget pair i with its retain twin i as the paper does;
 - the weight edits a host applies beside its model (``LoRADelta``, ``FullDelta``, ``make_edit``) are in
@@ -22,13 +23,14 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
-from rgd_core.checkpoints.load import PREDICTION_TYPES
 from rgd_core.errors import RGDInputError
+from rgd_core.method.losses import FLOW, PREDICTION_TYPES
 from rgd_core.method.paired_data import PairedData, batched_losses
 
 # denoise(x, sigma, cond) -> x0, k-diffusion form: x = x0 + sigma * eps, sigma of shape (batch,)
 Denoiser = Callable[[Tensor, Tensor, Mapping[str, Tensor]], Tensor]
-# predict(x_t, t, cond) -> epsilon or v, DDPM form: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+# predict(x_t, t, cond) -> epsilon or v, DDPM form: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps; for flow models
+# predict(x_sigma, sigma, cond) -> the velocity eps - x0 at x_sigma = (1 - sigma) x0 + sigma eps
 Predict = Callable[[Tensor, Tensor, Mapping[str, Tensor]], Tensor]
 
 
@@ -44,21 +46,36 @@ def alphas_cumprod_from_sigmas(sigmas: Tensor) -> Tensor:
 def check_prediction_type(prediction_type: str) -> str:
     if prediction_type not in PREDICTION_TYPES:
         raise RGDInputError(
-            f"RGD trains epsilon- and v-prediction models, not {prediction_type!r}; use an SD1.x/SD2.x/SDXL-type model."
+            f"RGD trains epsilon-, v-prediction and flow-matching models, not {prediction_type!r}; use an "
+            "SD1.x/SD2.x/SDXL, SD3.x or Flux.1-type model."
         )
     return prediction_type
 
 
-def predict_from_denoiser(denoise: Denoiser, alphas_cumprod: Tensor, prediction_type: str) -> Predict:
-    """The model's own prediction (epsilon or v) at DDPM timestep t, from its k-diffusion denoiser.
+def velocity_from_denoiser(denoise: Denoiser) -> Predict:
+    """A flow model's velocity at noise level sigma from its x0 denoiser: with x = (1 - sigma) x0 + sigma eps,
+    (x - D(x, sigma)) / sigma = eps - x0 exactly (ComfyUI's CONST parameterisation defines D that way). The
+    division costs about ulp(x) / sigma of accuracy (6e-4 at Flux's sigma_min 0.00032 in float32)."""
+
+    def predict(x: Tensor, sigma: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
+        sigma = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        return (x - denoise(x, sigma.flatten(), cond)) / sigma
+
+    return predict
+
+
+def predict_from_denoiser(denoise: Denoiser, noise_schedule: Tensor, prediction_type: str) -> Predict:
+    """The model's own prediction (epsilon or v at DDPM timestep t, or the velocity at sigma for flow models) from
+    its k-diffusion denoiser; ``noise_schedule`` is abar_t (unused for flow: the caller passes sigma itself).
 
     With sigma = sqrt((1 - abar) / abar) the denoiser's input is x = x_t / sqrt(abar) = x0 + sigma * eps, and its
     x0 estimate gives eps = (x - x0) / sigma exactly (EPS and V models both define x0 that way), so
     v = sqrt(abar) eps - sqrt(1 - abar) x0 is the v-model's raw output. The division by sigma costs about
     ulp(x) / sigma_min of accuracy (1e-6 for SD's schedule in float32).
     """
-    check_prediction_type(prediction_type)
-    alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float32)
+    if check_prediction_type(prediction_type) == FLOW:
+        return velocity_from_denoiser(denoise)
+    alphas_cumprod = torch.as_tensor(noise_schedule, dtype=torch.float32)
     tables: dict[torch.device, tuple[Tensor, Tensor, Tensor]] = {}
 
     def schedule_on(device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -84,7 +101,7 @@ def predict_from_denoiser(denoise: Denoiser, alphas_cumprod: Tensor, prediction_
 def denoiser_losses(
     predict: Predict,
     data: PairedData,
-    alphas_cumprod: Tensor,
+    noise_schedule: Tensor,
     prediction_type: str,
     batch_size: int = 8,
     paired: bool = True,
@@ -97,6 +114,6 @@ def denoiser_losses(
     noise and t from ``denoising_error``), so the same data and seed give the same draws in both.
     """
     check_prediction_type(prediction_type)
-    alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float32)
-    return batched_losses(lambda model, x_t, t, cond: predict(x_t, t, cond), data, alphas_cumprod, prediction_type,
+    noise_schedule = torch.as_tensor(noise_schedule, dtype=torch.float32)
+    return batched_losses(lambda model, x_t, t, cond: predict(x_t, t, cond), data, noise_schedule, prediction_type,
                           batch_size, paired, place=lambda model, x0: x0.to(device or x0.device))

@@ -38,6 +38,7 @@ from rgd_core.errors import RGDInputError
 from rgd_core.files import save_safetensors_atomic
 from rgd_core.hosts.base import RecipeSettings, Trainee, add_phases, run_unlearning
 from rgd_core.image_data import PREPARATION, ImageFile, find_images, load_pixels
+from rgd_core.method.losses import FLOW, flow_sigmas, shift_sigma
 from rgd_core.method.paired_data import PairedData, batched_losses, prompt_seed, rows_mask, scatter_rows
 from rgd_core.method.unlearner import UnlearnConfig
 from rgd_core.prompts import PromptSet
@@ -123,6 +124,31 @@ def _encode_batch(components, prompts: list[str]) -> dict[str, Tensor]:
 def sdxl_time_ids(height: int, width: int, count: int) -> Tensor:
     """SDXL's size conditioning (original size, crop top-left, target size), as the base pipeline sets it."""
     return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(count, 1)
+
+
+def noise_schedule(components) -> Tensor:
+    """The model's training noise schedule as ``losses.denoising_error`` takes it: abar_t from a DDPM scheduler;
+    for a flow-matching scheduler, its sigma table (``num_train_timesteps`` levels, shifted by its ``shift``; a
+    scheduler that shifts by resolution at sampling time trains unshifted)."""
+    scheduler = components.scheduler
+    if components.prediction_type != FLOW:
+        return torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float32)
+    return flow_sigmas(int(scheduler.config.num_train_timesteps), flow_shift(components))
+
+
+def flow_shift(components) -> float:
+    """A flow scheduler's fixed timestep shift (1 when it shifts by resolution instead: diffusers' Flux dev)."""
+    config = components.scheduler.config
+    return 1.0 if config.get("use_dynamic_shifting", False) else float(config.get("shift", 1.0))
+
+
+def model_call(components) -> Callable[[nn.Module, Tensor, Tensor, Mapping[str, Tensor]], Tensor]:
+    """``call(unet, x, t, cond)`` at the time input ``losses.denoising_error`` gives: t itself for DDPM models;
+    for flow models sigma, which diffusers' flow networks take as the timestep sigma * num_train_timesteps."""
+    if components.prediction_type != FLOW:
+        return _unet_call
+    scale = float(components.scheduler.config.num_train_timesteps)
+    return lambda unet, x, sigma, cond: _unet_call(unet, x, sigma * scale, cond)
 
 
 def _place_on_unet(unet: nn.Module, x0: Tensor) -> Tensor:
@@ -261,6 +287,8 @@ def _denoise(components, noise: Tensor, cond: dict, uncond: dict, settings: Samp
     count = noise.shape[0]
     # One UNet call per step on [uncond; cond], as the pipelines do.
     both = {key: torch.cat([uncond[key].expand(count, *uncond[key].shape[1:]), cond[key]]) for key in cond}
+    if components.prediction_type == FLOW:
+        return _flow_denoise(components, noise, both, settings)
     scheduler = _make_scheduler(components, settings.scheduler)
     device = _device(unet)
     scheduler.set_timesteps(settings.steps, device=device)
@@ -271,6 +299,28 @@ def _denoise(components, noise: Tensor, cond: dict, uncond: dict, settings: Samp
         guided = uncond_out + settings.guidance_scale * (cond_out - uncond_out)
         latents = scheduler.step(guided, t, latents).prev_sample
     return latents
+
+
+def flow_sampling_sigmas(steps: int, shift: float = 1.0) -> Tensor:
+    """``steps`` + 1 noise levels from 1 to 0, evenly spaced before the model's shift (ComfyUI's "simple"
+    scheduler on a flow model; the last step lands on the data, not near sigma_min)."""
+    return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()
+
+
+def _flow_denoise(components, noise: Tensor, both: dict, settings: SamplerSettings) -> Tensor:
+    """Euler steps along the flow ODE dx/dsigma = v from sigma 1 (noise) to 0, CFG on the velocity. For a straight
+    path DDIM's deterministic step is this same Euler step, so "ddim" and "euler" sample alike here."""
+    if settings.scheduler not in ("ddim", "euler"):
+        raise RGDInputError(f"flow-matching models sample with euler (or ddim, the same step), not "
+                            f"{settings.scheduler!r}; pass --sampler euler.")
+    unet, device = components.unet, _device(components.unet)
+    call = model_call(components)
+    sigmas = flow_sampling_sigmas(settings.steps, flow_shift(components)).to(device)
+    x = noise.to(device, unet.dtype)
+    for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
+        uncond_v, cond_v = call(unet, torch.cat([x, x]), sigma.expand(2 * x.shape[0]), both).chunk(2)
+        x = x + (next_sigma - sigma) * (uncond_v + settings.guidance_scale * (cond_v - uncond_v))
+    return x
 
 
 # --- paired data and its cache -------------------------------------------------------------------------------
@@ -538,8 +588,8 @@ def paired_losses(components, data: PairedData, batch_size: int = 8, paired: boo
     independently. Each returns (prediction - target)^2 at t ~ U{0..T-1} in the model's parameterisation
     (epsilon or v_prediction, from the scheduler config), the UNet called with the batch's text conditioning.
     """
-    alphas_cumprod = torch.as_tensor(components.scheduler.alphas_cumprod, dtype=torch.float32)
-    return batched_losses(_unet_call, data, alphas_cumprod, components.prediction_type, batch_size, paired,
+    return batched_losses(model_call(components), data, noise_schedule(components), components.prediction_type,
+                          batch_size, paired,
                           place=_place_on_unet)
 
 
@@ -630,7 +680,8 @@ class DiffusersHost:
         self.cache_dir = cache_dir
         self.forget_images, self.retain_images = forget_images, retain_images
         self.prediction_type = components.prediction_type
-        self.alphas_cumprod = torch.as_tensor(components.scheduler.alphas_cumprod, dtype=torch.float32)
+        self.noise_schedule = noise_schedule(components)
+        self.call = model_call(components)
         self.evaluated_module = components.unet
 
     def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int,
@@ -645,6 +696,6 @@ class DiffusersHost:
         if check_scope(scope) == LORA_SCOPE:
             unet = copy.deepcopy(self.components.unet)
             add_lora(unet, lora_rank, lora_alpha, seed=seed)
-            yield Trainee(unet, _unet_call, lora_parameters_filter, in_place=True, place=_place_on_unet)
+            yield Trainee(unet, self.call, lora_parameters_filter, in_place=True, place=_place_on_unet)
         else:
-            yield Trainee(self.components.unet, _unet_call, scope_filter(scope), in_place=False, place=_place_on_unet)
+            yield Trainee(self.components.unet, self.call, scope_filter(scope), in_place=False, place=_place_on_unet)

@@ -1,5 +1,14 @@
 """Denoising losses and the forget-loss truncation modes.
 
+Two families of models, one objective: the plain MSE in the model's own parameterisation at a noise level drawn
+uniformly from the model's own training schedule (``noise_schedule``, indexed by t ~ U{0..T-1}):
+
+- DDPM models (``epsilon``, ``v_prediction``): the schedule is abar_t; x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+  and the model gets t;
+- flow-matching models (``flow``: SD3, Flux, the flow shapes model): the schedule is sigma_t in (0, 1], already
+  shifted as the model samples with it; x_sigma = (1 - sigma) x0 + sigma eps, the target is the velocity
+  eps - x0 (Esser et al. 2024, eq. 1-3; diffusers' and ComfyUI's convention) and the model gets sigma itself.
+
 A loss here returns the *per-element* squared error of one batch; the Unlearner reduces it. Keeping the
 elements lets the element-wise truncation min((D - y)^2, alpha) of the paper's EDM/CIFAR setup sit beside the
 batch-level "skip ascent above m" of its Stable Diffusion setup, both as plain functions.
@@ -14,6 +23,8 @@ import torch
 from torch import Tensor
 
 TRUNCATION_MODES = ("none", "skip", "elementwise")
+FLOW = "flow"
+PREDICTION_TYPES = ("epsilon", "v_prediction", FLOW)
 
 
 def add_noise(x0: Tensor, noise: Tensor, alphas_cumprod: Tensor, timesteps: Tensor) -> Tensor:
@@ -28,30 +39,55 @@ def velocity(x0: Tensor, noise: Tensor, alphas_cumprod: Tensor, timesteps: Tenso
     return abar.sqrt() * noise - (1 - abar).sqrt() * x0
 
 
+def flow_interpolate(x0: Tensor, noise: Tensor, sigmas: Tensor) -> Tensor:
+    """x_sigma = (1 - sigma) x0 + sigma eps: the straight path from data (sigma 0) to noise (sigma 1)."""
+    sigma = _per_sample(sigmas, x0)
+    return (1 - sigma) * x0 + sigma * noise
+
+
+def flow_velocity(x0: Tensor, noise: Tensor) -> Tensor:
+    """d x_sigma / d sigma = eps - x0, the target of flow-matching models."""
+    return noise - x0
+
+
+def shift_sigma(sigma: Tensor, shift: float) -> Tensor:
+    """s sigma / (1 + (s - 1) sigma): the timestep shift of SD3 and Flux (s = 3 for SD3, e^1.15 for Flux dev), which
+    moves a uniform schedule towards high noise; s = 1 is the identity."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def flow_sigmas(count: int = 1000, shift: float = 1.0) -> Tensor:
+    """The discrete flow schedule sigma_k = shift(k / count), k = 1..count (ascending, no sigma = 0): the table
+    ComfyUI's flow models sample from and RGD draws its training noise levels from."""
+    return shift_sigma(torch.arange(1, count + 1, dtype=torch.float64) / count, shift).float()
+
+
 def denoising_error(
     model: Callable[[Tensor, Tensor], Tensor],
     x0: Tensor,
-    alphas_cumprod: Tensor,
+    noise_schedule: Tensor,
     generator: torch.Generator,
     prediction_type: str = "epsilon",
 ) -> Tensor:
     """Per-element (prediction - target)^2 at t ~ U{0..T-1}, in the model's own parameterisation.
 
-    ``model(x_t, t)`` closes over its conditioning. Noise and timesteps come from ``generator`` only, so a step
-    is reproducible from its seed.
+    ``noise_schedule`` is abar_t for epsilon/v models and sigma_t for flow models (module docstring). ``model(x, t)``
+    closes over its conditioning and is called at the noisy input with its time input: the timestep t for
+    epsilon/v, the noise level sigma_t for flow. Noise and timesteps come from ``generator`` only (t first, then
+    the noise, for every kind), so a step is reproducible from its seed.
     """
-    num_timesteps = alphas_cumprod.shape[0]
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    num_timesteps = noise_schedule.shape[0]
     timesteps = torch.randint(0, num_timesteps, (x0.shape[0],), generator=generator, device=generator.device)
     timesteps = timesteps.to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device, x0.dtype)
-    alphas_cumprod = alphas_cumprod.to(x0.device)
-    x_t = add_noise(x0, noise, alphas_cumprod, timesteps)
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = velocity(x0, noise, alphas_cumprod, timesteps)
-    else:
-        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    noise_schedule = noise_schedule.to(x0.device)
+    if prediction_type == FLOW:
+        sigmas = noise_schedule[timesteps]
+        return (model(flow_interpolate(x0, noise, sigmas), sigmas) - flow_velocity(x0, noise)).square()
+    x_t = add_noise(x0, noise, noise_schedule, timesteps)
+    target = noise if prediction_type == "epsilon" else velocity(x0, noise, noise_schedule, timesteps)
     return (model(x_t, timesteps) - target).square()
 
 

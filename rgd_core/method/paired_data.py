@@ -102,16 +102,17 @@ def batch_indices(generator: torch.Generator, count: int, batch_size: int) -> Te
 def batched_losses(
     call: Callable[[nn.Module, Tensor, Tensor, Mapping[str, Tensor]], Tensor],
     data: PairedData,
-    alphas_cumprod: Tensor,
+    noise_schedule: Tensor,
     prediction_type: str,
     batch_size: int = 8,
     paired: bool = True,
     place: Callable[[nn.Module, Tensor], Tensor] = lambda model, x0: x0,
 ):
     """(forget_loss, retain_loss) for the Unlearner, ``loss(model, generator) -> per-element squared error``, for any
-    model call ``call(model, x_t, t, cond) -> prediction`` in the model's own parameterisation; ``place(model, x0)``
-    moves a batch to where the model runs. Every host goes through this, so the same data and seed give the same
-    batches, noise and t in all of them.
+    model call ``call(model, x_t, t, cond) -> prediction`` in the model's own parameterisation (t: the timestep, or
+    sigma for flow models; ``noise_schedule`` is abar_t or sigma_t, as ``losses.denoising_error`` says);
+    ``place(model, x0)`` moves a batch to where the model runs. Every host goes through this, so the same data and
+    seed give the same batches, noise and t in all of them.
 
     With ``paired`` (the paper: zip of the unshuffled forget and retain loaders) both use the same indices, so forget
     prompt i is always balanced by its concept-free twin i; without it the retain batch is drawn independently."""
@@ -136,7 +137,7 @@ def batched_losses(
             x0 = place(model, latents[index])
             batch_cond = {key: value[index] for key, value in cond.items()}
             return denoising_error(
-                lambda x_t, t: call(model, x_t, t, batch_cond), x0, alphas_cumprod, generator, prediction_type
+                lambda x_t, t: call(model, x_t, t, batch_cond), x0, noise_schedule, generator, prediction_type
             )
 
         return loss
