@@ -333,13 +333,47 @@ def saving_activations_by_copy():
     return torch.autograd.graph.saved_tensors_hooks(_pack_activation, lambda tensor: tensor)
 
 
+def _checkpointed_block(args: dict, extra: dict) -> dict:
+    """A transformer block run under activation checkpointing (its activations are recomputed in backward instead
+    of kept). The block is handed copies of its inputs: Flux's blocks add to their inputs in place, and
+    checkpointing keeps the inputs by reference to recompute from, so without the copies the recomputation would
+    start from overwritten tensors (what makes ComfyUI's own trainer's Flux gradients slightly wrong)."""
+    import torch.utils.checkpoint
+
+    names = [name for name, value in args.items() if isinstance(value, Tensor)]
+    rest = {name: value for name, value in args.items() if name not in names}
+
+    def run(*tensors):
+        return extra["original_block"]({**rest, **{name: t.clone() for name, t in zip(names, tensors)}})
+
+    return torch.utils.checkpoint.checkpoint(run, *(args[name] for name in names), use_reentrant=False)
+
+
+def checkpointing_options(model) -> dict:
+    """``transformer_options`` that run every SD3/Flux transformer block of ``model`` through ``_checkpointed_block``
+    (ComfyUI's "dit" block-replace protocol, which its MMDiT and Flux honour)."""
+    network = model.model.diffusion_model
+    replace = {}
+    for blocks, kind in (("joint_blocks", "double_block"), ("double_blocks", "double_block"),
+                         ("single_blocks", "single_block")):
+        for index in range(len(getattr(network, blocks, ()))):
+            replace[(kind, index)] = _checkpointed_block
+    if not replace:
+        raise RGDInputError("gradient checkpointing in-graph works on SD3/Flux transformer blocks; this model has "
+                            "none: turn gradient_checkpointing off.")
+    return {"patches_replace": {"dit": replace}}
+
+
 class ComfyHost:
     """The recipe's host for ComfyUI's MODEL and CLIP (``rgd_core.hosts.base``): the loaded model samples its own
     data with ComfyUI's sampler; training wraps the layers of a clone (``wrapped``) so that the edit is applied as
     the model runs and the MODEL passed in is never written."""
 
-    def __init__(self, model, clip, settings: SamplerSettings, on_prompt: Callable[[], None] = lambda: None):
+    def __init__(self, model, clip, settings: SamplerSettings, on_prompt: Callable[[], None] = lambda: None,
+                 gradient_checkpointing: bool = False):
         self.model, self.clip, self.settings, self.on_prompt = model, clip, settings, on_prompt
+        # checked now, before minutes of sampling
+        self.training_options = checkpointing_options(model) if gradient_checkpointing else {}
         self.prediction_type = prediction_type(model)
         self.noise_schedule = noise_schedule(model)
         # ComfyUI's samplers and our training both call the model through this module's forward
@@ -360,10 +394,11 @@ class ComfyHost:
             self.patcher = patcher
 
             flow = self.prediction_type == FLOW
+            options = {"transformer_options": self.training_options} if self.training_options else {}
 
             def denoise(x, sigma, cond):
                 with saving_activations_by_copy() if flow else contextlib.nullcontext():
-                    return patcher.model.apply_model(x, sigma.to(x.device),
+                    return patcher.model.apply_model(x, sigma.to(x.device), **options,
                                                      **{k: v.to(x.device) for k, v in cond.items()})
 
             predict = predict_from_denoiser(denoise, self.noise_schedule, self.prediction_type)
@@ -379,17 +414,19 @@ class ComfyHost:
 def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: UnlearnConfig, scope: str,
             batch_size: int, lora_rank: int, settings: SamplerSettings, on_prompt=lambda: None,
             on_step=lambda record: None, should_stop=None, vae=None, preview_every: int = 0,
-            on_preview=lambda step, image: None, phases: dict | None = None):
+            on_preview=lambda step, image: None, phases: dict | None = None,
+            gradient_checkpointing: bool = False):
     """RGD on ComfyUI's MODEL through the one recipe (``run_unlearning``) and return (edit, records). The MODEL
     passed in is never written: the edit lives in weight wrappers of a clone.
 
     With a ``vae`` and ``preview_every`` N > 0, every N steps (and after the last) the model as trained so far
     samples the first forget and retain prompts from one fixed noise, and ``on_preview(step, PIL image)`` gets them.
     ``phases``, a dict, receives the seconds and model evaluations of the data and training phases.
+    ``gradient_checkpointing`` recomputes SD3/Flux blocks' activations in backward instead of keeping them.
     """
     import comfy.model_management
 
-    host = ComfyHost(model, clip, settings, on_prompt)
+    host = ComfyHost(model, clip, settings, on_prompt, gradient_checkpointing)
     callbacks = [on_step]
     if vae is not None and preview_every > 0:
         shown = encode(clip, [forget[0], retain[0]])

@@ -111,6 +111,10 @@ class RGDUnlearn(io.ComfyNode):
                              tooltip="with a VAE connected: every N steps, a sample of the first forget and retain "
                                      "prompt (same noise) as the node's preview; 0 = none"),
                 io.Vae.Input("vae", optional=True, tooltip="only for the previews"),
+                io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
+                                 tooltip="SD3/Flux: recompute each transformer block's activations in backward "
+                                         "instead of keeping them (less memory, about a third more time; exact "
+                                         "gradients)"),
                 io.Combo.Input("sampling", options=list(SAMPLING_CHOICES), default="auto", optional=True,
                                tooltip="how the model samples its own data. auto: SD1/SD2/SDXL use the sampler "
                                        "widgets above; flow models (SD3, Flux) their family's settings (SD3: 28 "
@@ -128,7 +132,7 @@ class RGDUnlearn(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, prompt_set, method, scope, steps, retain_weight, truncation_m, lr, batch_size,
                 seed, lora_rank, pairs, sample_steps, cfg, sampler_name, scheduler, width, height, preview_every=0,
-                vae=None, sampling="auto") -> io.NodeOutput:
+                vae=None, sampling="auto", gradient_checkpointing=False) -> io.NodeOutput:
         from . import glue
 
         config = check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank,
@@ -148,7 +152,8 @@ class RGDUnlearn(io.ComfyNode):
         phases: dict = {}
         edit, records = glue.unlearn(model, clip, forget, retain, config, scope, batch_size, lora_rank, settings,
                                      on_prompt=report.prompt_done, on_step=report.step_done, vae=vae,
-                                     preview_every=preview_every, on_preview=report.preview, phases=phases)
+                                     preview_every=preview_every, on_preview=report.preview, phases=phases,
+                                     gradient_checkpointing=gradient_checkpointing)
         report.done(phases)
         metadata = run_metadata(prompt_set.concept, prompt_set.preset, prompt_set.digest(), forget, retain,
                                 recipe,

@@ -158,3 +158,18 @@ def test_diffusers_host_trains_and_samples_a_flow_model():
     assert net.seen[-4:] == pytest.approx([1000.0, 1000 * 0.9, 1000 * 0.75, 1000 * 0.5])  # shift 3 on 1, .75, .5, .25
     with pytest.raises(Exception, match="euler"):
         diffusers_sd._denoise(parts, noise, cond, cond, diffusers_sd.SamplerSettings(steps=2, scheduler="dpm++2m"))
+
+
+@pytest.mark.parametrize("keys, name", [
+    (["model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "model.diffusion_model.img_in.weight"], "Flux.1"),
+    (["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight"], "Flux.1"),
+    (["single_transformer_blocks.0.attn.to_q.weight", "transformer_blocks.0.attn.add_q_proj.weight"], "Flux.1"),
+    (["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"], "SD3.x"),
+    (["transformer_blocks.0.attn.add_q_proj.weight", "pos_embed.proj.weight"], "SD3.x"),
+])
+def test_rgd_unlearn_names_a_flow_model_it_cannot_read_and_says_where_to_erase_it(keys, name):
+    from rgd_core.checkpoints.load import detect_family
+    from rgd_core.errors import RGDInputError
+
+    with pytest.raises(RGDInputError, match=f"This is a {name} model.*RGD Unlearn node"):
+        detect_family(keys)

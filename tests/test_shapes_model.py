@@ -4,6 +4,8 @@ unchanged."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -20,15 +22,20 @@ from rgd_bench.worlds import shapes_model
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
 
 
-@pytest.fixture(scope="module")
-def components():
-    return shapes_model.load_model()
+PATHS = {"v_prediction": shapes_model.MODEL_PATH, "flow": shapes_model.FLOW_MODEL_PATH}
+
+
+@pytest.fixture(scope="module", params=sorted(PATHS))
+def components(request):
+    """Each committed shapes model: v-prediction, and its rectified-flow twin (SD3/Flux's objective)."""
+    return shapes_model.load_model(PATHS[request.param])
 
 
 def test_committed_model_is_small_and_loads_as_sd1_components(components):
-    assert shapes_model.MODEL_PATH.stat().st_size <= 20 * 2**20
+    assert Path(components.source).stat().st_size <= 20 * 2**20
     assert isinstance(components, PipelineComponents) and components.family == "sd1"
-    assert components.prediction_type == "v_prediction" and components.sha256
+    expected = "flow" if Path(components.source) == shapes_model.FLOW_MODEL_PATH else "v_prediction"
+    assert components.prediction_type == expected and components.sha256
     assert diffusers_sd.vae_scale_factor(components) == 1
     assert components.unet.dtype == torch.float32 and components.unet.config.in_channels == 3
     assert type(components.unet).__name__ == "UNet2DConditionModel"

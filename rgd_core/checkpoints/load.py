@@ -66,12 +66,19 @@ def detect_family(keys: Iterable[str], shapes: Mapping[str, Sequence[int]] | Non
     keys = set(keys)
     if not keys:
         raise RGDInputError("The checkpoint holds no tensors.")
+    transformer = _flow_transformer(keys)
+    if transformer:
+        raise RGDInputError(
+            f"This is a {transformer} model (a flow-matching transformer); rgd unlearn reads SD1/SD2/SDXL "
+            "checkpoints: erase it in ComfyUI with the RGD Unlearn node behind Load Diffusion Model "
+            "(README: Flow-matching models)."
+        )
     if not any(k.startswith(UNET_PREFIX) for k in keys):
         raise RGDInputError(_not_a_checkpoint(keys))
     if not any(k.startswith(UNET_PREFIX + "input_blocks.") for k in keys):
         raise RGDInputError(
-            "model.diffusion_model.* holds no UNet input_blocks (an SD3/Flux-style transformer or another "
-            "architecture); rgd supports SD1, SD2 and SDXL checkpoints."
+            "model.diffusion_model.* holds no UNet input_blocks (a transformer or another architecture); rgd "
+            "supports SD1, SD2 and SDXL checkpoints."
         )
     if shapes is not None and UNET_INPUT_KEY in shapes:
         channels = int(shapes[UNET_INPUT_KEY][1])
@@ -102,6 +109,18 @@ def detect_family(keys: Iterable[str], shapes: Mapping[str, Sequence[int]] | Non
 
 
 _TEXT_PREFIXES = (SD1_TEXT_PREFIX, SD2_TEXT_PREFIX, SDXL_TEXT_PREFIX, SDXL_TEXT_2_PREFIX, SDXL_REFINER_PREFIX)
+
+
+def _flow_transformer(keys: set[str]) -> str | None:
+    """"Flux.1" or "SD3.x" when the keys (bare, ``model.diffusion_model.``-prefixed or diffusers) are those of a
+    flow-matching transformer, else None."""
+    parts = {part for key in keys for part in key.split(".")[:4]}
+    if parts & {"double_blocks", "single_transformer_blocks"}:
+        return "Flux.1"
+    if "joint_blocks" in parts or any(key.startswith("transformer_blocks.") and ".attn.add_q_proj." in key
+                                      for key in keys):
+        return "SD3.x"
+    return None
 
 
 def _not_a_checkpoint(keys: set[str]) -> str:

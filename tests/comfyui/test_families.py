@@ -85,7 +85,7 @@ def in_graph_losses(glue, model, data) -> list[float]:
     from rgd_core.hosts.denoiser import denoiser_losses, predict_from_denoiser
     from rgd_core.edits.deltas import make_edit
 
-    schedule, kind = glue.alphas_cumprod(model), glue.prediction_type(model)
+    schedule, kind = glue.noise_schedule(model), glue.prediction_type(model)
     edit = make_edit(glue.editable_shapes(model), "lora", seed=0)  # LoRA starts as the identity
     with torch.inference_mode(False), torch.no_grad(), glue.wrapped(model, edit) as patcher:
         predict = predict_from_denoiser(lambda x, s, c: patcher.model.apply_model(x, s, **c), schedule, kind)

@@ -136,34 +136,69 @@ def out_of_place_additions():
         torch.Tensor.__iadd__ = original
 
 
-@pytest.mark.parametrize("scope", ["full", "lora"])
-def test_gradients_through_flux_blocks_are_exact(comfy_glue, scope):
-    from rgd_core.edits.deltas import make_edit
-
-    glue, model = comfy_glue, tiny_flux(dev=True)
+def edit_gradients(glue, model, edit, context, transformer_options=None) -> dict:
+    """d(mean square of the denoiser's output)/d(edit) on a fixed batch, the model run under ``context``."""
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, *LATENT, generator=generator)
-    entries = [[torch.randn(1, 256, 32, generator=generator), {"pooled_output": torch.randn(1, 32, generator=generator)}]
-               for _ in range(2)]
+    tokens, width, pooled = (256, 32, 32) if hasattr(model.model.diffusion_model, "double_blocks") else TEXT["sd3"]
+    entries = [[torch.randn(1, tokens, width, generator=generator),
+                {"pooled_output": torch.randn(1, pooled, generator=generator)}] for _ in range(2)]
     cond = glue.model_conds(model, entries, LATENT)
-    sigma = torch.tensor([0.7, 0.3])
-    edit = make_edit(glue.editable_shapes(model), scope, seed=1)
-    with torch.inference_mode(False):
-        with torch.no_grad():
-            for parameter in edit.parameters():  # away from zero, so every factor's gradient is non-trivial
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
-        with glue.wrapped(model, edit) as patcher:
-            def gradients(context):
-                edit.zero_grad()
-                with context:
-                    output = patcher.model.apply_model(x, sigma, **cond)
-                output.square().mean().backward()
-                return {name: parameter.grad.clone() for name, parameter in edit.named_parameters()}
+    with torch.inference_mode(False), glue.wrapped(model, edit) as patcher:
+        edit.zero_grad()
+        with context:
+            output = patcher.model.apply_model(x, torch.tensor([0.7, 0.3]), transformer_options=transformer_options
+                                               or {}, **cond)
+        output.square().mean().backward()
+        return {name: parameter.grad.clone() for name, parameter in edit.named_parameters()}
 
-            with pytest.raises(RuntimeError, match="inplace operation"):
-                gradients(contextlib.nullcontext())  # the trap: ComfyUI's Flux adds to its streams in place
-            reference = gradients(out_of_place_additions())
-            ours = gradients(glue.saving_activations_by_copy())
+
+def perturbed_edit(glue, model, scope):
+    from rgd_core.edits.deltas import make_edit
+
+    edit = make_edit(glue.editable_shapes(model), scope, seed=1)
+    generator = torch.Generator().manual_seed(2)
+    with torch.inference_mode(False), torch.no_grad():
+        for parameter in edit.parameters():  # away from zero, so every factor's gradient is non-trivial
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return edit
+
+
+@pytest.mark.parametrize("family", ["flux-dev", "sd35"])
+def test_gradient_checkpointing_gives_the_exact_gradients(comfy_glue, family):
+    """Blocks recomputed in backward (the node's gradient_checkpointing) give the gradients of the out-of-place
+    reference, on Flux's in-place blocks too."""
+    glue, model = comfy_glue, make_model(family)
+    edit = perturbed_edit(glue, model, "full")
+    reference = edit_gradients(glue, model, edit, out_of_place_additions())
+    options = glue.checkpointing_options(model)
+    assert len(options["patches_replace"]["dit"]) == 2  # every block: SD3 depth 2, Flux 1 double + 1 single
+    checkpointed = edit_gradients(glue, model, edit, glue.saving_activations_by_copy(), options)
+    for name in reference:
+        torch.testing.assert_close(checkpointed[name], reference[name], atol=1e-7, rtol=1e-5)
+
+
+def test_gradient_checkpointing_is_refused_on_a_unet(comfy_glue, base_dir):
+    import comfy.sd
+
+    from rgd_core.errors import RGDInputError
+
+    with torch.inference_mode():
+        model, _, _, _ = comfy.sd.load_checkpoint_guess_config(
+            str(base_dir / "models" / "checkpoints" / "rgd_tiny_sd15.safetensors"), output_vae=False,
+            output_clip=False)
+    with pytest.raises(RGDInputError, match="turn gradient_checkpointing off"):
+        comfy_glue.ComfyHost(model, None, comfy_glue.SamplerSettings(), gradient_checkpointing=True)
+
+
+@pytest.mark.parametrize("scope", ["full", "lora"])
+def test_gradients_through_flux_blocks_are_exact(comfy_glue, scope):
+    glue, model = comfy_glue, tiny_flux(dev=True)
+    edit = perturbed_edit(glue, model, scope)
+    with pytest.raises(RuntimeError, match="inplace operation"):
+        edit_gradients(glue, model, edit, contextlib.nullcontext())  # the trap: Flux adds to its streams in place
+    reference = edit_gradients(glue, model, edit, out_of_place_additions())
+    ours = edit_gradients(glue, model, edit, glue.saving_activations_by_copy())
     assert reference.keys() == ours.keys() and len(ours) >= 6
     for name in reference:
         assert reference[name].abs().max() > 0, name
@@ -280,3 +315,28 @@ def test_the_smallest_flux_comfyui_detects_loads_and_trains_a_step(comfy_glue, t
     finally:
         torch.set_num_threads(1)
     assert len(records) == 1 and math.isfinite(records[0]["forget_loss"])
+
+
+@pytest.mark.parametrize("stored", [torch.bfloat16, torch.float8_e4m3fn])
+def test_a_low_precision_base_trains_a_float32_edit(comfy_glue, stored):
+    """Weights stored in bf16 or fp8 (Load Diffusion Model's weight_dtype), cast by ComfyUI to the compute dtype
+    layer by layer; the edit stays float32 and trains, the stored weights stay as they were."""
+    import comfy.sd
+
+    from rgd_core.method.unlearner import UnlearnConfig
+
+    glue = comfy_glue
+    with torch.inference_mode():
+        model = comfy.sd.load_diffusion_model_state_dict(sd3_state_dict(), model_options={"dtype": stored})
+    weight = model.model.diffusion_model.joint_blocks[0].x_block.attn.qkv.weight
+    assert weight.dtype == stored
+    before = weight.clone()
+    settings = glue.SamplerSettings(steps=2, cfg=4.5, scheduler="simple", width=32, height=32, batch_size=2)
+    with torch.inference_mode():
+        edit, records = glue.unlearn(model, TextStandIn(*TEXT["sd3"]), ["a nude person", "a nude man"],
+                                     ["a person", "a man"], UnlearnConfig(steps=2, lr=1e-2, seed=0), "lora", 2, 4,
+                                     settings)
+    assert all(math.isfinite(r["forget_loss"]) for r in records)
+    assert all(parameter.dtype == torch.float32 for parameter in edit.parameters())
+    assert any(parameter.abs().max() > 0 for name, parameter in edit.named_parameters() if name.endswith("up"))
+    assert torch.equal(model.model.diffusion_model.joint_blocks[0].x_block.attn.qkv.weight.float(), before.float())
