@@ -308,10 +308,21 @@ def wrapped(model, edit: EditSet):
         # autograd cannot save inference tensors: the clone holds ordinary copies while loaded (restored on unload)
         for name, parameter in loose_parameters(model).items():
             patcher.add_object_patch(name, torch.nn.Parameter(parameter.detach().clone(), requires_grad=False))
+    frozen = []
     try:
         comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+        # ComfyUI loads every weight with requires_grad set; left so, backward would compute (and keep) a gradient
+        # for every base weight through the copies the wrappers make: a whole model's worth of wasted memory, and
+        # an error on fp8-stored weights. Only the edit trains. The flags are put back on the way out.
+        for parameter in patcher.model.parameters():
+            if parameter.requires_grad:
+                parameter.requires_grad_(False)
+                frozen.append(parameter)
         yield patcher
     finally:
+        with torch.inference_mode():  # where ComfyUI set the flags (outside it, inference tensors refuse them)
+            for parameter in frozen:
+                parameter.requires_grad_(True)
         for module in patcher.model.modules():
             for kind in ("weight_function", "bias_function"):
                 functions = getattr(module, kind, None)
@@ -334,19 +345,47 @@ def saving_activations_by_copy():
 
 
 def _checkpointed_block(args: dict, extra: dict) -> dict:
-    """A transformer block run under activation checkpointing (its activations are recomputed in backward instead
-    of kept). The block is handed copies of its inputs: Flux's blocks add to their inputs in place, and
-    checkpointing keeps the inputs by reference to recompute from, so without the copies the recomputation would
-    start from overwritten tensors (what makes ComfyUI's own trainer's Flux gradients slightly wrong)."""
+    """A transformer block run under activation checkpointing: no activation is kept in the forward pass, the
+    block runs again in backward to rebuild them. Exact on Flux's in-place blocks because (1) the block gets copies
+    of its inputs, which it adds to in place, so the kept inputs stay what the rerun needs; (2) the rerun saves its
+    activations by copy (``saving_activations_by_copy``), as the plain training forward does. torch's non-reentrant
+    checkpointing keeps the rerun's tensors by reference, which the block's in-place additions then overwrite
+    (gradients off by ~0.3% on a tiny Flux), so this is the reentrant kind, with an anchor that requires grad so the
+    block's output does even when none of its inputs do (LoRA on the first block)."""
     import torch.utils.checkpoint
 
     names = [name for name, value in args.items() if isinstance(value, Tensor)]
     rest = {name: value for name, value in args.items() if name not in names}
+    block = _frozen(extra["original_block"])
+    keys: list[str] = []
 
-    def run(*tensors):
-        return extra["original_block"]({**rest, **{name: t.clone() for name, t in zip(names, tensors)}})
+    def run(_anchor, *tensors):
+        with saving_activations_by_copy():
+            out = block({**rest, **{name: t.clone() for name, t in zip(names, tensors)}})
+        keys[:] = sorted(out)
+        return tuple(out[key] for key in keys)
 
-    return torch.utils.checkpoint.checkpoint(run, *(args[name] for name in names), use_reentrant=False)
+    anchor = torch.ones((), requires_grad=True)
+    outputs = torch.utils.checkpoint.checkpoint(run, anchor, *(args[name] for name in names), use_reentrant=True)
+    return dict(zip(keys, outputs))
+
+
+def _frozen(function):
+    """``function`` with the variables it closes over fixed at their present values. ComfyUI defines each block's
+    ``original_block`` inside its loop over blocks, closing over the loop variable; called again in backward (the
+    recomputation), it would run the *last* block. A frozen copy runs the block it was handed for."""
+    import types
+
+    if not function.__closure__:
+        return function
+    cells = []
+    for cell in function.__closure__:
+        try:
+            cells.append(types.CellType(cell.cell_contents))
+        except ValueError:  # a variable not bound yet keeps its live cell
+            cells.append(cell)
+    return types.FunctionType(function.__code__, function.__globals__, function.__name__, function.__defaults__,
+                              tuple(cells))
 
 
 def checkpointing_options(model) -> dict:

@@ -5,7 +5,8 @@ and ``<prefix>_lora_<counter>_.safetensors``; a prefix may name sub-folders but 
 file is written to a temporary name and renamed into place, so a failure leaves nothing half-written.
 
 Without a CLIP and a VAE (a model loaded with "Load Diffusion Model", as Flux and SD3.5 usually are) the checkpoint
-is the diffusion model alone, written to models/diffusion_models, where "Load Diffusion Model" lists it.
+is the diffusion model alone, written to the first folder ComfyUI lists for diffusion models (models/unet in
+v0.3.64), where "Load Diffusion Model" finds it.
 """
 
 from __future__ import annotations

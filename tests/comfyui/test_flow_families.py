@@ -174,8 +174,12 @@ def test_gradient_checkpointing_gives_the_exact_gradients(comfy_glue, family):
     options = glue.checkpointing_options(model)
     assert len(options["patches_replace"]["dit"]) == 2  # every block: SD3 depth 2, Flux 1 double + 1 single
     checkpointed = edit_gradients(glue, model, edit, glue.saving_activations_by_copy(), options)
-    for name in reference:
-        torch.testing.assert_close(checkpointed[name], reference[name], atol=1e-7, rtol=1e-5)
+    # recomputation changes the order in which backward sums some gradients, so the last float bits may differ;
+    # a recomputation from overwritten inputs is off by 1e-4 to 2e-3 of the gradient (flow_models.md section 4)
+    worst = max(((checkpointed[name] - reference[name]).abs().max() / reference[name].abs().max()).item()
+                for name in reference)
+    print(family, "worst relative difference", worst)
+    assert worst < 1e-5
 
 
 def test_gradient_checkpointing_is_refused_on_a_unet(comfy_glue, base_dir):

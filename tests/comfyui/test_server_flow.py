@@ -52,13 +52,18 @@ def digest(server, model_nodes: dict) -> list[str]:
 
 
 def test_flux_example_on_a_tiny_sd3_writes_a_diffusion_model_and_a_lora_that_agree(server, example, sd3_file):
-    entry = server.run(flow_workflow(example), timeout=900)
-    saved = next(iter(entry["outputs"].values()))
+    workflow = flow_workflow(example)
+    entry = server.run(workflow, timeout=900)
+    saved = entry["outputs"].get(next(key for key, node in workflow.items() if node["class_type"] == "RGDSave"))
     models = server.base / "models"
-    model_file = models / "diffusion_models" / f"{PREFIX}_00001_.safetensors"
+    # the first folder ComfyUI lists for diffusion models: models/unet in v0.3.64 (its older name), where
+    # "Load Diffusion Model" finds it as well as in models/diffusion_models
+    model_file = next((folder / f"{PREFIX}_00001_.safetensors" for folder in (models / "unet",
+                                                                               models / "diffusion_models")
+                       if (folder / f"{PREFIX}_00001_.safetensors").is_file()), models / "unet")
     lora_file = models / "loras" / f"{PREFIX}_lora_00001_.safetensors"
-    assert model_file.is_file() and lora_file.is_file(), (saved, server.log_tail())
-    assert not (models / "checkpoints" / "rgd").exists()  # no CLIP/VAE: not a whole checkpoint
+    assert model_file.is_file() and lora_file.is_file(), (saved, sorted(map(str, models.rglob("*.safetensors"))))
+    assert not list((models / "checkpoints").rglob("flow_*"))  # no CLIP/VAE: not a whole checkpoint
 
     listed = server.get("/object_info/UNETLoader")["UNETLoader"]["input"]["required"]["unet_name"][0]
     assert f"{PREFIX}_00001_.safetensors" in listed
