@@ -78,8 +78,8 @@ def build(family: str, blocks: int, dtype):
         return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=torch.device("cpu"))
 
 
-def row(family: str, blocks: int, scope: str, size: int, dtype_name: str, steps: int) -> dict:
-    """One configuration in this process: build, two warm-up steps, ``steps`` timed steps."""
+def row(family: str, blocks: int, scope: str, size: int, dtype_name: str, steps: int, checkpointing: bool) -> dict:
+    """One configuration in this process: build, one warm-up step, ``steps`` timed steps."""
     import torch
 
     if os.environ.get("RGD_COMFYUI"):
@@ -110,7 +110,7 @@ def row(family: str, blocks: int, scope: str, size: int, dtype_name: str, steps:
         latents = torch.randn(2, *latent, generator=generator)
     data = PairedData(latents[:1], latents[1:], {k: v[:1] for k, v in cond.items()},
                       {k: v[1:] for k, v in cond.items()})
-    host = glue.ComfyHost(model, None, glue.SamplerSettings())
+    host = glue.ComfyHost(model, None, glue.SamplerSettings(), gradient_checkpointing=checkpointing)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
@@ -118,24 +118,26 @@ def row(family: str, blocks: int, scope: str, size: int, dtype_name: str, steps:
         torch.cuda.reset_peak_memory_stats()
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    settings = RecipeSettings(UnlearnConfig(method="rgd", steps=2 + steps, lr=1e-5, retain_weight=1.6, seed=0), scope,
+    settings = RecipeSettings(UnlearnConfig(method="rgd", steps=1 + steps, lr=1e-5, retain_weight=1.6, seed=0), scope,
                               1, 16, data_seed=0)
     start = time.perf_counter()
     with torch.inference_mode(False):
         result = run_unlearning(host, None, None, settings, data=data)
     total = time.perf_counter() - start
-    seconds = [record["seconds"] for record in result.records[2:]]
+    seconds = [record["seconds"] for record in result.records[1:]]
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     parameters = sum(p.numel() for p in model.model.diffusion_model.parameters())
     trainable = sum(p.numel() for p in result.module.parameters())
-    return {"family": family, "blocks": blocks, "scope": scope, "size": size, "dtype": dtype_name,
+    return {"family": family, "blocks": blocks, "scope": scope, "checkpointing": checkpointing, "size": size,
+            "dtype": dtype_name,
             "device": "cuda" if cuda else "cpu", "parameters": parameters, "trainable": trainable,
             "step_seconds": sum(seconds) / len(seconds), "total_seconds": total, "base_bytes": base,
             "peak_bytes": peak}
 
 
-def run_row(family, blocks, scope, size, dtype, steps, threads) -> dict:
-    command = [sys.executable, __file__, "--row", json.dumps([family, blocks, scope, size, dtype, steps])]
+def run_row(family, blocks, scope, size, dtype, steps, threads, checkpointing) -> dict:
+    command = [sys.executable, __file__, "--row", json.dumps([family, blocks, scope, size, dtype, steps,
+                                                               checkpointing])]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
@@ -146,11 +148,13 @@ def run_row(family, blocks, scope, size, dtype, steps, threads) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="flux,sd35-large")
-    parser.add_argument("--scopes", default="lora,cross-attn,full")
+    parser.add_argument("--scopes", default="lora,lora+checkpointing,full",
+                        help="scopes to time; '+checkpointing' adds gradient checkpointing")
     parser.add_argument("--blocks", type=int, default=1, help="blocks of the small build (the other has twice)")
     parser.add_argument("--size", type=int, default=256, help="image side in pixels (latent side / 8)")
-    parser.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default="bf16")
-    parser.add_argument("--steps", type=int, default=2, help="timed steps after two warm-up steps")
+    parser.add_argument("--dtype", choices=["bf16", "fp32", "fp16"], default="bf16",
+                        help="weights and compute (a CPU computes bf16 slowly: use fp32 there)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--row", default=None, help=argparse.SUPPRESS)
@@ -162,7 +166,7 @@ def main() -> None:
         print(json.dumps(row(*json.loads(args.row))))
         return
     rows = []
-    header = (f"{'family':11s} {'scope':10s} {'trainable':>11s} {'s/step':>8s} {'s/block':>8s} {'whole s':>8s} "
+    header = (f"{'family':11s} {'scope':24s} {'trainable':>11s} {'s/step':>8s} {'s/block':>8s} {'whole s':>8s} "
               f"{'GiB/block':>9s} {'weights GiB':>11s}")
     print(f"{args.size}x{args.size} px, {args.dtype}, batch 1+1, blocks {args.blocks} and {2 * args.blocks}")
     print(header)
@@ -170,11 +174,13 @@ def main() -> None:
     for family in args.family.split(","):
         real_blocks = FAMILIES[family][0]
         per_block_count = 2 if family == "flux" else 1  # a Flux build of n has n double and n single blocks
-        for scope in args.scopes.split(","):
-            small = run_row(family, args.blocks, scope, args.size, args.dtype, args.steps, args.threads)
-            large = run_row(family, 2 * args.blocks, scope, args.size, args.dtype, args.steps, args.threads)
+        for label in args.scopes.split(","):
+            scope, checkpointing = label.removesuffix("+checkpointing"), label.endswith("+checkpointing")
+            small = run_row(family, args.blocks, scope, args.size, args.dtype, args.steps, args.threads, checkpointing)
+            large = run_row(family, 2 * args.blocks, scope, args.size, args.dtype, args.steps, args.threads,
+                            checkpointing)
             if "error" in small or "error" in large:
-                print(f"{family:11s} {scope:10s} failed: {small.get('error') or large.get('error')}")
+                print(f"{family:11s} {label:24s} failed: {small.get('error') or large.get('error')}")
                 rows.append({"small": small, "large": large})
                 continue
             blocks_added = per_block_count * args.blocks
@@ -183,7 +189,7 @@ def main() -> None:
             whole = small["step_seconds"] + per_block * (real_blocks - per_block_count * args.blocks)
             bytes_per = {"bf16": 2, "fp16": 2, "fp32": 4}[args.dtype]
             weights = REAL_PARAMS[family] * bytes_per / gib
-            print(f"{family:11s} {scope:10s} {large['trainable']:>11,d} {large['step_seconds']:8.2f} {per_block:8.2f} "
+            print(f"{family:11s} {label:24s} {large['trainable']:>11,d} {large['step_seconds']:8.2f} {per_block:8.2f} "
                   f"{whole:8.1f} {memory_per_block / gib:9.2f} {weights:11.1f}")
             rows.append({"small": small, "large": large, "per_block_seconds": per_block,
                          "per_block_peak_bytes": memory_per_block, "whole_step_seconds": whole,

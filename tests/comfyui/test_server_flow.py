@@ -67,8 +67,8 @@ def test_flux_example_on_a_tiny_sd3_writes_a_diffusion_model_and_a_lora_that_agr
 
     listed = server.get("/object_info/UNETLoader")["UNETLoader"]["input"]["required"]["unet_name"][0]
     assert f"{PREFIX}_00001_.safetensors" in listed
-    baked = digest(server, {"out": {"class_type": "UNETLoader",
-                                    "inputs": {"unet_name": f"{PREFIX}_00001_.safetensors", "weight_dtype": "default"}}})
+    saved_model = {"unet_name": f"{PREFIX}_00001_.safetensors", "weight_dtype": "default"}
+    baked = digest(server, {"out": {"class_type": "UNETLoader", "inputs": saved_model}})
     base = {"base": {"class_type": "UNETLoader", "inputs": {"unet_name": SD3_FILE, "weight_dtype": "default"}}}
     original = digest(server, {**base, "out": base["base"]})
     with_lora = digest(server, {**base, "out": {"class_type": "LoraLoaderModelOnly", "inputs": {
