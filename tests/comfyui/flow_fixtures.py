@@ -1,4 +1,5 @@
-"""Tiny flow-matching models as ComfyUI builds them (SD3's MMDiT and Flux.1), for the in-process tests.
+"""Tiny flow-matching models as ComfyUI builds them (SD3's MMDiT and Flux.1), and a text-encoder stand-in, for the
+in-process tests.
 
 - ``sd3_state_dict``: an MMDiT state dict small enough for a fixture file that ComfyUI's own detection names SD3
   (its depth fixes the width: 64 per block). Optionally SD3.5-like: RMS QK-norm and an image-only attn2 in
@@ -13,6 +14,8 @@ layers included, so the models' outputs depend on every block (a zero-initialise
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
@@ -100,3 +103,21 @@ def detectable_flux_state_dict(dev: bool = True, seed: int = 0) -> dict[str, tor
         else:
             state[name] = (torch.randn(tensor.shape, generator=generator) * 0.02).to(torch.bfloat16)
     return state
+
+
+class TextStandIn:
+    """The two CLIP calls the glue makes, giving each prompt fixed random conditioning (hidden states of ``tokens``
+    x ``width``, a pooled output of ``pooled``), a function of the prompt's bytes. Every 8 words add 77 tokens, as
+    a long prompt does to a T5 encoding. Real text encoders (SDXL's CLIP-L + bigG, T5-XXL) are not what is tested."""
+
+    def __init__(self, tokens: int, width: int, pooled: int) -> None:
+        self.tokens, self.width, self.pooled = tokens, width, pooled
+
+    def tokenize(self, prompt: str) -> str:
+        return prompt
+
+    def encode_from_tokens_scheduled(self, prompt: str) -> list:
+        seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "little")
+        generator = torch.Generator().manual_seed(seed)
+        hidden = torch.randn(1, len(prompt.split()) // 8 * 77 + self.tokens, self.width, generator=generator)
+        return [[hidden, {"pooled_output": torch.randn(1, self.pooled, generator=generator)}]]

@@ -16,10 +16,10 @@ LoRA written from the edit, applied the way LoraLoader applies it, reproduces th
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
+
+from flow_fixtures import TextStandIn  # tests/comfyui is on sys.path under pytest
 
 pytest.importorskip("diffusers")
 
@@ -206,27 +206,13 @@ def test_sdxl_losses_match_the_headless_backend(sdxl):
     assert in_graph == pytest.approx(headless, rel=1e-3)
 
 
-class TextStandIn:
-    """CLIP's two calls that glue makes, giving each prompt a fixed random SDXL conditioning (hidden states and
-    pooled output). ComfyUI's SDXL text encoders (CLIP-L + bigG, 800M parameters) are not what is tested here."""
-
-    def tokenize(self, prompt: str) -> str:
-        return prompt
-
-    def encode_from_tokens_scheduled(self, prompt: str) -> list:
-        seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "little")
-        generator = torch.Generator().manual_seed(seed)
-        hidden = torch.randn(1, 77, SDXL_CONTEXT, generator=generator)
-        return [[hidden, {"pooled_output": torch.randn(1, SDXL_POOLED, generator=generator)}]]
-
-
 def test_sdxl_unlearns_in_graph_and_its_lora_reproduces_the_edit(sdxl):
     from rgd_core.method.unlearner import UnlearnConfig
 
     glue, model, _ = sdxl
     before = {name: value.clone() for name, value in model.model.state_dict().items()}
     settings = glue.SamplerSettings(steps=2, cfg=5.0, width=64, height=64, batch_size=2)
-    clip = TextStandIn()
+    clip = TextStandIn(77, SDXL_CONTEXT, SDXL_POOLED)
     with torch.inference_mode():
         edit, records = glue.unlearn(model, clip, ["a nude person", "a nude man"], ["a person", "a man"],
                                      UnlearnConfig(steps=2, lr=1e-2, seed=0), "lora", 2, 4, settings)

@@ -15,35 +15,18 @@ ComfyUI's T5-XXL alone has 4.7B parameters.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 
 import pytest
 import torch
 
-from flow_fixtures import detectable_flux_state_dict, load_sd3, sd3_state_dict, tiny_flux
+from flow_fixtures import TextStandIn, detectable_flux_state_dict, load_sd3, sd3_state_dict, tiny_flux
 
 FAMILIES = ("sd3", "sd35", "flux-dev", "flux-schnell")
 # (text tokens, text width, pooled width) per family: SD3 = 77 CLIP + 77 T5 tokens of 4096, pooled CLIP-L+G 2048;
 # the tiny Flux takes 32-wide text (its context_in_dim) and 256 tokens, the T5 length ComfyUI pads Flux prompts to
 TEXT = {"sd3": (154, 4096, 2048), "sd35": (154, 4096, 2048), "flux-dev": (256, 32, 32), "flux-schnell": (256, 32, 32)}
 LATENT = (16, 4, 4)
-
-
-class TextStandIn:
-    """The two CLIP calls the glue makes, giving each prompt fixed random conditioning of the family's shapes."""
-
-    def __init__(self, tokens: int, width: int, pooled: int) -> None:
-        self.tokens, self.width, self.pooled = tokens, width, pooled
-
-    def tokenize(self, prompt: str) -> str:
-        return prompt
-
-    def encode_from_tokens_scheduled(self, prompt: str) -> list:
-        seed = int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "little")
-        generator = torch.Generator().manual_seed(seed)
-        hidden = torch.randn(1, len(prompt.split()) // 8 * 77 + self.tokens, self.width, generator=generator)
-        return [[hidden, {"pooled_output": torch.randn(1, self.pooled, generator=generator)}]]
 
 
 def make_model(family: str):
