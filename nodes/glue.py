@@ -214,13 +214,14 @@ def build_data(model, clip, forget: Sequence[str], retain: Sequence[str], seed: 
     with ``rows``, only those pairs (the ones training draws), the others left zero and marked unsampled."""
     shape = latent_shape(model, settings)
     negative = encode(clip, [""])[0]
+    # both sides' conditioning first: prompts that cannot be batched are refused before minutes of sampling
+    entries = [encode(clip, list(prompts) if rows is None else [prompts[i] for i in rows])
+               for prompts in (forget, retain)]
+    conds = [model_conds(model, side, shape) for side in entries]
     sides = []
-    for prompts in (forget, retain):
-        chosen = list(prompts) if rows is None else [prompts[i] for i in rows]
-        entries = encode(clip, chosen)
+    for prompts, side, cond in zip((forget, retain), entries, conds):
         with torch.no_grad():
-            latents = sample_latents(model, entries, negative, seed, settings, on_prompt, seed_indices=rows)
-        cond = model_conds(model, entries, shape)
+            latents = sample_latents(model, side, negative, seed, settings, on_prompt, seed_indices=rows)
         sides.append((scatter_rows(latents, rows, len(prompts)),
                       {k: scatter_rows(v, rows, len(prompts)) for k, v in cond.items()}))
     with torch.inference_mode(False):

@@ -74,6 +74,9 @@ class ShapesBenchConfig:
             raise RGDInputError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}.")
         if not self.methods:
             object.__setattr__(self, "methods", FLOW_METHODS if self.model == "flow" else METHODS)
+        if self.model == "flow" and self.data_sampler not in ("ddim", "euler"):
+            raise RGDInputError(f"the flow model samples with euler (or ddim, the same step), not "
+                                f"{self.data_sampler!r}; pass --data-sampler euler.")
         if self.model == "flow" and "ESD" in self.methods:
             raise RGDInputError(f"ESD runs on the v-prediction model only; with --model flow use some of "
                                 f"{', '.join(FLOW_METHODS)}.")

@@ -42,6 +42,8 @@ def test_bad_config():
         ShapesBenchConfig(model="x0")
     with pytest.raises(RGDInputError, match="ESD runs on the v-prediction model only"):
         ShapesBenchConfig(model="flow", methods=("RGD", "ESD"))
+    with pytest.raises(RGDInputError, match="samples with euler"):
+        ShapesBenchConfig(model="flow", data_sampler="dpm++2m")
 
 
 def test_each_model_defaults_to_the_methods_it_takes():

@@ -1,5 +1,5 @@
-"""Tiny flow-matching models as ComfyUI builds them (SD3's MMDiT and Flux.1), and a text-encoder stand-in, for the
-in-process tests.
+"""Tiny flow-matching models as ComfyUI builds them (SD3's MMDiT and Flux.1), a text-encoder stand-in, and the
+edited-model-against-its-LoRA comparison, for the in-process tests.
 
 - ``sd3_state_dict``: an MMDiT state dict small enough for a fixture file that ComfyUI's own detection names SD3
   (its depth fixes the width: 64 per block). Optionally SD3.5-like: RMS QK-norm and an image-only attn2 in
@@ -121,3 +121,22 @@ class TextStandIn:
         generator = torch.Generator().manual_seed(seed)
         hidden = torch.randn(1, len(prompt.split()) // 8 * 77 + self.tokens, self.width, generator=generator)
         return [[hidden, {"pooled_output": torch.randn(1, self.pooled, generator=generator)}]]
+
+
+def outputs_with_edit_and_lora(glue, model, edit, x, sigma, cond):
+    """(edited, from_lora, original): the denoiser's output on ``x`` at ``sigma`` with the edit in weight wrappers,
+    with the edit's kohya LoRA applied by LoraLoader's call, and without either."""
+    import comfy.model_management
+
+    lora = glue.edit_to_lora(model, edit, {})
+    assert lora and all(key.startswith("lora_unet_") for key in lora)
+    patched = glue.apply_lora(model, lora)
+    with torch.no_grad():
+        with glue.wrapped(model, edit) as trained:
+            edited = trained.model.apply_model(x, sigma, **cond)
+        comfy.model_management.load_models_gpu([patched], force_full_load=True)
+        from_lora = patched.model.apply_model(x, sigma, **cond)
+        patched.unpatch_model()
+        comfy.model_management.load_models_gpu([model], force_full_load=True)
+        original = model.model.apply_model(x, sigma, **cond)
+    return edited, from_lora, original

@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flow_fixtures import TextStandIn  # tests/comfyui is on sys.path under pytest
+from flow_fixtures import TextStandIn, outputs_with_edit_and_lora  # tests/comfyui is on sys.path under pytest
 
 pytest.importorskip("diffusers")
 
@@ -221,22 +221,9 @@ def test_sdxl_unlearns_in_graph_and_its_lora_reproduces_the_edit(sdxl):
     after = model.model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)  # the MODEL that came in is untouched
 
-    lora = glue.edit_to_lora(model, edit, {})
-    assert lora and all(key.startswith("lora_unet_") for key in lora)
-    patched = glue.apply_lora(model, lora)
     _, entries = latents_and_conds(SDXL_CONTEXT, pooled=True)
     cond = glue.model_conds(model, entries[:1], (4, 8, 8))
     x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
-    sigma = torch.tensor([2.0])
-    import comfy.model_management
-
-    with torch.no_grad():
-        with glue.wrapped(model, edit) as trained:
-            expected = trained.model.apply_model(x, sigma, **cond)
-        comfy.model_management.load_models_gpu([patched], force_full_load=True)
-        from_lora = patched.model.apply_model(x, sigma, **cond)
-        patched.unpatch_model()
-        comfy.model_management.load_models_gpu([model], force_full_load=True)
-        original = model.model.apply_model(x, sigma, **cond)
+    expected, from_lora, original = outputs_with_edit_and_lora(glue, model, edit, x, torch.tensor([2.0]), cond)
     assert (expected - original).abs().max() > 1e-4  # the edit did something
     torch.testing.assert_close(from_lora, expected, atol=1e-4, rtol=1e-4)

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
-from flow_fixtures import TextStandIn, detectable_flux_state_dict, load_sd3, sd3_state_dict, tiny_flux
+from flow_fixtures import (TextStandIn, detectable_flux_state_dict, load_sd3, outputs_with_edit_and_lora,
+                           sd3_state_dict, tiny_flux)
 
 FAMILIES = ("sd3", "sd35", "flux-dev", "flux-schnell")
 # (text tokens, text width, pooled width) per family: SD3 = 77 CLIP + 77 T5 tokens of 4096, pooled CLIP-L+G 2048;
@@ -197,8 +199,8 @@ def test_two_steps_leave_the_model_bit_identical_and_the_lora_reproduces_the_edi
 
     family, glue, model, text = flow_model
     before = {name: value.clone() for name, value in model.model.state_dict().items()}
-    settings = glue.family_sampler_settings(model, glue.SamplerSettings(width=32, height=32, batch_size=2))
-    settings = type(settings)(**{**settings.__dict__, "steps": 2})
+    settings = replace(glue.family_sampler_settings(model, glue.SamplerSettings(width=32, height=32, batch_size=2)),
+                       steps=2)
     with torch.inference_mode():
         edit, records = glue.unlearn(model, text, ["a nude person", "a nude man"], ["a person", "a man"],
                                      UnlearnConfig(steps=2, lr=1e-2, seed=0), "lora", 2, 4, settings)
@@ -207,22 +209,9 @@ def test_two_steps_leave_the_model_bit_identical_and_the_lora_reproduces_the_edi
     after = model.model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)  # the MODEL that came in: bit for bit
 
-    lora = glue.edit_to_lora(model, edit, {})
-    assert lora and all(key.startswith("lora_unet_") for key in lora)
-    patched = glue.apply_lora(model, lora)  # LoraLoader's call
     cond = glue.model_conds(model, glue.encode(text, ["a nude person"]), LATENT)
     x = torch.randn(1, *LATENT, generator=torch.Generator().manual_seed(3))
-    sigma = torch.tensor([0.6])
-    import comfy.model_management
-
-    with torch.no_grad():
-        with glue.wrapped(model, edit) as trained:
-            expected = trained.model.apply_model(x, sigma, **cond)
-        comfy.model_management.load_models_gpu([patched], force_full_load=True)
-        from_lora = patched.model.apply_model(x, sigma, **cond)
-        patched.unpatch_model()
-        comfy.model_management.load_models_gpu([model], force_full_load=True)
-        original = model.model.apply_model(x, sigma, **cond)
+    expected, from_lora, original = outputs_with_edit_and_lora(glue, model, edit, x, torch.tensor([0.6]), cond)
     assert (expected - original).abs().max() > 1e-5  # the edit did something
     torch.testing.assert_close(from_lora, expected, atol=1e-5, rtol=1e-4)
 
