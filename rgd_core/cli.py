@@ -308,7 +308,8 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     # Every default is None here: a flag counts only when given, so that --preset and --config values can sit
     # underneath it (apps.unlearn.resolve_settings); the real defaults are shown in the help.
     add = parser.add_argument
-    add("--checkpoint", metavar="FILE", help="single-file SD checkpoint (.safetensors) to edit (required)")
+    add("--checkpoint", metavar="FILE", help="single-file checkpoint (.safetensors) to edit: SD1/SD2/SDXL, or a "
+        "Flux.1 / SD3.x diffusion model with --text-encoders (required)")
     add("--concept", metavar="NAME", help="the concept to erase, e.g. nudity or 'Van Gogh' (required)")
     add("--out", metavar="DIR", help="folder for <name>.safetensors (or the diffusers folder <name>/) and "
         "<name>.json (required)")
@@ -346,10 +347,17 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
         help=f"m for skip (skip ascent above it), alpha for elementwise (default {d['truncation_threshold']})")
     add("--batch-size", type=int, help=f"forget (and paired retain) examples per step (default {d['batch_size']})")
     add("--train-prompts", type=int, help=f"forget/retain prompt pairs to sample (default {d['train_prompts']})")
-    add("--sample-steps", type=int, help=f"DDIM steps when sampling the training data (default {d['sample_steps']})")
-    add("--guidance", type=float, help=f"classifier-free guidance when sampling the data (default {d['guidance']})")
-    add("--sampler", choices=sorted(SAMPLERS), help=f"sampler of the data (default {d['sampler']}; dpm++2m needs "
-        "fewer --sample-steps for the same quality)")
+    add("--sample-steps", type=int, help="sampler steps when sampling the training data (default 50 for SD; SD3 28, "
+        "Flux dev 20, schnell 4)")
+    add("--guidance", type=float, help="classifier-free guidance when sampling the data (default 7.5 for SD; SD3 "
+        "4.5, Flux 1 with dev's distilled guidance 3.5)")
+    add("--sampler", choices=sorted(SAMPLERS), help="sampler of the data (default ddim for SD, euler for SD3/Flux; "
+        "dpm++2m needs fewer --sample-steps for the same quality)")
+    add("--width", type=int, help="width of the sampled training data in pixels (default: the model's native size)")
+    add("--height", type=int, help="height of the sampled training data in pixels (default: the native size)")
+    add("--text-encoders", nargs="+", metavar="PATH", help="Flux.1 / SD3.x only: the text encoder files (CLIP-L, "
+        "CLIP-G for SD3, T5-XXL) and T5 tokenizer, or folders holding them, e.g. ComfyUI's models/text_encoders and "
+        "comfy/text_encoders/t5_tokenizer (default: those inside the checkpoint)")
     add("--seed", type=int, help=f"seed for prompts, data and training (default {d['seed']})")
     add("--forget-images", metavar="DIR", help="train on your own images of the concept instead of samples: "
         "a folder of .png/.jpg/.webp files, each captioned by a .txt of the same name (else a forget prompt); "

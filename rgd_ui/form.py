@@ -12,7 +12,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol, Sequence
 
-from rgd_core.apps.unlearn import CLI_FAMILIES, DEFAULTS, default_prompt_preset, output_name, resolve_settings
+from rgd_core.apps.unlearn import (
+    CLI_FAMILIES,
+    DEFAULTS,
+    SD_SAMPLING,
+    default_prompt_preset,
+    output_name,
+    resolve_settings,
+)
 from rgd_core.edits.scopes import LORA_SCOPE
 from rgd_core.errors import RGDInputError
 from rgd_core.files import atomic_write_bytes
@@ -47,9 +54,9 @@ class TabForm:
     seed: int = DEFAULTS["seed"]
     lora_rank: int = DEFAULTS["lora_rank"]
     train_prompts: int = DEFAULTS["train_prompts"]
-    sample_steps: int = DEFAULTS["sample_steps"]
-    guidance: float = DEFAULTS["guidance"]
-    sampler: str = DEFAULTS["sampler"]
+    sample_steps: int = SD_SAMPLING["sample_steps"]  # the tab edits SD checkpoints
+    guidance: float = SD_SAMPLING["guidance"]
+    sampler: str = SD_SAMPLING["sampler"]
     name: str = ""
     save_checkpoint: bool = True
     save_lora: bool = True

@@ -16,7 +16,8 @@ OPTIONS = ("--checkpoint", "--concept", "--out", "--preset", "--prompt-preset", 
            "--config-folder", "--method", "--scope", "--steps", "--lr", "--retain-weight", "--truncation",
            "--truncation-threshold", "--batch-size", "--train-prompts", "--sample-steps", "--guidance", "--seed",
            "--cache-dir", "--name", "--allow-pickle", "--json", "--lora-rank", "--format", "--overwrite",
-           "--forget-images", "--retain-images", "--sampler", "--lora-out", "--no-save-lora", "--state-dir")
+           "--forget-images", "--retain-images", "--sampler", "--lora-out", "--no-save-lora", "--state-dir",
+           "--width", "--height", "--text-encoders")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")

@@ -100,7 +100,7 @@ def test_velocity_from_an_x0_denoiser():
     ("transformer_blocks.2.attn2.to_q.weight", {"lora", "non-cross-attn", "full"}),
     ("transformer_blocks.2.ff.net.0.proj.weight", {"non-cross-attn", "full"}),
     ("single_transformer_blocks.0.attn.to_k.weight", {"lora", "cross-attn", "full"}),
-    ("single_transformer_blocks.0.proj_mlp.weight", {"non-cross-attn", "full"}),
+    ("single_transformer_blocks.0.proj_mlp.weight", {"lora", "cross-attn", "full"}),  # linear1's MLP rows
     # an SD UNet keeps its meaning: attn2 inside the UNet's transformer blocks is cross-attention
     ("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_q.weight", {"lora", "cross-attn", "full"}),
     ("input_blocks.4.1.transformer_blocks.0.attn1.to_k.weight", {"lora", "non-cross-attn", "full"}),

@@ -55,6 +55,8 @@ from rgd_core.checkpoints.export import (
     safe_output_path,
     unet_key_map,
 )
+from rgd_core.checkpoints.flow_load import FLOW_SAMPLING, flow_family, flux_variant, load_flow_components, \
+    transformer_keys
 from rgd_core.checkpoints.load import UNET_PREFIX, detect_family, load_pipeline_components, read_key_shapes
 from rgd_core.edits.lora import lora_modules, merge_lora, save_kohya_lora
 from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
@@ -114,7 +116,8 @@ TEST_PROMPTS = 100
 class UnlearnSettings:
     """Every setting of ``rgd unlearn``, its type and its default: the one definition the command line, TOML files
     and the checks read (``DEFAULTS``, ``SETTING_TYPES``). None means "decided later" (family: from the file's
-    keys; prompt_preset: from the concept; name: from the checkpoint and concept)."""
+    keys; prompt_preset: from the concept; name: from the checkpoint and concept; sample_steps, guidance and sampler:
+    the family's, ``sampling_defaults``; width and height: the model's native size)."""
 
     checkpoint: str | None = None
     concept: str | None = None
@@ -133,9 +136,12 @@ class UnlearnSettings:
     truncation_threshold: float = 1.1
     batch_size: int = 8
     train_prompts: int = 800
-    sample_steps: int = 50
-    guidance: float = 7.5
-    sampler: str = "ddim"
+    sample_steps: int | None = None
+    guidance: float | None = None
+    sampler: str | None = None
+    width: int | None = None
+    height: int | None = None
+    text_encoders: list[str] | None = None
     seed: int = 0
     cache_dir: str | None = None
     name: str | None = None
@@ -173,6 +179,29 @@ SETTING_TYPES: dict[str, type] = _setting_types()
 # already taken (``steps`` may grow to train on).
 RESUME_FREE = ("steps", "overwrite", "resume", "checkpoint_every", "format", "name", "out", "cache_dir", "lora_out",
                "save_lora", "state_dir")
+
+# How each family samples its own data unless told otherwise: SD's usual 50 DDIM steps at guidance 7.5; SD3 and Flux
+# their own steps and guidance with Euler steps along the flow (``flow_load.FLOW_SAMPLING``).
+SD_SAMPLING = {"sample_steps": 50, "guidance": 7.5, "sampler": "ddim"}
+
+
+def sampling_defaults(variant: str | None) -> dict:
+    """The data sampler's defaults for a model: ``SD_SAMPLING``, or a flow variant's ("flux-dev", "flux-schnell",
+    "sd3")."""
+    if variant is None:
+        return dict(SD_SAMPLING)
+    steps, guidance = FLOW_SAMPLING[variant]
+    return {"sample_steps": steps, "guidance": guidance, "sampler": "euler"}
+
+
+def flow_variant(checkpoint: str | Path) -> str | None:
+    """"flux-dev", "flux-schnell" or "sd3" for a Flux.1 / SD3.x file (from its header), else None."""
+    shapes = read_key_shapes(checkpoint)
+    family = flow_family(shapes)
+    if family is None:
+        return None
+    return flux_variant(shapes) if family == "flux" else "sd3"
+
 
 # Type each setting must have once resolved (TOML values are checked against it; ints are accepted as floats).
 
@@ -258,6 +287,7 @@ def resolve_settings(cli: Mapping, toml_path: str | Path | None = None) -> dict:
 # (minimum, strictly above) per number setting; every one must also be finite (inf only for the threshold).
 NUMBER_RANGES = {
     "steps": (1, None), "batch_size": (1, None), "train_prompts": (1, None), "sample_steps": (1, None),
+    "width": (8, None), "height": (8, None),
     "lora_rank": (1, None), "seed": (0, None), "checkpoint_every": (0, None),
     "lr": (None, 0.0), "retain_weight": (0.0, None), "guidance": (0.0, None), "truncation_threshold": (None, 0.0),
 }
@@ -339,12 +369,24 @@ def _unlearn_config(settings: Mapping):
 
 
 def load_components(checkpoint: str | Path, family: str | None = None, config_folder: str | Path | None = None,
-                    cache_dir: str | Path | None = None, allow_pickle: bool = False):
-    """Components of a single-file checkpoint and the config folder they were loaded with. The family comes from
-    the file's keys; only ``family="sd2-v"`` adds something keys cannot tell (v-prediction), by picking the sd2-v
-    configs. ``config_folder`` overrides the shipped configs."""
+                    cache_dir: str | Path | None = None, allow_pickle: bool = False,
+                    text_encoders: Sequence[str | Path] = ()):
+    """Components of a single-file checkpoint and the config folder they were loaded with (None for a Flux.1 /
+    SD3.x file, whose configs come from its shapes and whose text encoders come from it or ``text_encoders``:
+    ``flow_load.load_flow_components``). The family comes from the file's keys; only ``family="sd2-v"`` adds
+    something keys cannot tell (v-prediction), by picking the sd2-v configs. ``config_folder`` overrides the
+    shipped configs."""
 
     shapes = read_key_shapes(checkpoint, allow_pickle)
+    found = flow_family(shapes)
+    if found is not None:
+        if family is not None or config_folder is not None:
+            raise RGDInputError(f"{Path(checkpoint).name} is a {found} model, whose family and configs come from its "
+                                "keys; drop --family and --config-folder.")
+        return load_flow_components(checkpoint, text_encoders), None
+    if text_encoders:
+        raise RGDInputError("--text-encoders is for Flux.1 and SD3.x files, which keep their text encoders apart; an "
+                            "SD1/SD2/SDXL checkpoint holds its own.")
     found = detect_family(shapes, shapes)
     if family is not None and family.removesuffix("-v") != found:
         raise RGDInputError(f"{Path(checkpoint).name} is an {found} checkpoint by its keys, not {family}.")
@@ -449,7 +491,8 @@ def _expected_bytes(settings: Mapping) -> int:
             raise  # a refused pickle or a broken file: say so now, not after the model started loading
         shapes = {}  # an allowed pickle is read once, when the model loads; estimate from the file size
     numel = {key: _prod(shape) for key, shape in shapes.items()}
-    unet = {key: n for key, n in numel.items() if key.startswith(UNET_PREFIX)}
+    denoiser = set(transformer_keys(shapes)) if flow_family(shapes) else {k for k in shapes if k.startswith(UNET_PREFIX)}
+    unet = {key: n for key, n in numel.items() if key in denoiser}
     total = sum(numel.values()) or size // 2
     if settings["scope"] == LORA_SCOPE:  # rank-r factors of the attention projections: ~1% of the UNet at rank 4
         scoped = sum(unet.values()) // 100
@@ -557,8 +600,13 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     if not checkpoint.is_file():
         raise RGDInputError(f"--checkpoint {checkpoint} does not exist.")
     config = _unlearn_config(settings)
-    sampler = SamplerSettings(steps=settings["sample_steps"], guidance_scale=settings["guidance"],
-                              scheduler=settings["sampler"])
+    variant = _flow_variant_or_none(checkpoint, settings)
+    sampling = {key: settings[key] if settings[key] is not None else default
+                for key, default in sampling_defaults(variant).items()}
+    sampler = SamplerSettings(steps=sampling["sample_steps"], guidance_scale=sampling["guidance"],
+                              scheduler=sampling["sampler"], height=settings["height"], width=settings["width"])
+    if variant is not None:
+        _check_flow_settings(settings, sampler)
     plan = output_plan(settings)
     check_outputs(settings, plan)
     forget_images, retain_images = user_images(settings)
@@ -569,29 +617,30 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     on_phase("load")
     log(f"loading {checkpoint.name}")
     components, folder = load_components(settings["checkpoint"], settings["family"], settings["config_folder"],
-                                         settings["cache_dir"], settings["allow_pickle"])
+                                         settings["cache_dir"], settings["allow_pickle"],
+                                         settings["text_encoders"] or ())
     recipe = RecipeSettings(config, settings["scope"], settings["batch_size"], settings["lora_rank"],
                             data_seed=settings["seed"])
     # only the pairs training will draw are sampled (user images are all used as given)
     rows = training_rows(recipe, len(train), len(train)) if forget_images is None and retain_images is None else None
-    log(f"{components.family} checkpoint; {_data_plan(train, forget_images, retain_images, rows)}, then "
+    log(f"{components.variant or components.family} checkpoint; {_data_plan(train, forget_images, retain_images, rows)}, then "
         f"{config.steps} steps")
     on_phase("data")
     phases: dict = {}
-    with phase(phases, "data", components.unet):  # zero evaluations when the data come from the cache
+    with phase(phases, "data", components.denoiser):  # zero evaluations when the data come from the cache
         data = build_paired_data(components, train, None, sampler, settings["seed"], _data_cache(settings),
                                  forget_images=forget_images, retain_images=retain_images,
                                  on_sampled=_sampling_watch(should_stop, on_sampled), rows=rows)
     log(f"data: {phases['data']['seconds']:.1f} s, {phases['data']['evaluations']} UNet evaluations")
     previews = _Previews(components, train, sampler, settings["seed"], preview_every, on_preview, phases)
-    previews.take(0, components.unet)
+    previews.take(0, components.denoiser)
     if not settings["resume"]:
         plan.resume_state.unlink(missing_ok=True)  # an old run's state (--overwrite was given to get here)
         atomic_write_bytes((json.dumps(_jsonable(dict(settings)), indent=2) + "\n").encode("utf-8"),
                            plan.resume_settings)
     try:
-        report = _train_and_write(settings, plan, components, folder, train, test, prompt_preset, recipe, sampler,
-                                  data, forget_images, retain_images, should_stop, on_phase, log, phases,
+        report = _train_and_write({**settings, **sampling}, plan, components, folder, train, test, prompt_preset,
+                                  recipe, sampler, data, forget_images, retain_images, should_stop, on_phase, log, phases,
                                   list(callbacks), previews)
     except BaseException as error:
         if not plan.resume_state.exists():  # nothing was saved to resume from: the settings file alone is noise
@@ -627,8 +676,9 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
                                   "--resume to continue.") from None
     on_phase("write")
 
-    resolved = {**settings, "prompt_preset": prompt_preset, "family": components.family,
-                "config_folder": str(folder), "checkpoint": str(checkpoint), "out": str(settings["out"])}
+    resolved = {**settings, "prompt_preset": prompt_preset, "family": components.variant or components.family,
+                "config_folder": str(folder) if folder is not None else None, "checkpoint": str(checkpoint),
+                "out": str(settings["out"])}
     metadata = run_metadata(train.concept, prompt_preset, train.digest(), train.forget_prompts,
                             train.retain_prompts, recipe, asdict(sampler), records, "diffusers")
     images = {}
@@ -652,7 +702,7 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
         report["diffusers_folder"] = str(plan.diffusers_folder)
     # The diffusers -> original key map of this checkpoint, traced once for every file written below.
     shapes = read_key_shapes(checkpoint, allow_pickle=settings["allow_pickle"])
-    key_map = unet_key_map(shapes, components.unet.config)
+    key_map = unet_key_map(shapes, components.denoiser.config)
     written = []
     try:
         if plan.lora is not None:
@@ -660,7 +710,7 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
             written.append(plan.lora)
             unet = _merged(unet)
         if plan.diff is not None:
-            report["diff"] = str(_save_diff(components.unet, unet, plan.diff, key_map, shapes, metadata).resolve())
+            report["diff"] = str(_save_diff(components.denoiser, unet, plan.diff, key_map, shapes, metadata).resolve())
             written.append(plan.diff)
         if plan.model_file is not None:
             export_single_file(checkpoint, unet, plan.model_file, config_folder=folder, metadata=metadata,
@@ -680,6 +730,33 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
                 path.unlink(missing_ok=True)
         raise
     return report
+
+
+def _flow_variant_or_none(checkpoint: Path, settings: Mapping) -> str | None:
+    """The flow variant of the checkpoint, or None for SD files and for files whose header cannot be read (their
+    error comes later, in its usual place)."""
+    try:
+        return flow_variant(checkpoint) if not settings["allow_pickle"] or checkpoint.suffix == ".safetensors" \
+            else None
+    except RGDInputError:
+        return None
+
+
+def _check_flow_settings(settings: Mapping, sampler: SamplerSettings) -> None:
+    """What a Flux.1 / SD3.x run cannot do, refused before anything loads."""
+    if sampler.scheduler not in ("euler", "ddim"):
+        raise RGDInputError(f"Flux.1 and SD3.x sample with euler, not {sampler.scheduler!r}; pass --sampler euler "
+                            "(the fast preset's dpm++2m is for SD models).")
+    for side in ("forget_images", "retain_images"):
+        if settings[side]:
+            raise RGDInputError(f"{option_flag(side)} needs the model's VAE, which rgd does not load for Flux.1 and "
+                                "SD3.x; let the model sample its own data.")
+    if settings["format"] in ("diffusers", "both"):
+        raise RGDInputError("Flux.1 and SD3.x runs write single files (the original layout ComfyUI and Forge load); "
+                            "pass --format single-file or none.")
+    for size in (sampler.height, sampler.width):
+        if size is not None and size % 16:
+            raise RGDInputError(f"Flux.1 and SD3.x take sizes in multiples of 16 pixels, not {size}.")
 
 
 def _sampling_watch(should_stop, on_sampled):
@@ -710,7 +787,8 @@ class _Previews:
 
     @property
     def active(self) -> bool:
-        return self.every > 0 and self.on_preview is not None
+        # previews decode images: a flow model loaded without its VAE has none to show
+        return self.every > 0 and self.on_preview is not None and self.components.vae is not None
 
     def watch(self, module) -> None:
         self.module = module

@@ -28,6 +28,7 @@ from rgd_core.checkpoints.load import (
     file_sha256,
     read_state_dict,
 )
+from rgd_core.checkpoints.flow_load import flow_family
 from rgd_core.errors import RGDInputError
 from rgd_core.files import save_safetensors_atomic
 
@@ -38,62 +39,78 @@ EXPORT_SUFFIX = ".safetensors"
 
 
 class Placement(NamedTuple):
-    """Where one diffusers UNet tensor lives in the original-layout file.
+    """Where one diffusers denoiser tensor lives in the original-layout file.
 
-    ``source`` is the original key (with ``model.diffusion_model.``), ``shape`` the diffusers tensor's shape.
-    ``index`` is None when the diffusers tensor is the source tensor itself, same shape and element order (every
-    key of the SD1/SD2/SDXL converters today); otherwise a LongTensor shaped like the diffusers tensor holding,
-    for each element, its flat position in the source tensor (a reshape, transpose or slice of it).
+    ``source`` is the original key (as the file spells it), ``shape`` the diffusers tensor's shape. When both
+    ``index`` and ``rows`` are None the diffusers tensor is the source tensor itself, same shape and element order
+    (every key of the SD1/SD2/SDXL converters). ``rows`` = (start, stop) says it is that run of the source's rows
+    (leading-dimension slices, in order: Flux's and SD3's fused qkv split into q, k, v). Otherwise ``index`` is a
+    LongTensor shaped like the diffusers tensor holding, for each element, its flat position in the source tensor
+    (any other reshape, transpose or permutation).
     """
 
     source: str
     shape: tuple[int, ...]
     index: "Tensor | None" = None
+    rows: "tuple[int, int] | None" = None
 
 
 # --- learning the key map ---------------------------------------------------------------------------------------
 
 
-def unet_key_map(original: Mapping[str, Any], unet_config: Mapping[str, Any]) -> dict[str, Placement]:
-    """diffusers UNet key -> Placement, learned by tracing diffusers' converter on tagged tensors.
+def unet_key_map(original: Mapping[str, Any], unet_config: Mapping[str, Any] | None = None) -> dict[str, Placement]:
+    """diffusers denoiser key -> Placement, learned by tracing diffusers' converter on tagged tensors.
 
-    ``original`` maps original-layout keys to tensors or shapes; only ``model.diffusion_model.*`` keys are used.
-    ``unet_config`` is the diffusers UNet config (the converter reads ``layers_per_block`` and the embedding types).
+    ``original`` maps original-layout keys to tensors or shapes. For SD1/SD2/SDXL only ``model.diffusion_model.*``
+    keys are used, and ``unet_config`` is the diffusers UNet config (the converter reads ``layers_per_block`` and
+    the embedding types). A Flux.1 / SD3.x file (``flow_load.flow_family``) is traced through its transformer
+    converter, which needs no config; its keys may be bare (BFL's files) or prefixed.
 
     Cost, and why two passes: tagging every element of a real SDXL UNet would take ~2.6e9 float64 values (20 GB).
     Pass 1 gives each source key one float64 scalar holding its index, expanded to the key's shape (stride 0, so
     8 bytes per key whatever its size). A diffusers tensor that *is* one of these objects is a plain rename, which
     is exact: no element can have moved. Anything else (a view, a copy, a slice) is traced in pass 2, where only
-    the source keys involved get a real ``arange`` of element positions, so memory is paid only where the converter
-    changes layout; for today's SD converters that is nothing.
+    the source keys involved get a real ``arange`` of element positions, a bounded group of them at a time, and a
+    run of whole rows is kept as (start, stop) rather than as positions, so that tracing Flux's sliced qkv weights
+    costs memory in proportion to one group, not to the model.
 
     The map must be exact: a diffusers key without a source, a source key (or element) that reaches no diffusers
     key or reaches two, values the converter computed, or one diffusers tensor made from several source keys
     all raise a one-line RGDInputError.
     """
-    shapes = {key: _shape(value) for key, value in original.items() if key.startswith(UNET_PREFIX)}
+    from rgd_core.checkpoints.flow_load import transformer_keys
+
+    family = flow_family(original)
+    if family is not None:
+        shapes = {key: _shape(original[key]) for key in transformer_keys(original)}
+    else:
+        shapes = {key: _shape(value) for key, value in original.items() if key.startswith(UNET_PREFIX)}
     if not shapes:
         raise RGDInputError("The checkpoint has no model.diffusion_model.* UNet weights to export into.")
     import torch
 
+    def convert(tagged: dict) -> dict:
+        return _convert(tagged, unet_config) if family is None else _convert(tagged, unet_config, family)
+
     names = list(shapes)
     tagged = {key: torch.full((1,), float(i), dtype=torch.float64).expand(shapes[key]) for i, key in enumerate(names)}
-    converted = _convert(tagged, unet_config)
+    converted = convert(tagged)
 
     by_identity = {id(tensor): key for key, tensor in tagged.items()}
     placements: dict[str, Placement] = {}
     traced: dict[str, str] = {}  # diffusers key -> source key, for pass 2
     for key, tensor in converted.items():
         if not isinstance(tensor, torch.Tensor):
-            raise RGDInputError(f"diffusers UNet weight {key} has no source in the checkpoint; cannot export into it.")
+            raise RGDInputError(f"diffusers weight {key} has no source in the checkpoint; cannot export into it.")
         source = by_identity.get(id(tensor))
         if source is not None:
             placements[key] = Placement(source, tuple(tensor.shape))
         else:
             traced[key] = _single_source(key, tensor, names)
+    del converted, tagged
 
     if traced:
-        placements.update(_trace_elements(traced, shapes, names, unet_config))
+        placements.update(_trace_elements(traced, shapes, names, convert))
     _check_coverage(placements, shapes)
     return placements
 
@@ -102,12 +119,24 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else tuple(int(n) for n in value)
 
 
-def _convert(tagged: dict, unet_config: Mapping[str, Any]) -> dict:
-    """diffusers' own original -> diffusers UNet conversion, the one ``from_single_file`` runs."""
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+def _convert(tagged: dict, unet_config: Mapping[str, Any] | None, family: str | None = None) -> dict:
+    """diffusers' own original -> diffusers conversion, the one ``from_single_file`` runs (on a copy of the dict:
+    the transformer converters pop what they convert)."""
+    from diffusers.loaders import single_file_utils as sfu
 
+    if family is not None:
+        from rgd_core.checkpoints.flow_load import convert_flux_original
+
+        convert = convert_flux_original if family == "flux" else sfu.convert_sd3_transformer_checkpoint_to_diffusers
+        try:
+            return convert(dict(tagged))
+        except KeyError as error:
+            raise RGDInputError(f"The checkpoint lacks transformer weight {error} that its architecture needs.") \
+                from None
+    if unet_config is None:
+        raise RGDInputError("tracing an SD UNet's keys needs its diffusers config.")
     try:
-        return convert_ldm_unet_checkpoint(tagged, dict(unet_config))
+        return sfu.convert_ldm_unet_checkpoint(tagged, dict(unet_config))
     except KeyError as error:  # the SDXL path indexes label_emb directly
         raise RGDInputError(f"The checkpoint lacks UNet weight {error} that the UNet config needs.") from None
 
@@ -127,40 +156,77 @@ def _single_source(key: str, tensor: "Tensor", names: list[str]) -> str:
     return names[int(tags[0])]
 
 
-def _trace_elements(traced: dict[str, str], shapes: dict, names: list[str], unet_config) -> dict[str, Placement]:
-    """Pass 2: element positions for the diffusers keys that are not plain renames.
+# Pass 2 gives at most this many source elements a real position tag at once (float64: 400 MB), however big the
+# model; a source larger than that is traced alone.
+TRACE_GROUP_ELEMENTS = 50_000_000
 
-    Only their source keys carry an ``arange`` (float64 holds integers exactly up to 2**53, far above any tensor's
-    size); every other key keeps its stride-0 scalar tag.
+
+def _trace_elements(traced: dict[str, str], shapes: dict, names: list[str], convert) -> dict[str, Placement]:
+    """Pass 2: element positions for the diffusers keys that are not plain renames, in groups of source keys.
+
+    Only the group's source keys carry an ``arange`` (float64 holds integers exactly up to 2**53, far above any
+    tensor's size); every other key keeps its stride-0 scalar tag.
     """
     import torch
 
-    involved = set(traced.values())
-    tagged = {}
-    for i, key in enumerate(names):
-        if key in involved:
-            count = 1
-            for size in shapes[key]:
-                count *= size
-            tagged[key] = torch.arange(count, dtype=torch.float64).reshape(shapes[key])
-        else:
-            tagged[key] = torch.full((1,), float(i), dtype=torch.float64).expand(shapes[key])
-    converted = _convert(tagged, unet_config)
     placements = {}
-    for key, source in traced.items():
-        positions = converted[key]
-        index = positions.round().long()
-        if not torch.equal(index.double(), positions) or (index.numel() and int(index.min()) < 0):
-            raise RGDInputError(f"diffusers' converter changed the values of {key}; its source cannot be traced.")
-        placements[key] = Placement(source, tuple(positions.shape), index)
+    for group in _source_groups(sorted(set(traced.values()), key=names.index), shapes):
+        tagged = {}
+        for i, key in enumerate(names):
+            if key in group:
+                tagged[key] = torch.arange(_numel(shapes[key]), dtype=torch.float64).reshape(shapes[key])
+            else:
+                tagged[key] = torch.full((1,), float(i), dtype=torch.float64).expand(shapes[key])
+        converted = convert(tagged)
+        for key, source in traced.items():
+            if source not in group:
+                continue
+            positions = converted[key]
+            index = positions.round().long()
+            if not torch.equal(index.double(), positions) or (index.numel() and int(index.min()) < 0):
+                raise RGDInputError(f"diffusers' converter changed the values of {key}; its source cannot be traced.")
+            rows = _row_run(index, shapes[source])
+            placements[key] = Placement(source, tuple(positions.shape), None if rows else index, rows)
+        del converted, tagged
     return placements
+
+
+def _source_groups(sources: list[str], shapes: dict) -> list[set[str]]:
+    groups: list[set[str]] = []
+    size = 0
+    for source in sources:
+        count = _numel(shapes[source])
+        if not groups or size + count > TRACE_GROUP_ELEMENTS:
+            groups.append(set())
+            size = 0
+        groups[-1].add(source)
+        size += count
+    return groups
+
+
+def _numel(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count
+
+
+def _row_run(index: "Tensor", source_shape) -> "tuple[int, int] | None":
+    """(start, stop) when ``index`` addresses whole rows start..stop-1 of the source, in order; else None."""
+    import torch
+
+    row = _numel(source_shape[1:]) if len(source_shape) > 1 else 1
+    if tuple(index.shape[1:]) != tuple(source_shape[1:]) or not index.numel():
+        return None
+    start = int(index.reshape(-1)[0])
+    if start % row or not torch.equal(index.reshape(-1), torch.arange(start, start + index.numel())):
+        return None
+    return start // row, start // row + index.shape[0]
 
 
 def _check_coverage(placements: dict[str, Placement], shapes: dict) -> None:
     """Every element of every source key must reach exactly one diffusers key, or export would lose or clash."""
-    import torch
-
-    whole = [p.source for p in placements.values() if p.index is None]
+    whole = [p.source for p in placements.values() if p.index is None and p.rows is None]
     seen: set[str] = set()
     for source in whole:
         if source in seen:
@@ -168,20 +234,22 @@ def _check_coverage(placements: dict[str, Placement], shapes: dict) -> None:
         seen.add(source)
     partial: dict[str, list] = {}
     for placement in placements.values():
-        if placement.index is not None:
+        if placement.index is not None or placement.rows is not None:
             if placement.source in seen:
-                raise RGDInputError(f"Checkpoint tensor {placement.source} feeds two diffusers UNet weights.")
-            partial.setdefault(placement.source, []).append(placement.index.reshape(-1))
-    for source, indices in partial.items():
-        count = 1
-        for size in shapes[source]:
-            count *= size
-        hits = torch.bincount(torch.cat(indices), minlength=count)
-        if hits.numel() != count or not torch.all(hits == 1):
-            raise RGDInputError(
-                f"Checkpoint tensor {source} is not covered exactly once by diffusers UNet weights; export would "
-                "lose or overwrite part of it."
-            )
+                raise RGDInputError(f"Checkpoint tensor {placement.source} feeds two diffusers weights.")
+            partial.setdefault(placement.source, []).append(placement)
+    for source, parts in partial.items():
+        if all(part.rows is not None for part in parts):  # runs of rows: check the intervals, not every element
+            runs = sorted(part.rows for part in parts)
+            covered = all(a[1] == b[0] for a, b in zip(runs, runs[1:])) and runs[0][0] == 0
+            if covered and runs[-1][1] == shapes[source][0]:
+                continue
+        elif _each_element_once(parts, shapes[source]):
+            continue
+        raise RGDInputError(
+            f"Checkpoint tensor {source} is not covered exactly once by diffusers weights; export would "
+            "lose or overwrite part of it."
+        )
     unused = [key for key in shapes if key not in seen and key not in partial]
     if unused:
         raise RGDInputError(
@@ -191,6 +259,17 @@ def _check_coverage(placements: dict[str, Placement], shapes: dict) -> None:
 
 
 # --- mapping weights back ---------------------------------------------------------------------------------------
+
+
+def _each_element_once(parts: list[Placement], source_shape) -> bool:
+    import torch
+
+    count = _numel(source_shape)
+    row = _numel(source_shape[1:]) if len(source_shape) > 1 else 1
+    indices = [part.index.reshape(-1) if part.index is not None
+               else torch.arange(part.rows[0] * row, part.rows[1] * row) for part in parts]
+    hits = torch.bincount(torch.cat(indices), minlength=count)
+    return hits.numel() == count and bool(torch.all(hits == 1))
 
 
 def unet_to_original(
@@ -219,15 +298,18 @@ def unet_to_original(
                 f"Edited UNet weight {key} has shape {tuple(tensor.shape)}, the checkpoint needs {placement.shape}."
             )
         source_shape = _shape(shapes[placement.source])
-        if placement.index is None:
+        if placement.index is None and placement.rows is None:
             out[placement.source] = tensor
             continue
-        # scatter the elements back to their source positions; coverage was proved exact when the map was made
-        flat = out.get(placement.source)
-        if flat is None:
-            flat = torch.empty(source_shape, dtype=tensor.dtype)
-            out[placement.source] = flat
-        flat.view(-1)[placement.index.reshape(-1)] = tensor.reshape(-1).to(flat.dtype)
+        # put the elements back at their source positions; coverage was proved exact when the map was made
+        whole = out.get(placement.source)
+        if whole is None:
+            whole = torch.empty(source_shape, dtype=tensor.dtype)
+            out[placement.source] = whole
+        if placement.rows is not None:
+            whole[placement.rows[0] : placement.rows[1]] = tensor.to(whole.dtype)
+        else:
+            whole.view(-1)[placement.index.reshape(-1)] = tensor.reshape(-1).to(whole.dtype)
     return out
 
 
@@ -304,7 +386,7 @@ def export_single_file(
         raise RGDInputError(f"Refusing to overwrite the base checkpoint {source_path.name}; choose another name.")
     state = read_state_dict(source_path, allow_pickle)
     shapes = {key: tuple(tensor.shape) for key, tensor in state.items()}
-    found = detect_family(shapes, shapes)
+    found = flow_family(shapes) or detect_family(shapes, shapes)
     if family is not None and family != found:
         raise RGDInputError(f"{source_path.name} is an {found} checkpoint by its keys, not {family}.")
     unet_state, unet_config = _unet_state_and_config(edited_unet, config_folder, found)

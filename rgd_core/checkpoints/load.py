@@ -69,9 +69,9 @@ def detect_family(keys: Iterable[str], shapes: Mapping[str, Sequence[int]] | Non
     transformer = _flow_transformer(keys)
     if transformer:
         raise RGDInputError(
-            f"This is a {transformer} model (a flow-matching transformer); rgd unlearn reads SD1/SD2/SDXL "
-            "checkpoints: erase it in ComfyUI with the RGD Unlearn node behind Load Diffusion Model "
-            "(README: Flow-matching models)."
+            f"This is a {transformer} model (a flow-matching transformer), which this reads only as SD1/SD2/SDXL "
+            "checkpoints; erase it with rgd unlearn --text-encoders, or in ComfyUI with the RGD Unlearn node "
+            "behind Load Diffusion Model (README: Flow-matching models)."
         )
     if not any(k.startswith(UNET_PREFIX) for k in keys):
         raise RGDInputError(_not_a_checkpoint(keys))
@@ -482,10 +482,12 @@ def _compare(name: str, model, converted: dict, config_folder) -> None:
 
 @dataclass
 class PipelineComponents:
-    """The parts of an SD1/SD2/SDXL pipeline, ready for training on the CPU, and where they came from.
+    """The parts of an SD1/SD2/SDXL pipeline (or of a Flux.1 / SD3.x one: ``transformer`` instead of ``unet``, no
+    VAE; ``checkpoints.flow_load``), ready for training on the CPU, and where they came from.
 
     ``sha256`` is the single file's hash (None for a diffusers folder); it identifies the base model in exports
-    and caches.
+    and caches; ``text_sha256`` those of the files a flow model's text encoders and T5 tokenizer came from, when
+    not the checkpoint. ``variant`` names what the family alone does not: "flux-dev", "flux-schnell" or "sd3".
     """
 
     family: str
@@ -498,6 +500,16 @@ class PipelineComponents:
     tokenizer_2: Any = None
     sha256: str | None = None
     source: str = ""
+    transformer: Any = None
+    text_encoder_3: Any = None
+    tokenizer_3: Any = None
+    variant: str = ""
+    text_sha256: tuple[str, ...] = ()
+
+    @property
+    def denoiser(self):
+        """The network that predicts the noise or velocity: the UNet, or a flow model's transformer."""
+        return self.unet if self.unet is not None else self.transformer
 
     @property
     def prediction_type(self) -> str:

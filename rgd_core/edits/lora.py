@@ -135,17 +135,23 @@ def merge_lora(unet: nn.Module) -> nn.Module:
 
 
 def kohya_name(diffusers_module: str, key_map: Mapping) -> str:
-    """``lora_unet_<original module path with _>`` for a diffusers module, through the learned key map."""
+    """``lora_unet_<original module path with _>`` for a diffusers module, through the learned key map (the path
+    without ``model.diffusion_model.``; BFL's Flux files have bare keys)."""
+    source = _placement(diffusers_module, key_map).source
+    if not source.endswith(".weight"):
+        raise RGDInputError(f"{diffusers_module}.weight maps to {source}, not a weight.")
+    return KOHYA_PREFIX + source.removeprefix(UNET_PREFIX)[: -len(".weight")].replace(".", "_")
+
+
+def _placement(diffusers_module: str, key_map: Mapping):
     key = f"{diffusers_module}.weight"
     placement = key_map.get(key)
     if placement is None:
-        raise RGDInputError(f"the key map has no place for {key}; save the LoRA against the checkpoint the UNet came from.")
+        raise RGDInputError(f"the key map has no place for {key}; save the LoRA against the checkpoint the model came "
+                            "from.")
     if placement.index is not None:
         raise RGDInputError(f"{key} is reshaped in the checkpoint ({placement.source}); kohya LoRA cannot address it.")
-    source = placement.source
-    if not source.startswith(UNET_PREFIX) or not source.endswith(".weight"):
-        raise RGDInputError(f"{key} maps to {source}, not a model.diffusion_model.*.weight key.")
-    return KOHYA_PREFIX + source[len(UNET_PREFIX) : -len(".weight")].replace(".", "_")
+    return placement
 
 
 def kohya_state_dict(
@@ -153,27 +159,51 @@ def kohya_state_dict(
 ) -> dict[str, Tensor]:
     """kohya/A1111 LoRA tensors: ``<name>.lora_down.weight`` (rank x in), ``<name>.lora_up.weight`` (out x rank)
     and ``<name>.alpha`` (a 0-d tensor), for each layer of ``loras``; applied as ``W + alpha / rank * up @ down``.
-    ``dtype`` converts the tensors (e.g. torch.float16 for distribution); default: as trained."""
+    ``dtype`` converts the tensors (e.g. torch.float16 for distribution); default: as trained.
+
+    Layers that are row slices of one fused original weight (diffusers' to_q, to_k, to_v of Flux's and SD3's qkv,
+    and proj_mlp of Flux's single-block linear1) become one LoRA on that weight, exactly: the downs stacked, the ups
+    placed block-diagonally at their rows with each layer's scale folded in, alpha = the summed rank (scale 1)."""
     if not loras:
         raise RGDInputError("no LoRA layers to save.")
-    out: dict[str, Tensor] = {}
+    by_source: dict[str, list[tuple[str, LoRALinear]]] = {}
     for module_name, module in loras.items():
-        name = kohya_name(module_name, key_map)
-        placement = key_map[f"{module_name}.weight"]
+        placement = _placement(module_name, key_map)
         if tuple(placement.shape) != tuple(module.base.weight.shape):
             raise RGDInputError(f"{module_name}.weight has shape {tuple(module.base.weight.shape)}, "
                                 f"the checkpoint needs {tuple(placement.shape)}.")
-        if name + ".alpha" in out:
-            raise RGDInputError(f"two LoRA layers map to the same checkpoint module {name}.")
-        down = module.lora_down.weight.detach().cpu()
-        up = module.lora_up.weight.detach().cpu()
-        alpha = torch.tensor(module.alpha, dtype=torch.float32)
+        by_source.setdefault(placement.source, []).append((module_name, module))
+    out: dict[str, Tensor] = {}
+    for source, members in by_source.items():
+        name = kohya_name(members[0][0], key_map)
+        if len(members) == 1 and key_map[f"{members[0][0]}.weight"].rows is None:
+            module = members[0][1]
+            down, up = module.lora_down.weight.detach().cpu(), module.lora_up.weight.detach().cpu()
+            alpha = torch.tensor(module.alpha, dtype=torch.float32)
+        else:
+            down, up, alpha = _fused_lora(members, key_map)
         if dtype is not None:
             down, up, alpha = down.to(dtype), up.to(dtype), alpha.to(dtype)
         out[name + ".lora_down.weight"] = down.contiguous()
         out[name + ".lora_up.weight"] = up.contiguous()
         out[name + ".alpha"] = alpha
     return out
+
+
+def _fused_lora(members: list[tuple[str, LoRALinear]], key_map: Mapping) -> tuple[Tensor, Tensor, Tensor]:
+    """One LoRA on a fused weight from LoRAs on row slices of it (``kohya_state_dict``)."""
+    placements = [key_map[f"{name}.weight"] for name, _ in members]
+    if any(placement.rows is None for placement in placements):
+        raise RGDInputError(f"two LoRA layers map to the same checkpoint weight {placements[0].source}.")
+    rows = max(placement.rows[1] for placement in placements)
+    downs = [module.lora_down.weight.detach().float().cpu() for _, module in members]
+    up = torch.zeros(rows, sum(down.shape[0] for down in downs))
+    column = 0
+    for (_, module), placement, down in zip(members, placements, downs):
+        start, stop = placement.rows
+        up[start:stop, column : column + down.shape[0]] = module.lora_up.weight.detach().float().cpu() * module.scale
+        column += down.shape[0]
+    return torch.cat(downs), up, torch.tensor(float(up.shape[1]))
 
 
 def save_kohya_lora(

@@ -73,9 +73,10 @@ def transformer_attention(module: str) -> str | None:
         if last in ("qkv", "proj") and parent in ("attn", "attn2"):
             return "joint" if parent == "attn" else "self"
         return None
-    if module.endswith(".attn.to_out.0") or parent == "attn" and last in DIFFUSERS_JOINT or last == "proj_out" \
-            and "single_transformer_blocks" in parts:
+    if module.endswith(".attn.to_out.0") or parent == "attn" and last in DIFFUSERS_JOINT:
         return "joint"
+    if "single_transformer_blocks" in parts and last in ("proj_mlp", "proj_out"):
+        return "joint"  # diffusers' split of a single block's linear1 (q, k, v, proj_mlp) and its linear2
     if module.endswith(".attn2.to_out.0") or parent == "attn2" and last in ("to_q", "to_k", "to_v"):
         return "self"
     return None
@@ -88,7 +89,11 @@ def check_scope(scope: str, allowed: tuple[str, ...] = SCOPES) -> str:
 
 
 def is_lora_target(module: str, targets: tuple[str, ...] = LORA_TARGETS) -> bool:
-    """Whether the module at dotted path ``module`` is an attention projection LoRA goes on."""
+    """Whether the module at dotted path ``module`` is an attention projection LoRA goes on: in a UNet one of
+    ``targets`` inside attn1/attn2; in an SD3.x / Flux.1 transformer block any attention projection (module
+    docstring)."""
+    if is_transformer_block(module):
+        return transformer_attention(module) is not None
     parts = module.split(".")
     if not any(block in parts for block in ATTENTION_BLOCKS):
         return False
@@ -108,7 +113,7 @@ def in_scope(name: str, scope: str) -> bool:
             return attention == "joint"
         return scope == "full" or attention != "joint"
     if scope == LORA_SCOPE:
-        return parts[-1] == "weight" and is_lora_target(".".join(parts[:-1]))
+        return parts[-1] == "weight" and is_lora_target(module)
     if scope == "cross-attn":
         return CROSS_ATTENTION in parts
     if scope == "non-cross-attn":

@@ -35,7 +35,9 @@ from torch import Tensor, nn
 from rgd_core.edits.lora import add_lora, lora_parameters_filter
 from rgd_core.edits.scopes import LORA_SCOPE, check_scope, scope_filter
 from rgd_core.errors import RGDInputError
+from rgd_core.checkpoints.flow_load import FLOW_FAMILIES
 from rgd_core.files import save_safetensors_atomic
+from rgd_core.hosts import flow_transformers
 from rgd_core.hosts.base import RecipeSettings, Trainee, add_phases, run_unlearning
 from rgd_core.image_data import PREPARATION, ImageFile, find_images, load_pixels
 from rgd_core.method.losses import FLOW, flow_sigmas, shift_sigma
@@ -110,6 +112,8 @@ def encode_prompts(components, prompts: Sequence[str], batch_size: int = 32) -> 
 
 
 def _encode_batch(components, prompts: list[str]) -> dict[str, Tensor]:
+    if components.family in FLOW_FAMILIES:
+        return flow_transformers.encode_batch(components, prompts)
     encoder = components.text_encoder
     ids = tokenize(components.tokenizer, prompts).to(_device(encoder))
     if components.family != "sdxl":
@@ -147,6 +151,8 @@ def model_call(components) -> Callable[[nn.Module, Tensor, Tensor, Mapping[str, 
     for flow models sigma, which diffusers' flow networks take as the timestep sigma * num_train_timesteps."""
     if components.prediction_type != FLOW:
         return _unet_call
+    if components.family in FLOW_FAMILIES:
+        return flow_transformers.transformer_call(components)
     scale = float(components.scheduler.config.num_train_timesteps)
     return lambda unet, x, sigma, cond: _unet_call(unet, x, sigma * scale, cond)
 
@@ -190,13 +196,24 @@ class SamplerSettings:
 
 
 def vae_scale_factor(components) -> int:
+    if components.vae is None:  # a flow transformer loaded without its VAE (SD3's and Flux's both scale by 8)
+        return flow_transformers.LATENT_SCALE
     return 2 ** (len(components.vae.config.block_out_channels) - 1)
+
+
+def latent_channels(components) -> int:
+    if components.family in FLOW_FAMILIES:
+        return flow_transformers.latent_channels(components)
+    return components.unet.config.in_channels
 
 
 def image_size(components, settings: SamplerSettings) -> tuple[int, int]:
     """(height, width) in pixels, checked to be a whole number of latent cells."""
     factor = vae_scale_factor(components)
-    native = components.unet.config.sample_size * factor
+    if components.family in FLOW_FAMILIES:
+        native = flow_transformers.native_size(components)
+    else:
+        native = components.unet.config.sample_size * factor
     height, width = settings.height or native, settings.width or native
     if height % factor or width % factor:
         raise RGDInputError(f"height and width must be multiples of {factor}, got {height}x{width}.")
@@ -234,7 +251,7 @@ def sample_latents(
     height, width = image_size(components, settings)
     cond, uncond = guidance_conditioning(components, prompts, height, width, conditioning)
     factor = vae_scale_factor(components)
-    shape = (components.unet.config.in_channels, height // factor, width // factor)
+    shape = (latent_channels(components), height // factor, width // factor)
     out = []
     for start in range(0, len(prompts), settings.batch_size):
         index = range(start, min(start + settings.batch_size, len(prompts)))
@@ -283,8 +300,10 @@ def guidance_conditioning(components, prompts: Sequence[str], height: int, width
 
 
 def _denoise(components, noise: Tensor, cond: dict, uncond: dict, settings: SamplerSettings) -> Tensor:
-    unet = components.unet
+    unet = components.denoiser
     count = noise.shape[0]
+    if components.prediction_type == FLOW and settings.guidance_scale == 1.0:
+        return _flow_denoise(components, noise, cond, settings, guided=False)  # guidance 1 is the conditional alone
     # One UNet call per step on [uncond; cond], as the pipelines do.
     both = {key: torch.cat([uncond[key].expand(count, *uncond[key].shape[1:]), cond[key]]) for key in cond}
     if components.prediction_type == FLOW:
@@ -307,17 +326,22 @@ def flow_sampling_sigmas(steps: int, shift: float = 1.0) -> Tensor:
     return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()
 
 
-def _flow_denoise(components, noise: Tensor, both: dict, settings: SamplerSettings) -> Tensor:
-    """Euler steps along the flow ODE dx/dsigma = v from sigma 1 (noise) to 0, CFG on the velocity. For a straight
-    path DDIM's deterministic step is this same Euler step, so "ddim" and "euler" sample alike here."""
+def _flow_denoise(components, noise: Tensor, both: dict, settings: SamplerSettings, guided: bool = True) -> Tensor:
+    """Euler steps along the flow ODE dx/dsigma = v from sigma 1 (noise) to 0, CFG on the velocity (``both`` holds
+    [uncond; cond]; without ``guided`` it is the conditioning alone). For a straight path DDIM's deterministic step
+    is this same Euler step, so "ddim" and "euler" sample alike here."""
     if settings.scheduler not in ("ddim", "euler"):
         raise RGDInputError(f"flow-matching models sample with euler (or ddim, the same step), not "
                             f"{settings.scheduler!r}; pass --sampler euler.")
-    unet, device = components.unet, _device(components.unet)
+    unet = components.denoiser
+    device = _device(unet)
     call = model_call(components)
     sigmas = flow_sampling_sigmas(settings.steps, flow_shift(components)).to(device)
     x = noise.to(device, unet.dtype)
     for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
+        if not guided:
+            x = x + (next_sigma - sigma) * call(unet, x, sigma.expand(x.shape[0]), both)
+            continue
         uncond_v, cond_v = call(unet, torch.cat([x, x]), sigma.expand(2 * x.shape[0]), both).chunk(2)
         x = x + (next_sigma - sigma) * (uncond_v + settings.guidance_scale * (cond_v - uncond_v))
     return x
@@ -347,11 +371,14 @@ def _prompt_lists(forget_set, retain_set) -> tuple[list[str], list[str]]:
 
 
 def model_fingerprint(components) -> str:
-    """What the sampled data depend on: the checkpoint file's sha256 (or, for a model without one, a hash of the
-    UNet and text-encoder weights), the family and the noise-schedule config."""
+    """What the sampled data depend on: the checkpoint file's sha256 (and those of a flow model's separate text
+    encoder and tokenizer files; for a model without a file, a hash of the UNet and text-encoder weights), the
+    family and the noise-schedule config."""
     digest = hashlib.sha256()
     if components.sha256:
         digest.update(components.sha256.encode())
+        for text_file in components.text_sha256:  # a flow model's text encoders and tokenizer, kept apart
+            digest.update(text_file.encode())
     else:
         for name in ("unet", "text_encoder", "text_encoder_2"):
             module = getattr(components, name, None)
@@ -682,7 +709,7 @@ class DiffusersHost:
         self.prediction_type = components.prediction_type
         self.noise_schedule = noise_schedule(components)
         self.call = model_call(components)
-        self.evaluated_module = components.unet
+        self.evaluated_module = components.denoiser
 
     def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int,
                     rows: Sequence[int] | None = None) -> PairedData:
@@ -694,8 +721,9 @@ class DiffusersHost:
     @contextlib.contextmanager
     def training(self, scope: str, lora_rank: int = 4, lora_alpha: float | None = None, seed: int = 0):
         if check_scope(scope) == LORA_SCOPE:
-            unet = copy.deepcopy(self.components.unet)
+            unet = copy.deepcopy(self.components.denoiser)
             add_lora(unet, lora_rank, lora_alpha, seed=seed)
             yield Trainee(unet, self.call, lora_parameters_filter, in_place=True, place=_place_on_unet)
         else:
-            yield Trainee(self.components.unet, self.call, scope_filter(scope), in_place=False, place=_place_on_unet)
+            yield Trainee(self.components.denoiser, self.call, scope_filter(scope), in_place=False,
+                          place=_place_on_unet)
