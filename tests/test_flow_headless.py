@@ -236,7 +236,7 @@ def test_cli_refuses_what_flow_runs_cannot_do(models, tmp_path, capsys, extra, w
 
 
 def test_missing_or_ambiguous_text_encoders_are_named(models, tmp_path):
-    root, paths = models
+    _, paths = models
     sd3 = paths["sd3"]["transformer"]
     assert "no CLIP-G text encoder" in one_line_error(load_flow_components, sd3, [paths["sd3"]["clip_l"]])
     no_tokenizer = tmp_path / "encoders"

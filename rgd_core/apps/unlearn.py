@@ -491,7 +491,10 @@ def _expected_bytes(settings: Mapping) -> int:
             raise  # a refused pickle or a broken file: say so now, not after the model started loading
         shapes = {}  # an allowed pickle is read once, when the model loads; estimate from the file size
     numel = {key: _prod(shape) for key, shape in shapes.items()}
-    denoiser = set(transformer_keys(shapes)) if flow_family(shapes) else {k for k in shapes if k.startswith(UNET_PREFIX)}
+    if flow_family(shapes):
+        denoiser = set(transformer_keys(shapes))
+    else:
+        denoiser = {key for key in shapes if key.startswith(UNET_PREFIX)}
     unet = {key: n for key, n in numel.items() if key in denoiser}
     total = sum(numel.values()) or size // 2
     if settings["scope"] == LORA_SCOPE:  # rank-r factors of the attention projections: ~1% of the UNet at rank 4
@@ -623,7 +626,8 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
                             data_seed=settings["seed"])
     # only the pairs training will draw are sampled (user images are all used as given)
     rows = training_rows(recipe, len(train), len(train)) if forget_images is None and retain_images is None else None
-    log(f"{components.variant or components.family} checkpoint; {_data_plan(train, forget_images, retain_images, rows)}, then "
+    plan_text = _data_plan(train, forget_images, retain_images, rows)
+    log(f"{components.variant or components.family} checkpoint; {plan_text}, then "
         f"{config.steps} steps")
     on_phase("data")
     phases: dict = {}
