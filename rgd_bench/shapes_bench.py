@@ -67,6 +67,8 @@ class ShapesBenchConfig:
     data_steps: int | None = None  # that sampler's steps (None: sample_steps)
     lazy_data: bool = True  # sample only the pairs training draws (False: every training pair, as rgd once did)
     esd_negative_guidance: float = 1.0
+    stop_ratio: float = 0.0  # the adaptive stop's target (rgd_core.method.unlearner); 0: fixed steps
+    stop_every: int = 5
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -174,11 +176,12 @@ def score(components, unet, eval_set: EvalSet, classifier, config: ShapesBenchCo
 
 
 def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, cache_dir, callbacks=(),
-            sampled: dict | None = None, phases: dict | None = None):
+            sampled: dict | None = None, phases: dict | None = None, watch=None):
     """(edited UNet, step records) for one method; ``components`` is never changed. ``sampled`` keeps the
     self-sampled paired data between calls, so RGD and GradDiff train on data sampled once (the data phase is
     counted for the method that sampled it). ``phases`` receives the seconds and UNet evaluations of the data
-    and training phases (not for ESD, whose data are its own training trajectories)."""
+    and training phases (not for ESD, whose data are its own training trajectories). ``watch(module)`` hears the
+    module being trained before the first step."""
     phases = {} if phases is None else phases
 
     narrow = method == "RGD (narrow retain)"
@@ -191,7 +194,7 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
     rule = "graddiff" if method == "GradDiff" else "rgd"
     unlearn_config = UnlearnConfig(method=rule, steps=config.steps, retain_weight=config.retain_weight, lr=config.lr,
                                    truncation=config.truncation, truncation_threshold=config.truncation_threshold,
-                                   seed=config.seed)
+                                   seed=config.seed, stop_ratio=config.stop_ratio, stop_every=config.stop_every)
     sampler = SamplerSettings(steps=config.data_steps or config.sample_steps, guidance_scale=config.guidance,
                               batch_size=64, scheduler=config.data_sampler)
     sampled = {} if sampled is None else sampled
@@ -202,7 +205,7 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
                                                 rows=training_rows(recipe, len(train), len(train))
                                                 if config.lazy_data else None)
     return unlearn_sd(components, train, config=unlearn_config, scope=config.scope, batch_size=config.batch_size,
-                      data=sampled[narrow], callbacks=callbacks, phases=phases)
+                      data=sampled[narrow], callbacks=callbacks, phases=phases, watch=watch)
 
 
 def run_shapes_bench(

@@ -384,3 +384,39 @@ def test_load_checkpoint_refuses_a_file_that_is_not_safetensors(tmp_path):
     broken.write_bytes(b"not a safetensors file")
     with pytest.raises(RGDInputError, match="run.safetensors"):
         Unlearner(model, forget, retain, UnlearnConfig(**CONFIG)).load_checkpoint(broken)
+
+
+def test_adaptive_stop_finishes_once_the_forget_loss_has_risen_and_says_why():
+    model, forget, retain = make_problem()
+    config = UnlearnConfig(steps=200, lr=1e-2, retain_weight=2.0, seed=3, stop_ratio=5.0, stop_every=5)
+    records = Unlearner(model, forget, retain, config).run().records
+    assert len(records) < 200 and len(records) % 5 == 0  # stopped on a probe step, well before the cap
+    last = records[-1]
+    assert last["probe_ratio"] >= 5.0 and "5x" in last["stop_reason"]
+    assert all(r["probe_ratio"] < 5.0 for r in records[4:-1:5])  # the probes before it had not reached the target
+    assert summarize(records)["stop_reason"] == last["stop_reason"]
+
+
+def test_adaptive_stop_does_not_stop_a_model_that_has_not_forgotten():
+    model, forget, retain = make_problem()
+    # a learning rate too small to move the model: the probe ratio stays near its start and the cap ends the run
+    config = UnlearnConfig(steps=20, lr=1e-9, retain_weight=2.0, seed=3, stop_ratio=2.0, stop_every=5)
+    records = Unlearner(model, forget, retain, config).run().records
+    assert len(records) == 20 and records[-1]["stop_reason"] == "step cap: 20 steps"
+    assert all(r["probe_ratio"] < 2.0 for r in records[4::5])
+
+
+def test_the_probe_is_fixed_and_leaves_training_bit_identical():
+    model, forget, retain = make_problem()
+    plain = Unlearner(model, forget, retain, UnlearnConfig(**CONFIG)).run().model
+    # a target that is never reached: probing every step must not change a single weight of the run
+    probed = Unlearner(model, forget, retain, UnlearnConfig(**CONFIG, stop_ratio=1e9, stop_every=1))
+    assert_same_weights(snapshot(probed.run().model), snapshot(plain))
+    assert probed.probe_losses() == probed.probe_losses()
+
+
+@pytest.mark.parametrize("bad", [dict(stop_ratio=1.0), dict(stop_ratio=-2.0), dict(stop_ratio=math.inf),
+                                 dict(stop_ratio=2.0, stop_every=0)])
+def test_bad_stop_settings_are_refused(bad):
+    with pytest.raises(RGDInputError, match="stop_ratio"):
+        UnlearnConfig(**bad)

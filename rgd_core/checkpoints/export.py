@@ -28,7 +28,7 @@ from rgd_core.checkpoints.load import (
     file_sha256,
     read_state_dict,
 )
-from rgd_core.checkpoints.flow_load import flow_family
+from rgd_core.checkpoints.flow_load import convert_flux_original, flow_family, transformer_keys
 from rgd_core.errors import RGDInputError
 from rgd_core.files import save_safetensors_atomic
 
@@ -78,8 +78,6 @@ def unet_key_map(original: Mapping[str, Any], unet_config: Mapping[str, Any] | N
     key or reaches two, values the converter computed, or one diffusers tensor made from several source keys
     all raise a one-line RGDInputError.
     """
-    from rgd_core.checkpoints.flow_load import transformer_keys
-
     family = flow_family(original)
     if family is not None:
         shapes = {key: _shape(original[key]) for key in transformer_keys(original)}
@@ -125,8 +123,6 @@ def _convert(tagged: dict, unet_config: Mapping[str, Any] | None, family: str | 
     from diffusers.loaders import single_file_utils as sfu
 
     if family is not None:
-        from rgd_core.checkpoints.flow_load import convert_flux_original
-
         convert = convert_flux_original if family == "flux" else sfu.convert_sd3_transformer_checkpoint_to_diffusers
         try:
             return convert(dict(tagged))

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from rgd_core.checkpoints.configs import clip_tokenizer
+from rgd_core.checkpoints.load import PipelineComponents, file_sha256, read_key_shapes
 from rgd_core.errors import RGDInputError
 
 FLOW_FAMILIES = ("flux", "sd3")
@@ -328,8 +330,6 @@ def find_text_encoders(family: str, checkpoint: Path, checkpoint_shapes: Mapping
     """The text encoders ``family`` needs, from the checkpoint itself or the files and folders in ``places``
     (every ``.safetensors`` in a folder is looked at by its header). A role found twice outside the checkpoint is
     refused with the candidates named, rather than guessed."""
-    from rgd_core.checkpoints.load import read_key_shapes
-
     candidates: dict[str, list[TextEncoderSource]] = {}
     for source in text_encoder_sources(checkpoint, checkpoint_shapes):
         candidates.setdefault(source.role, []).append(source)
@@ -493,8 +493,6 @@ def load_text_encoder(source: TextEncoderSource):
 
 def read_key_shapes_of(source: TextEncoderSource) -> list[str]:
     """The file keys of one text tower (its prefix kept)."""
-    from rgd_core.checkpoints.load import read_key_shapes
-
     return [key for key in read_key_shapes(source.path) if key.startswith(source.prefix)]
 
 
@@ -521,8 +519,6 @@ def load_flow_components(path: str | Path, text_encoders: Sequence[str | Path] =
     and, from the file or ``text_encoders`` (files or folders), CLIP-L + T5 (Flux: ``text_encoder``,
     ``text_encoder_2``) or CLIP-L + CLIP-G + T5 (SD3: ``text_encoder``, ``text_encoder_2``, ``text_encoder_3``) with
     their tokenizers; no VAE. The family's variant ("flux-dev", "flux-schnell", "sd3") is ``components.variant``."""
-    from rgd_core.checkpoints.configs import clip_tokenizer
-    from rgd_core.checkpoints.load import PipelineComponents, file_sha256, read_key_shapes
 
     path = Path(path)
     shapes = read_key_shapes(path)

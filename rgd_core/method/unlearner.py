@@ -8,6 +8,12 @@ One step, top to bottom (Ko et al. 2024, section 3 and Algorithm 1):
 3. the update rule (restricted gradient or GradDiff) turns (g_f, g_r) into d, written into ``.grad``;
 4. the optimizer (Adam, lr 1e-5 by default, as in the paper) steps along -d.
 
+Adaptive stop (``stop_ratio`` > 0): every ``stop_every`` steps the forget and retain losses are measured on a fixed
+probe (the same pairs, noise and timesteps every time, no gradient), and the run finishes once the forget loss has
+risen to ``stop_ratio`` times the retain loss. The model's own samples of the concept start out as easy to denoise
+as their concept-free twins (ratio about 1); the ratio climbs as the concept is unlearned, while the retain loss is
+held. ``steps`` is then the cap. The last record says why the run ended (``stop_reason``).
+
 All randomness of step k (batches, noise, timesteps, dropout) comes from a generator seeded by (seed, k), so a
 run resumed from a checkpoint at step k repeats the uninterrupted run bit for bit.
 """
@@ -36,6 +42,7 @@ LossFn = Callable[[nn.Module, torch.Generator], Tensor]
 Callback = Callable[[dict], None]
 
 CHECKPOINT_FORMAT = "rgd-unlearner-checkpoint-1"
+PROBE_BATCHES = 2  # batches of the fixed probe of the adaptive stop (forget and retain each)
 
 
 @dataclass
@@ -50,6 +57,8 @@ class UnlearnConfig:
     truncation: str = "none"  # "none", "skip" (SD: skip ascent above m) or "elementwise" (EDM: min(err, alpha))
     truncation_threshold: float = math.inf  # m for "skip", alpha for "elementwise"
     seed: int = 0
+    stop_ratio: float = 0.0  # adaptive stop: finish once probe forget loss >= stop_ratio x retain loss (0: off)
+    stop_every: int = 5  # probe every this many steps
 
     def __post_init__(self) -> None:
         if self.method not in UPDATE_RULES:
@@ -60,6 +69,9 @@ class UnlearnConfig:
             raise RGDInputError("method 'rgd-adam' projects in Adam's metric; use optimizer 'adam' or method 'rgd'")
         if self.steps < 0 or self.lr <= 0 or self.retain_weight < 0:
             raise RGDInputError("steps must be >= 0, lr > 0 and retain_weight >= 0")
+        if not (self.stop_ratio == 0 or 1 < self.stop_ratio < math.inf) or self.stop_every < 1:
+            raise RGDInputError(f"stop_ratio must be 0 (off) or a finite number above 1, not {self.stop_ratio}, and "
+                                "stop_every at least 1")
         try:
             Truncation(self.truncation, self.truncation_threshold)
         except ValueError as error:
@@ -146,12 +158,18 @@ class Unlearner:
                         self.save_checkpoint(checkpoint_path)
                     raise UnlearningCancelled(f"stopped after {self.completed_steps} of {self.config.steps} steps")
                 record = self.step(self.completed_steps)
-                self.records.append(record)
                 self.completed_steps += 1
+                finished = self._check_stop(record)
+                self.records.append(record)
                 for callback in callbacks:
                     callback(record)
+                if finished:
+                    break
                 if checkpoint_path and checkpoint_every and self.completed_steps % checkpoint_every == 0:
                     self.save_checkpoint(checkpoint_path)
+            if self.records and "stop_reason" not in self.records[-1]:
+                cap = "step cap" if self.config.stop_ratio else "fixed steps"
+                self.records[-1]["stop_reason"] = f"{cap}: {self.config.steps} steps"
         finally:
             for p in self.params:
                 p.grad = None
@@ -210,6 +228,38 @@ class Unlearner:
             "ascent_active": bool(values[6]),
             "seconds": time.perf_counter() - start,
         }
+
+    def _check_stop(self, record: dict) -> bool:
+        """The adaptive stop, on the probe steps: adds the probe's losses to ``record`` and, when the forget loss has
+        risen far enough, the reason to finish."""
+        config = self.config
+        if not config.stop_ratio or self.completed_steps % config.stop_every:
+            return False
+        forget, retain = self.probe_losses()
+        ratio = forget / retain if retain > 0 else math.inf
+        record.update(probe_forget_loss=forget, probe_retain_loss=retain, probe_ratio=ratio)
+        if ratio < config.stop_ratio:
+            return False
+        record["stop_reason"] = (f"forget loss {ratio:.2f}x the retain loss on the probe (target "
+                                 f"{config.stop_ratio:g}x) after {self.completed_steps} steps")
+        return True
+
+    @torch.no_grad()
+    def probe_losses(self) -> tuple[float, float]:
+        """Mean forget and retain denoising losses on the fixed probe: ``PROBE_BATCHES`` batches drawn with
+        generators that depend on the seed only, so every probe of a run sees the same pairs, noise and timesteps
+        (and forget pair i its retain twin i at the same noise), in the model as it is now."""
+        # The probe is the first steps' own batches (their generators), so it only draws pairs that training draws:
+        # a host that samples just those (``paired_data.drawn_pairs``) has them all.
+        batches = max(1, min(PROBE_BATCHES, self.config.steps))
+        forget, retain = 0.0, 0.0
+        with torch.random.fork_rng(devices=self._rng_devices):
+            for step in range(batches):
+                torch.manual_seed(step_seed(self.config.seed + 1, step))
+                seed = step_seed(self.config.seed, step)
+                forget += float(self.forget_loss(self.model, torch.Generator().manual_seed(seed)).mean())
+                retain += float(self.retain_loss(self.model, torch.Generator().manual_seed(seed)).mean())
+        return forget / batches, retain / batches
 
     def _adam_metric(self):
         """Adam's current diagonal preconditioner 1 / (sqrt(v_hat) + eps), one tensor at a time.
@@ -316,8 +366,10 @@ def summarize(records: list[Mapping]) -> dict:
     if not records:
         return {}
     tail = records[-max(1, len(records) // 10) :]
+    stopped = [r["stop_reason"] for r in records if "stop_reason" in r]
     return {
         "steps": len(records),
+        "stop_reason": stopped[-1] if stopped else None,
         "final_forget_loss": float(np.mean([r["forget_loss"] for r in tail])),
         "final_retain_loss": float(np.mean([r["retain_loss"] for r in tail])),
         "conflict_rate": float(np.mean([r["conflict"] for r in records])),
