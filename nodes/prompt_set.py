@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from rgd_core.prompts import HOST_PRESETS, PromptSet, prompt_lines, prompt_sets_from_inputs
+from rgd_core.prompts import NEIGHBOUR_SHARE, HOST_PRESETS, PromptSet, prompt_lines, prompt_sets_from_inputs
 
 from .common import CATEGORY, PromptSetType, first_error
 
@@ -14,10 +14,12 @@ PREVIEW_PAIRS = 5
 
 def prompt_sets(concept: str, preset: str, train_count: int, test_count: int, seed: int, synonyms: str = "",
                 custom_template: str = "", custom_slots: str = "", forget_prompts: str = "",
-                retain_prompts: str = "") -> tuple[PromptSet, PromptSet]:
+                retain_prompts: str = "", neighbours: str = "",
+                neighbour_share: float = NEIGHBOUR_SHARE) -> tuple[PromptSet, PromptSet]:
     """(train, test) for the node's widget values: the text boxes split into lines, then rgd_core's builder."""
     return prompt_sets_from_inputs(concept, preset, train_count, test_count, seed, synonyms, custom_template,
-                                   custom_slots, prompt_lines(forget_prompts), prompt_lines(retain_prompts))
+                                   custom_slots, prompt_lines(forget_prompts), prompt_lines(retain_prompts),
+                                   neighbours, neighbour_share)
 
 
 def preview(prompt_set: PromptSet) -> str:
@@ -33,8 +35,9 @@ class RGDPromptSet(io.ComfyNode):
             node_id="RGDPromptSet",
             display_name="RGD Prompt Set",
             category=CATEGORY,
-            description="Forget prompts that name the concept, each paired with the same sentence without it "
-                        "(the paper's diverse retain set). Train and test use disjoint word lists.",
+            description="Forget prompts that name the concept (several: separate them with ';'), each paired with "
+                        "the same sentence without it (the paper's diverse retain set) or, for a share of them, "
+                        "naming a neighbouring concept that must stay. Train and test use disjoint word lists.",
             inputs=[
                 io.String.Input("concept", default="nudity"),
                 io.Combo.Input("preset", options=list(PRESETS), default="nudity"),
@@ -51,21 +54,31 @@ class RGDPromptSet(io.ComfyNode):
                                 tooltip="preset 'my lists': one forget prompt per line"),
                 io.String.Input("retain_prompts", default="", multiline=True, optional=True,
                                 tooltip="preset 'my lists': the matching retain prompt per line"),
+                io.String.Input("neighbours", default="", optional=True,
+                                tooltip="comma-separated concepts next to this one that must stay (empty: the "
+                                        "preset's own list; the object preset has none)"),
+                io.Float.Input("neighbour_share", default=NEIGHBOUR_SHARE, min=0.0, max=1.0, step=0.05,
+                               optional=True,
+                               tooltip="share of retain prompts that name a neighbour instead of dropping the "
+                                       "concept (0: none)"),
             ],
             outputs=[PromptSetType.Output(display_name="train"), PromptSetType.Output(display_name="test")],
         )
 
     @classmethod
     def validate_inputs(cls, concept=None, preset=None, train_count=None, test_count=None, seed=None, synonyms="",
-                        custom_template="", custom_slots="", forget_prompts="", retain_prompts="") -> bool | str:
-        if None in (concept, preset, train_count, test_count, seed):
+                        custom_template="", custom_slots="", forget_prompts="", retain_prompts="", neighbours="",
+                        neighbour_share=NEIGHBOUR_SHARE) -> bool | str:
+        if None in (concept, preset, train_count, test_count, seed, neighbour_share):
             return True  # linked from another node: checked when it runs
         return first_error(lambda: prompt_sets(concept, preset, train_count, test_count, seed, synonyms,
-                                               custom_template, custom_slots, forget_prompts, retain_prompts))
+                                               custom_template, custom_slots, forget_prompts, retain_prompts,
+                                               neighbours, neighbour_share))
 
     @classmethod
     def execute(cls, concept, preset, train_count, test_count, seed, synonyms="", custom_template="",
-                custom_slots="", forget_prompts="", retain_prompts="") -> io.NodeOutput:
+                custom_slots="", forget_prompts="", retain_prompts="", neighbours="",
+                neighbour_share=NEIGHBOUR_SHARE) -> io.NodeOutput:
         train, test = prompt_sets(concept, preset, train_count, test_count, seed, synonyms, custom_template,
-                                  custom_slots, forget_prompts, retain_prompts)
+                                  custom_slots, forget_prompts, retain_prompts, neighbours, neighbour_share)
         return io.NodeOutput(train, test, ui=ui.PreviewText(preview(train)))

@@ -17,7 +17,7 @@ from comfy_api.latest import io
 from rgd_core.edits.scopes import SCOPES, check_scope
 from rgd_core.errors import RGDInputError
 from rgd_core.hosts.base import RecipeSettings, run_metadata, training_rows
-from rgd_core.method.unlearner import UnlearnConfig
+from rgd_core.method.unlearner import STOP_RATIO, UnlearnConfig
 
 from .common import CATEGORY, PromptSetType
 
@@ -26,17 +26,19 @@ SAMPLING_CHOICES = ("auto", "widgets")
 
 
 def unlearn_config(method: str, steps: int, retain_weight: float, truncation_m: float, lr: float,
-                   seed: int) -> UnlearnConfig:
-    """The node's widgets as rgd_core's config: Adam, and the paper's skip-ascent truncation at m (0 turns it off)."""
+                   seed: int, stop_ratio: float = STOP_RATIO) -> UnlearnConfig:
+    """The node's widgets as rgd_core's config: Adam, the paper's skip-ascent truncation at m (0 turns it off), and
+    the adaptive stop at ``stop_ratio`` (0: always ``steps``)."""
     if truncation_m < 0:
         raise RGDInputError(f"truncation m must be >= 0 (0 = no truncation), not {truncation_m}.")
     truncation = ("skip", truncation_m) if truncation_m > 0 else ("none", math.inf)
     return UnlearnConfig(method=method, steps=steps, retain_weight=retain_weight, lr=lr, optimizer="adam",
-                         truncation=truncation[0], truncation_threshold=truncation[1], seed=seed)
+                         truncation=truncation[0], truncation_threshold=truncation[1], seed=seed,
+                         stop_ratio=stop_ratio)
 
 
 def check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank, pairs,
-                   width, height) -> UnlearnConfig:
+                   width, height, stop_ratio=STOP_RATIO) -> UnlearnConfig:
     """The widgets checked when the node runs, one message per problem naming the widget. In the editor ComfyUI
     checks each widget's own range first (so the node declares no validate_inputs: ComfyUI would repeat one
     message under every input it declares); this catches what a hand-written API prompt can still send."""
@@ -45,7 +47,7 @@ def check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, 
                                  ("pairs", pairs, 0), ("width", width, 8), ("height", height, 8)):
         if value < minimum:
             raise RGDInputError(f"{name} must be at least {minimum}, not {value}.")
-    return unlearn_config(method, steps, retain_weight, truncation_m, lr, seed)
+    return unlearn_config(method, steps, retain_weight, truncation_m, lr, seed, stop_ratio)
 
 
 def latent_size(width: int, height: int) -> tuple[int, int]:
@@ -115,6 +117,9 @@ class RGDUnlearn(io.ComfyNode):
                                  tooltip="SD3/Flux: recompute each transformer block's activations in backward "
                                          "instead of keeping them (less memory, about a third more time; exact "
                                          "gradients)"),
+                io.Float.Input("stop_ratio", default=STOP_RATIO, min=0.0, max=100.0, step=0.1, optional=True,
+                               tooltip="adaptive stop: finish once the forget loss on a fixed probe reaches this "
+                                       "times the retain loss (steps is then the cap); 0: always run every step"),
                 io.Combo.Input("sampling", options=list(SAMPLING_CHOICES), default="auto", optional=True,
                                tooltip="how the model samples its own data. auto: SD1/SD2/SDXL use the sampler "
                                        "widgets above; flow models (SD3, Flux) their family's settings (SD3: 28 "
@@ -132,11 +137,11 @@ class RGDUnlearn(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, prompt_set, method, scope, steps, retain_weight, truncation_m, lr, batch_size,
                 seed, lora_rank, pairs, sample_steps, cfg, sampler_name, scheduler, width, height, preview_every=0,
-                vae=None, sampling="auto", gradient_checkpointing=False) -> io.NodeOutput:
+                vae=None, sampling="auto", gradient_checkpointing=False, stop_ratio=STOP_RATIO) -> io.NodeOutput:
         from . import glue
 
         config = check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank,
-                                pairs, width, height)
+                                pairs, width, height, stop_ratio)
         if sampling not in SAMPLING_CHOICES:
             raise RGDInputError(f"sampling must be one of {', '.join(SAMPLING_CHOICES)}, not {sampling!r}.")
         width, height = latent_size(width, height)
@@ -154,7 +159,7 @@ class RGDUnlearn(io.ComfyNode):
                                      on_prompt=report.prompt_done, on_step=report.step_done, vae=vae,
                                      preview_every=preview_every, on_preview=report.preview, phases=phases,
                                      gradient_checkpointing=gradient_checkpointing)
-        report.done(phases)
+        report.done(phases, records)
         metadata = run_metadata(prompt_set.concept, prompt_set.preset, prompt_set.digest(), forget, retain,
                                 recipe,
                                 asdict(settings), records, "comfyui")
@@ -195,9 +200,13 @@ class Report:
     def preview(self, step: int, image) -> None:
         self.bar.update_absolute(self.bar.current, preview=("JPEG", image, 512))
 
-    def done(self, phases: dict) -> None:
-        """The run's time per phase (the model sampling its data, then training), as the node's last text."""
+    def done(self, phases: dict, records: list[dict]) -> None:
+        """The run's time per phase (the model sampling its data, then training) and why it ended, as the node's
+        last text; the bar is filled when the adaptive stop ended the run before its last step."""
         text = phases_text(phases)
+        if records and records[-1].get("stop_reason"):
+            text += f"; ended: {records[-1]['stop_reason']}"
+        self.bar.update_absolute(self.samples + self.steps)
         logging.info("RGD %s", text)
         if self.server is not None and self.node_id is not None:
             self.server.send_progress_text(text, self.node_id)

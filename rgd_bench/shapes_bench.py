@@ -21,7 +21,7 @@ prompt, SalUn's choice) and ESD (rgd_core.baselines.esd; text only, no retain se
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -30,7 +30,7 @@ import numpy as np
 from rgd_bench.class_metrics import frechet_distance
 from rgd_bench.shapes_classifier import load_classifier
 from rgd_bench.worlds import shapes, shapes_model
-from rgd_bench.worlds.shapes_prompts import concept_attribute, shape_prompt_sets
+from rgd_bench.worlds.shapes_prompts import concept_attribute, joint_prompt_sets, shape_prompt_sets
 from rgd_core.baselines.esd import ESDConfig, run_esd
 from rgd_core.errors import RGDInputError
 from rgd_core.evaluate.plots import loss_curves, sample_grid
@@ -69,6 +69,7 @@ class ShapesBenchConfig:
     esd_negative_guidance: float = 1.0
     stop_ratio: float = 0.0  # the adaptive stop's target (rgd_core.method.unlearner); 0: fixed steps
     stop_every: int = 5
+    neighbour_share: float = 0.0  # share of retain twins naming a neighbour (rgd_core.prompts.neighbours)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -87,6 +88,21 @@ class ShapesBenchConfig:
             raise RGDInputError(f"unknown method {unknown[0]!r}; use some of {', '.join(METHODS)}.")
         if not self.concepts:
             raise RGDInputError("give at least one concept to erase, e.g. striped.")
+        for spec in self.concepts:
+            parts = joint_parts(spec)
+            for part in parts:
+                concept_attribute(part)  # a one-line error for a word the world does not know
+            if len(parts) > 1 and "ESD" in self.methods:
+                raise RGDInputError(f"{spec!r} erases several concepts in one run, which this ESD does not; leave ESD "
+                                    "out of --methods.")
+
+
+JOINT = "+"  # "striped+triangle": both concepts erased in one run
+SEQUENTIAL = "RGD (one after the other)"  # a joint spec's baseline: one RGD run per concept, each on the last's output
+
+
+def joint_parts(spec: str) -> list[str]:
+    return [part.strip() for part in spec.split(JOINT) if part.strip()]
 
 
 # --- scoring -----------------------------------------------------------------------------------------------------
@@ -132,9 +148,11 @@ class EvalSet:
     reference_features: np.ndarray
 
     @classmethod
-    def build(cls, concept: str, test_prompts: int, seed: int, classifier) -> EvalSet:
+    def build(cls, concept: str, test_prompts: int, seed: int, classifier, exclude: Sequence[str] = ()) -> EvalSet:
+        """``exclude``: concepts erased in the same run, which this concept's retain and in-prompt measures leave
+        out (their prompts are meant to lose them)."""
         attribute, value = concept_attribute(concept)
-        _, test = shape_prompt_sets(concept, 1, test_prompts, seed=seed)
+        _, test = shape_prompt_sets(concept, 1, test_prompts, seed=seed, exclude=exclude)
         neutral = "plain" if attribute == "modifier" else None
         neighbours = {}
         for other in shapes.VALUES[attribute]:
@@ -185,7 +203,12 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
     phases = {} if phases is None else phases
 
     narrow = method == "RGD (narrow retain)"
-    train, _ = shape_prompt_sets(concept, config.train_pairs, 1, seed=config.seed, narrow=narrow)
+    parts = joint_parts(concept)
+    if len(parts) > 1:
+        train, _ = joint_prompt_sets(parts, config.train_pairs, len(parts), config.seed, config.neighbour_share)
+    else:
+        train, _ = shape_prompt_sets(concept, config.train_pairs, 1, seed=config.seed, narrow=narrow,
+                                     neighbour_share=config.neighbour_share)
     if method == "ESD":
         esd = ESDConfig(steps=config.steps, lr=config.lr, negative_guidance=config.esd_negative_guidance,
                         start_guidance=config.guidance, ddim_steps=config.sample_steps, batch_size=config.batch_size,
@@ -225,6 +248,9 @@ def run_shapes_bench(
     classifier = load_classifier(*([classifier_path] if classifier_path else []))
     rows, figures = [], {}
     for concept in config.concepts:
+        if len(joint_parts(concept)) > 1:
+            rows += _joint_rows(components, classifier, concept, config, cache_dir, log, progress)
+            continue
         eval_set = EvalSet.build(concept, config.test_prompts, config.seed, classifier)
         samples, histories, sampled = {}, {}, {}
         scores, samples["original"] = score(components, None, eval_set, classifier, config)
@@ -236,7 +262,8 @@ def run_shapes_bench(
             unet, records = unlearn(components, method, concept, config, cache_dir, callbacks, sampled, phases)
             scores, samples[method] = score(components, unet, eval_set, classifier, config)
             rows.append({"concept": eval_set.value, "method": method, **scores,
-                         "seconds": float(sum(r["seconds"] for r in records)), "phases": phases})
+                         "seconds": float(sum(r["seconds"] for r in records)), "phases": phases,
+                         "steps": len(records)})
             histories[method] = records
             log(_row_text(rows[-1]))
         if out is not None:
@@ -251,10 +278,40 @@ def run_shapes_bench(
     }
 
 
+def _joint_rows(components, classifier, spec: str, config: ShapesBenchConfig, cache_dir, log, progress) -> list[dict]:
+    """Rows for a joint spec ("striped+triangle"): each concept scored on its own held-out prompts (without the
+    other concepts), for the original model, each method trained once on all of them, and RGD run concept by
+    concept, each run on the previous one's output (``SEQUENTIAL``)."""
+    parts = joint_parts(spec)
+    eval_sets = {part: EvalSet.build(part, config.test_prompts, config.seed, classifier,
+                                     exclude=[p for p in parts if p != part]) for part in parts}
+    edited = {"original": None}
+    records: dict = {}
+    for method in config.methods:
+        callbacks = [progress_bar(config.steps, f"{spec} {method}")] if progress else []
+        edited[method], records[method] = unlearn(components, method, spec, config, cache_dir, callbacks, {})
+    unet, records[SEQUENTIAL] = None, []
+    for part in parts:
+        base = components if unet is None else replace(components, unet=unet)
+        unet, part_records = unlearn(base, "RGD", part, config, cache_dir, (), {})
+        records[SEQUENTIAL] += part_records
+    edited[SEQUENTIAL] = unet
+    rows = []
+    for method, model in edited.items():
+        for part, eval_set in eval_sets.items():
+            scores, _ = score(components, model, eval_set, classifier, config)
+            seconds = float(sum(r["seconds"] for r in records.get(method, [])))
+            rows.append({"concept": f"{eval_set.value} ({spec})", "method": method, **scores, "seconds": seconds,
+                         "steps": len(records.get(method, []))})
+            log(_row_text(rows[-1]))
+    return rows
+
+
 def _row_text(row: dict) -> str:
+    steps = f"  {row['steps']} steps" if "steps" in row else ""
     return (f"{row['concept']:9s} {row['method']:20s} erasure {row['erasure']:.3f}  in-prompt {row['in_prompt']:.3f}  "
             f"retain {row['retain']:.3f}  collateral {row['collateral']:.3f}  FD {row['fd']:.2f}  "
-            f"{row['seconds']:.0f} s")
+            f"{row['seconds']:.0f} s{steps}")
 
 
 def format_table(result: dict) -> str:

@@ -133,7 +133,8 @@ def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
     d = ShapesBenchConfig()
     add = parser.add_argument
     add("--concepts", default=",".join(d.concepts), help=f"concepts to erase, comma-separated (default "
-        f"{','.join(d.concepts)}; any shape, colour or non-plain modifier word)")
+        f"{','.join(d.concepts)}; any shape, colour or non-plain modifier word; 'striped+triangle' erases both in "
+        "one run, beside RGD run on each in turn)")
     add("--methods", default="", help=f"comma-separated, from: {', '.join(METHODS)} (default: all the model "
         "takes; ESD not on the flow model)")
     add("--model", choices=sorted(MODELS), default=d.model, help="the shapes model: v_prediction (default) or flow "
@@ -156,6 +157,11 @@ def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
     add("--data-sampler", choices=sorted(SAMPLERS), default=d.data_sampler,
         help=f"sampler of the self-sampled training data (default {d.data_sampler})")
     add("--data-steps", type=int, default=None, help="that sampler's steps (default: --sample-steps)")
+    add("--stop-ratio", type=float, default=d.stop_ratio, help="adaptive stop: finish once the probe's forget loss "
+        f"reaches this times its retain loss, --steps being the cap (0: fixed steps; default {d.stop_ratio})")
+    add("--stop-every", type=int, default=d.stop_every, help=f"probe every N steps (default {d.stop_every})")
+    add("--neighbour-share", type=float, default=d.neighbour_share, help="share of retain prompts naming one of the "
+        f"concept's neighbours instead of dropping it (default {d.neighbour_share})")
     add("--seed", type=int, default=d.seed, help=f"seed for prompts, data, training and samples (default {d.seed})")
     add("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     add("--out", default="rgd_outputs", help="folder for the grid and loss-curve figures (default rgd_outputs)")
@@ -172,7 +178,8 @@ def cmd_bench_shapes(args) -> None:
     check_numbers(vars(args), {"steps": (1, None), "lr": (None, 0.0), "retain_weight": (0.0, None),
                                "truncation_threshold": (None, 0.0), "batch_size": (1, None), "train_pairs": (1, None),
                                "test_prompts": (1, None), "sample_steps": (1, None), "seed": (0, None),
-                               "threads": (1, None), "data_steps": (1, None)})
+                               "threads": (1, None), "data_steps": (1, None), "stop_every": (1, None),
+                               "neighbour_share": (0.0, None)})
     config = ShapesBenchConfig(
         concepts=tuple(c.strip() for c in args.concepts.split(",") if c.strip()),
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), model=args.model, steps=args.steps,
@@ -180,7 +187,8 @@ def cmd_bench_shapes(args) -> None:
         retain_weight=args.retain_weight, truncation=args.truncation,
         truncation_threshold=args.truncation_threshold, batch_size=args.batch_size, scope=args.scope,
         train_pairs=args.train_pairs, test_prompts=args.test_prompts, sample_steps=args.sample_steps, seed=args.seed,
-        data_sampler=args.data_sampler, data_steps=args.data_steps,
+        data_sampler=args.data_sampler, data_steps=args.data_steps, stop_ratio=args.stop_ratio,
+        stop_every=args.stop_every, neighbour_share=args.neighbour_share,
     )
     _check_outputs(args, [f"shapes_{concept}_{kind}.png" for concept in config.concepts
                           for kind in ("grid", "losses")])
@@ -310,7 +318,8 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--checkpoint", metavar="FILE", help="single-file checkpoint (.safetensors) to edit: SD1/SD2/SDXL, or a "
         "Flux.1 / SD3.x diffusion model with --text-encoders (required)")
-    add("--concept", metavar="NAME", help="the concept to erase, e.g. nudity or 'Van Gogh' (required)")
+    add("--concept", metavar="NAME", action="append", help="the concept to erase, e.g. nudity or 'Van Gogh' "
+        "(required); repeat it to erase several in one run")
     add("--out", metavar="DIR", help="folder for <name>.safetensors (or the diffusers folder <name>/) and "
         "<name>.json (required)")
     add("--preset", choices=sorted(unlearn.PRESETS), help="a named set of hyper-parameters; paper-nudity-sd14 is the "
@@ -325,6 +334,13 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
         "names, e.g. 'a photo of {concept} {place}' (implies --prompt-preset custom)")
     add("--slot", action="append", metavar="'NAME: WORD, WORD'",
         help="the words of one slot of --custom-template; repeat for each slot")
+    add("--neighbours", metavar="WORDS", help="comma-separated concepts next to this one that must stay, e.g. "
+        "'Claude Monet, Paul Cezanne' (default: the prompt preset's own list; the object preset has none)")
+    add("--neighbour-share", type=float, help=f"share of retain prompts naming a neighbour instead of dropping the "
+        f"concept; 0: none (default {d['neighbour_share']})")
+    add("--stop-ratio", type=float, help=f"adaptive stop: finish once the forget loss on a fixed probe reaches this "
+        f"times the retain loss, --steps being the cap; 0: always --steps (default {d['stop_ratio']})")
+    add("--stop-every", type=int, help=f"probe every N steps for the adaptive stop (default {d['stop_every']})")
     add("--forget-prompts", metavar="FILE", help="your own forget prompts, one a line (with --retain-prompts: "
         "line i of one pairs with line i of the other); replaces the prompt preset")
     add("--retain-prompts", metavar="FILE", help="the retain twin of each --forget-prompts line, one a line")

@@ -40,6 +40,11 @@ def build_blocks(host, run: Callable, interrupt: Callable[[], None], webui: bool
                     c["prompt_preset"] = gr.Dropdown(choices=list(PROMPT_PRESET_CHOICES), value=d.prompt_preset,
                                                      label="Prompt preset (auto: nudity for nudity, else object)")
                     c["synonyms"] = gr.Textbox(label="Other names of the concept, comma-separated")
+                with gr.Row():
+                    c["neighbours"] = gr.Textbox(label="Neighbours that must stay, comma-separated (blank: the "
+                                                       "preset's own; several concepts: separate them with ;)")
+                    c["neighbour_share"] = gr.Number(value=d.neighbour_share,
+                                                     label="Share of retain prompts naming a neighbour (0: none)")
                 with gr.Accordion("Custom template (prompt preset: custom)", open=False):
                     c["custom_template"] = gr.Textbox(label="Forget-prompt template",
                                                       placeholder="a photo of {concept} {place}")
@@ -55,7 +60,9 @@ def build_blocks(host, run: Callable, interrupt: Callable[[], None], webui: bool
                     c["scope"] = gr.Dropdown(choices=list(SCOPES), value=d.scope, label="Scope (what is trained)")
                     c["lora_rank"] = gr.Number(value=d.lora_rank, label="LoRA rank", precision=0)
                 with gr.Row():
-                    c["steps"] = gr.Number(value=d.steps, label="Steps", precision=0)
+                    c["steps"] = gr.Number(value=d.steps, label="Steps (the cap when the stop ratio is on)",
+                                           precision=0)
+                    c["stop_ratio"] = gr.Number(value=d.stop_ratio, label="Stop at forget/retain loss ratio (0: off)")
                     c["retain_weight"] = gr.Number(value=d.retain_weight, label="\u03bb (retain weight)")
                     c["truncation_threshold"] = gr.Number(value=d.truncation_threshold,
                                                           label="m (no ascent above this forget loss)")

@@ -44,6 +44,9 @@ class TabForm:
     slots: str = ""  # one slot a line: "place: in a park, at the beach"
     forget_list: str = ""  # "my lists": one forget prompt a line
     retain_list: str = ""  # and its retain twin on the same line number
+    neighbours: str = ""  # comma-separated concepts that must stay ("": the preset's own list)
+    neighbour_share: float = DEFAULTS["neighbour_share"]
+    stop_ratio: float = DEFAULTS["stop_ratio"]
     method: str = DEFAULTS["method"]
     scope: str = LORA_SCOPE
     steps: int = DEFAULTS["steps"]
@@ -105,7 +108,8 @@ def settings_for(form: TabForm, places: Places) -> dict:
     checkpoint = places.checkpoint_path(form.checkpoint)
     settings = {key: getattr(form, key) for key in (
         "concept", "method", "scope", "steps", "retain_weight", "truncation_threshold", "lr", "batch_size", "seed",
-        "lora_rank", "train_prompts", "sample_steps", "guidance", "sampler", "overwrite", "resume", "save_lora")}
+        "lora_rank", "train_prompts", "sample_steps", "guidance", "sampler", "overwrite", "resume", "save_lora",
+        "neighbour_share", "stop_ratio")}
     settings.update(
         checkpoint=str(checkpoint),
         concept=form.concept.strip(),
@@ -117,6 +121,7 @@ def settings_for(form: TabForm, places: Places) -> dict:
         state_dir=str(places.state_folder),
         cache_dir=str(places.cache_dir) if places.cache_dir else None,
         synonyms=form.synonyms.strip() or None,
+        neighbours=form.neighbours.strip() or None,
         family=None if form.family in (AUTO_FAMILY, "", None) else form.family,
         config_folder=form.config_folder.strip() or None,
     )
@@ -162,7 +167,8 @@ def pair_preview(form: TabForm, count: int = PAIRS_SHOWN) -> str:
             concept, preset, max(1, min(int(form.train_prompts or 1), 10_000)), 1, int(form.seed or 0),
             synonyms=form.synonyms or None, custom_template=form.custom_template or None,
             custom_slots=prompt_lines(form.slots) or None,
-            forget_prompts=prompt_lines(form.forget_list), retain_prompts=prompt_lines(form.retain_list))
+            forget_prompts=prompt_lines(form.forget_list), retain_prompts=prompt_lines(form.retain_list),
+            neighbours=form.neighbours or None, neighbour_share=float(form.neighbour_share or 0.0))
     except (RGDInputError, ValueError) as error:
         return f"No pairs yet: {error}"
     pairs = list(zip(train.forget_prompts, train.retain_prompts))[:count]

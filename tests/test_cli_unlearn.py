@@ -17,7 +17,8 @@ OPTIONS = ("--checkpoint", "--concept", "--out", "--preset", "--prompt-preset", 
            "--truncation-threshold", "--batch-size", "--train-prompts", "--sample-steps", "--guidance", "--seed",
            "--cache-dir", "--name", "--allow-pickle", "--json", "--lora-rank", "--format", "--overwrite",
            "--forget-images", "--retain-images", "--sampler", "--lora-out", "--no-save-lora", "--state-dir",
-           "--width", "--height", "--text-encoders")
+           "--width", "--height", "--text-encoders", "--neighbours", "--neighbour-share", "--stop-ratio",
+           "--stop-every")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")

@@ -28,7 +28,7 @@ from rgd_core.edits.deltas import FullDelta, LoRADelta, kohya_tensors, make_edit
 from rgd_core.method.paired_data import PairedData
 from rgd_core.errors import RGDInputError
 from rgd_core.method.losses import add_noise
-from rgd_core.prompts import build_prompt_sets
+from rgd_core.prompts import NEIGHBOUR_SHARE, PRESET_NEIGHBOURS, build_prompt_sets, with_neighbours
 from rgd_core.method.update_rules import UPDATE_RULES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,6 +206,7 @@ def test_prompt_set_node_returns_what_rgd_core_builds(pack):
     node = pack.NODE_CLASS_MAPPINGS["RGDPromptSet"]
     out = node.execute("Van Gogh", "art-style", 20, 5, 7)
     train, test = build_prompt_sets("Van Gogh", preset="art-style", train_count=20, test_count=5, seed=7)
+    train = with_neighbours(train, PRESET_NEIGHBOURS["art-style"], NEIGHBOUR_SHARE, 7)  # the preset's own neighbours
     assert out.args == (train, test)
     assert train.pairs[0][0] in out.ui.text and "... and 15 more pairs" in out.ui.text
 

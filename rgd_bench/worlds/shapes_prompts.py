@@ -20,9 +20,12 @@ from __future__ import annotations
 import itertools
 import random
 
+from typing import Sequence
+
 from rgd_bench.worlds import shapes
 from rgd_core.errors import RGDInputError
-from rgd_core.prompts import PromptSet
+from rgd_core.prompts import PromptSet, combine, with_neighbours
+from rgd_core.prompts.neighbours import shares
 
 PRESET = "shapes"
 TRAIN_WORD, TEST_WORD = 0, 1  # which synonym of each slot value a split uses
@@ -65,14 +68,18 @@ def _pair(attribute: str, value: str, others: dict, template: int, split: str, c
     return forget, shapes.caption({**others, attribute: None}, template, removed)
 
 
-def all_pairs(concept: str, split: str) -> list[tuple[str, str]]:
-    """Every distinct (forget, retain) pair of one split, in a fixed order."""
+def all_pairs(concept: str, split: str, exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """Every distinct (forget, retain) pair of one split, in a fixed order; none names a value of ``exclude``
+    (other concepts erased in the same run)."""
     attribute, value = concept_attribute(concept)
     slots = _slot_values(attribute)
+    excluded = [concept_attribute(other) for other in exclude]
     concept_words = range(len(shapes.SYNONYMS[attribute][value]))
     pairs = []
     for combo in itertools.product(*slots.values()):
         others = dict(zip(slots, combo))
+        if any(others.get(name) == kept_out for name, kept_out in excluded):
+            continue
         for template in range(len(shapes.TEMPLATES)):
             for word in concept_words:
                 pairs.append(_pair(attribute, value, others, template, split, word))
@@ -85,14 +92,26 @@ def generic_retain_prompt(concept: str) -> str:
     return shapes.caption({"modifier": "plain"} if attribute == "modifier" else {}, 0)
 
 
+def neighbour_words(concept: str, exclude: Sequence[str] = ()) -> list[str]:
+    """The concept's neighbours, in the train split's words: the other values of its attribute (not "plain", and
+    not a value of ``exclude``), what erasing it tends to take along and what the bench's collateral measures."""
+    attribute, value = concept_attribute(concept)
+    kept_out = {concept_attribute(other) for other in exclude}
+    return [words[TRAIN_WORD] for other, words in shapes.SYNONYMS[attribute].items()
+            if other not in (value, "plain") and (attribute, other) not in kept_out]
+
+
 def shape_prompt_sets(
-    concept: str, train_count: int = 256, test_count: int = 64, seed: int = 0, narrow: bool = False
+    concept: str, train_count: int = 256, test_count: int = 64, seed: int = 0, narrow: bool = False,
+    exclude: Sequence[str] = (), neighbour_share: float = 0.0,
 ) -> tuple[PromptSet, PromptSet]:
-    """(train, test) prompt sets for erasing ``concept`` from the shapes model; deterministic for ``seed``."""
+    """(train, test) prompt sets for erasing ``concept`` from the shapes model; deterministic for ``seed``.
+    ``exclude``: other concepts of the same run, named by no prompt; ``neighbour_share``: that share of the train
+    twins names a neighbour instead (``rgd_core.prompts.with_neighbours`` over ``neighbour_words``)."""
     attribute, value = concept_attribute(concept)
     sets = []
     for split, count in (("train", train_count), ("test", test_count)):
-        pool = all_pairs(concept, split)
+        pool = all_pairs(concept, split, exclude)
         if not 1 <= count <= len(pool):
             raise RGDInputError(f"{split} count must be 1..{len(pool)} for {concept!r}, not {count}.")
         pairs = random.Random(f"{seed}:{split}").sample(pool, count)
@@ -102,4 +121,16 @@ def shape_prompt_sets(
         sets.append(PromptSet(concept=value, preset=PRESET, seed=seed, pairs=tuple(pairs),
                               concept_words=shapes.SYNONYMS[attribute][value], split=split,
                               narrow=narrow and split == "train"))
-    return sets[0], sets[1]
+    train = sets[0] if narrow else with_neighbours(sets[0], neighbour_words(concept, exclude), neighbour_share, seed)
+    return train, sets[1]
+
+
+def joint_prompt_sets(concepts: Sequence[str], train_count: int = 256, test_count: int = 64, seed: int = 0,
+                      neighbour_share: float = 0.0) -> tuple[PromptSet, PromptSet]:
+    """One (train, test) for erasing several concepts in one run: each concept's own sets (its share of the
+    counts, the others kept out of its prompts and neighbours), interleaved (``rgd_core.prompts.combine``)."""
+    sets = [shape_prompt_sets(concept, train, test, seed, exclude=[c for c in concepts if c != concept],
+                              neighbour_share=neighbour_share)
+            for concept, train, test in zip(concepts, shares(train_count, len(concepts)),
+                                            shares(test_count, len(concepts)))]
+    return combine([s[0] for s in sets]), combine([s[1] for s in sets])

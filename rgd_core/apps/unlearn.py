@@ -73,7 +73,7 @@ from rgd_core.hosts.diffusers_sd import (
 )
 from rgd_core.image_data import find_images, images_digest
 from rgd_core.method.losses import TRUNCATION_MODES as TRUNCATIONS
-from rgd_core.method.unlearner import UnlearnConfig, summarize
+from rgd_core.method.unlearner import STOP_RATIO, UnlearnConfig, summarize
 from rgd_core.method.update_rules import UPDATE_RULES
 from rgd_core.preflight import (
     check_free_space,
@@ -85,7 +85,9 @@ from rgd_core.preflight import (
 )
 from rgd_core.progress import progress_bar
 from rgd_core.prompts import (
+    CONCEPT_SEPARATOR,
     LISTS_PRESET,
+    NEIGHBOUR_SHARE,
     PRESET_NAMES,
     CustomTemplate,
     custom_preset,
@@ -157,6 +159,10 @@ class UnlearnSettings:
     retain_prompts: str | None = None
     checkpoint_every: int = 25
     resume: bool = False
+    neighbours: str | None = None
+    neighbour_share: float = NEIGHBOUR_SHARE
+    stop_ratio: float = STOP_RATIO
+    stop_every: int = 5
     lora_out: str | None = None
     save_lora: bool = True
     state_dir: str | None = None
@@ -208,7 +214,8 @@ def flow_variant(checkpoint: str | Path) -> str | None:
 
 def _paper_preset() -> dict:
     keys = ("method", "retain_weight", "truncation", "truncation_threshold", "lr", "steps", "batch_size", "scope")
-    return {key: PAPER_NUDITY_SD14[key] for key in keys}
+    # the paper's run: its fixed 100 steps, and retain twins that only drop the concept
+    return {**{key: PAPER_NUDITY_SD14[key] for key in keys}, "stop_ratio": 0.0, "neighbour_share": 0.0}
 
 
 def _fast_preset() -> dict:
@@ -240,6 +247,8 @@ def read_toml(path: str | Path) -> dict:
         if key not in DEFAULTS:
             raise RGDInputError(f"config file {path}: unknown key {key!r}; keys are the long option names "
                                 "with underscores, e.g. retain_weight.")
+        if key == "concept" and isinstance(value, list) and all(isinstance(item, str) for item in value):
+            value = f"{CONCEPT_SEPARATOR} ".join(value)  # several concepts
         data[key] = _check_type(key, value, path)
     return data
 
@@ -273,8 +282,11 @@ def _check_type(key: str, value, path: Path):
 
 
 def resolve_settings(cli: Mapping, toml_path: str | Path | None = None) -> dict:
-    """Merge defaults, preset, TOML file and the flags given on the command line (``None`` = not given)."""
+    """Merge defaults, preset, TOML file and the flags given on the command line (``None`` = not given). Several
+    concepts (repeated ``--concept``, a TOML list) become one ``"A; B"`` text, as every host spells them."""
     given = {key: value for key, value in cli.items() if key in DEFAULTS and value is not None}
+    if isinstance(given.get("concept"), (list, tuple)):
+        given["concept"] = f"{CONCEPT_SEPARATOR} ".join(given["concept"])
     from_file = read_toml(toml_path) if toml_path else {}
     preset = given.get("preset", from_file.get("preset"))
     if preset is not None and preset not in PRESETS:
@@ -290,6 +302,7 @@ NUMBER_RANGES = {
     "width": (8, None), "height": (8, None),
     "lora_rank": (1, None), "seed": (0, None), "checkpoint_every": (0, None),
     "lr": (None, 0.0), "retain_weight": (0.0, None), "guidance": (0.0, None), "truncation_threshold": (None, 0.0),
+    "neighbour_share": (0.0, None), "stop_ratio": (0.0, None), "stop_every": (1, None),
 }
 
 
@@ -365,7 +378,8 @@ def _unlearn_config(settings: Mapping):
     extra = {} if threshold is None else {"truncation_threshold": threshold}
     return UnlearnConfig(method=settings["method"], steps=settings["steps"], lr=settings["lr"],
                          retain_weight=settings["retain_weight"], truncation=settings["truncation"],
-                         seed=settings["seed"], **extra)
+                         seed=settings["seed"], stop_ratio=settings["stop_ratio"],
+                         stop_every=settings["stop_every"], **extra)
 
 
 def load_components(checkpoint: str | Path, family: str | None = None, config_folder: str | Path | None = None,
@@ -537,7 +551,8 @@ def build_prompts(settings: Mapping):
     train, test = prompt_sets_from_inputs(
         settings["concept"], preset, settings["train_prompts"], test_count, settings["seed"],
         synonyms=settings["synonyms"], custom_template=settings["custom_template"], custom_slots=settings["slot"],
-        forget_prompts=forget, retain_prompts=retain)
+        forget_prompts=forget, retain_prompts=retain, neighbours=settings["neighbours"],
+        neighbour_share=settings["neighbour_share"])
     return train, test, preset
 
 

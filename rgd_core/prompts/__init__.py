@@ -16,8 +16,9 @@ Vocabulary
     retain twin   the forget prompt with the concept removed so the sentence stays fluent (rules per preset below).
 
 The package: ``sets`` (the PromptSet type and its checks), ``word_lists`` (the presets' templates and slot words),
-``builders`` (presets, disjoint train/test splits, ``build_prompt_sets``), ``inputs`` (what a host's user typed:
-``prompt_sets_from_inputs``, and the warnings about probably-wrong input). Everything is importable from here.
+``builders`` (presets, disjoint train/test splits, ``build_prompt_sets``), ``neighbours`` (retain twins naming the
+concept's neighbours; several concepts in one set), ``inputs`` (what a host's user typed: ``prompt_sets_from_inputs``,
+and the warnings about probably-wrong input). Everything is importable from here.
 """
 
 from rgd_core.prompts.builders import (  # noqa: F401
@@ -46,6 +47,16 @@ from rgd_core.prompts.inputs import (  # noqa: F401
     prompt_sets_from_inputs,
     split_synonyms,
     unnamed_concept_warning,
+)
+from rgd_core.prompts.neighbours import (  # noqa: F401
+    CONCEPT_SEPARATOR,
+    NEIGHBOUR_SHARE,
+    PRESET_NEIGHBOURS,
+    check_neighbours,
+    combine,
+    split_concepts,
+    swap_concept,
+    with_neighbours,
 )
 from rgd_core.prompts.sets import (  # noqa: F401
     CONCEPT_FIELD,

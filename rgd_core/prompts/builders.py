@@ -252,6 +252,7 @@ def build_prompt_sets(
     synonyms: Sequence[str] | None = None,
     narrow: bool = False,
     custom: CustomTemplate | Mapping | None = None,
+    exclude: Sequence[str] = (),
 ) -> tuple[PromptSet, PromptSet]:
     """Train and test prompt sets for erasing ``concept`` (Section 3.2, Appendix D).
 
@@ -259,7 +260,9 @@ def build_prompt_sets(
     pairs, 100 distinct test pairs, and no prompt and no slot word shared between the two. ``narrow`` replaces the
     *train* set by the low-diversity baseline (see ``narrow_pairs``); the test set stays the diverse held-out one, so
     the ablation measures what narrow training costs on unseen prompts. Train and test draw from separate random
-    streams, so changing ``train_count`` does not change the test prompts.
+    streams, so changing ``train_count`` does not change the test prompts. ``exclude`` lists words (other concepts
+    erased in the same run) that no prompt may contain: built-in slot words naming them are dropped, custom ones
+    refused.
     """
     if not isinstance(concept, str) or not concept.strip():
         raise RGDInputError("concept is empty; give the word or name to erase, e.g. 'nudity' or 'Van Gogh'.")
@@ -271,13 +274,14 @@ def build_prompt_sets(
     if preset == "custom" and custom is None:
         raise RGDInputError("preset='custom' needs custom=CustomTemplate(template=..., slots=...).")
     words = concept_words_for(concept, preset, synonyms)
+    kept_out = (*words, *exclude)
     if preset == "custom":
         spec = custom_preset(custom)
-        check_no_concept_in_slots(spec, words)
+        check_no_concept_in_slots(spec, kept_out)
     else:
         spec = builtin_preset(preset)
-        spec = Preset(spec.name, spec.templates, without_concept_words(spec.train_slots, words),
-                      without_concept_words(spec.test_slots, words), spec.narrow_template)
+        spec = Preset(spec.name, spec.templates, without_concept_words(spec.train_slots, kept_out),
+                      without_concept_words(spec.test_slots, kept_out), spec.narrow_template)
 
     check_count("test_count", test_count, unique_pair_count(spec, "test"), preset)
     if narrow:

@@ -7,6 +7,14 @@ from typing import Sequence
 
 from rgd_core.errors import RGDInputError
 from rgd_core.prompts.builders import build_prompt_sets
+from rgd_core.prompts.neighbours import (
+    NEIGHBOUR_SHARE,
+    PRESET_NEIGHBOURS,
+    combine,
+    shares,
+    split_concepts,
+    with_neighbours,
+)
 from rgd_core.prompts.sets import CustomTemplate, PromptSet, find_concept_word
 
 # --- a host's prompt inputs: presets, a custom template with slot lines, or the user's own paired lists ----------
@@ -41,16 +49,49 @@ def prompt_sets_from_inputs(concept: str, preset: str, train_count: int, test_co
                             synonyms: str | Sequence[str] | None = None, custom_template: str | None = None,
                             custom_slots: str | Sequence[str] | None = None,
                             forget_prompts: Sequence[str] | None = None,
-                            retain_prompts: Sequence[str] | None = None) -> tuple[PromptSet, PromptSet]:
+                            retain_prompts: Sequence[str] | None = None,
+                            neighbours: str | Sequence[str] | None = None,
+                            neighbour_share: float = NEIGHBOUR_SHARE) -> tuple[PromptSet, PromptSet]:
     """(train, test) from what a host's user typed: the ComfyUI Prompt Set node, ``rgd unlearn`` and the tab all
     call this, so a setting means the same everywhere.
 
     ``preset`` is one of HOST_PRESETS. "custom" takes ``custom_template`` (with ``{concept}``) and ``custom_slots``
     lines ("place: in a park, at the beach"); "my lists" pairs ``forget_prompts[i]`` with ``retain_prompts[i]``
     and uses the same pairs for train and test.
+
+    ``concept`` may name several concepts separated by ";" (``neighbours.split_concepts``): each gets its share of
+    ``train_count`` and ``test_count`` and one run erases them all (``neighbours.combine``). ``neighbours``
+    (comma-separated or a list; empty: the preset's own, ``PRESET_NEIGHBOURS``) replace ``neighbour_share`` of the
+    train retain twins (``neighbours.with_neighbours``; a share of 0 keeps every plain twin); the test set keeps
+    plain twins, so it measures the same thing with or without them.
     """
     if preset not in HOST_PRESETS:
         raise RGDInputError(f"prompt preset must be one of {', '.join(HOST_PRESETS)}, not {preset!r}.")
+    concepts = split_concepts(concept or "")
+    if len(concepts) > 1 and preset != LISTS_PRESET:
+        if synonyms and split_synonyms(synonyms):
+            raise RGDInputError("synonyms with several concepts would be ambiguous; give each other name as a concept "
+                                "of its own (separated by ';').")
+        sets = []
+        for name, train_n, test_n in zip(concepts, shares(train_count, len(concepts)), shares(test_count,
+                                                                                            len(concepts))):
+            others = [other for other in concepts if other != name]
+            sets.append(_one_concept(name, preset, train_n, test_n, seed, None, custom_template, custom_slots,
+                                     exclude=others))
+        train, test = combine([s[0] for s in sets]), combine([s[1] for s in sets])
+    else:
+        train, test = _one_concept(concept, preset, train_count, test_count, seed, synonyms, custom_template,
+                                   custom_slots, forget_prompts, retain_prompts)
+        if preset == LISTS_PRESET:
+            return train, test
+    chosen = split_synonyms(neighbours)
+    if not chosen:  # the preset's own list, less any name of a concept this run erases (Monet beside Van Gogh)
+        chosen = [n for n in PRESET_NEIGHBOURS.get(preset, ()) if find_concept_word(n, train.concept_words) is None]
+    return with_neighbours(train, chosen, neighbour_share, seed), test
+
+
+def _one_concept(concept, preset, train_count, test_count, seed, synonyms, custom_template, custom_slots,
+                 forget_prompts=None, retain_prompts=None, exclude=()) -> tuple[PromptSet, PromptSet]:
     words = split_synonyms(synonyms)
     if preset == LISTS_PRESET:
         forget, retain = list(forget_prompts or ()), list(retain_prompts or ())
@@ -67,7 +108,7 @@ def prompt_sets_from_inputs(concept: str, preset: str, train_count: int, test_co
             raise RGDInputError("the custom template must contain {concept}, e.g. 'a photo of {concept} {place}'.")
         custom = CustomTemplate(template=custom_template, slots=parse_slots(custom_slots))
     return build_prompt_sets(concept, preset=preset, train_count=train_count, test_count=test_count, seed=seed,
-                             synonyms=words or None, custom=custom)
+                             synonyms=words or None, custom=custom, exclude=exclude)
 
 
 def unnamed_concept_warning(forget_texts: Sequence[str], concept_words: Sequence[str],

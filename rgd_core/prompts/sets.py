@@ -68,6 +68,7 @@ class PromptSet:
     concept_words: tuple[str, ...] = ()
     split: str = "train"
     narrow: bool = False
+    neighbours: tuple[str, ...] = ()  # concepts some retain prompts name instead of the concept (prompts.neighbours)
 
     def __post_init__(self) -> None:
         if not isinstance(self.concept, str) or not self.concept.strip():
@@ -85,6 +86,12 @@ class PromptSet:
             raise RGDInputError("PromptSet has no prompt pairs; give at least one (forget, retain) pair.")
         for forget, retain in self.pairs:
             check_pair(forget, retain, self.concept_words)
+        object.__setattr__(self, "neighbours", tuple(self.neighbours))
+        for neighbour in self.neighbours:
+            found = find_concept_word(neighbour, self.concept_words)
+            if found is not None:
+                raise RGDInputError(f"neighbour {neighbour!r} names the concept ({found!r}); a neighbour is what must "
+                                    "stay, give another.")
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -98,7 +105,7 @@ class PromptSet:
         return [retain for _, retain in self.pairs]
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "concept": self.concept,
             "preset": self.preset,
             "seed": self.seed,
@@ -108,6 +115,9 @@ class PromptSet:
             "forget_prompts": self.forget_prompts,
             "retain_prompts": self.retain_prompts,
         }
+        if self.neighbours:  # only when used, so that the digests of sets without neighbours stay what they were
+            data["neighbours"] = list(self.neighbours)
+        return data
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
@@ -135,6 +145,7 @@ class PromptSet:
             concept_words=tuple(data.get("concept_words") or ()),
             split=data.get("split", "train"),
             narrow=bool(data.get("narrow", False)),
+            neighbours=tuple(data.get("neighbours") or ()),
         )
 
     @classmethod
