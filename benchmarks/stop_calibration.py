@@ -1,7 +1,7 @@
 """Where the adaptive stop should stop: the probe's forget/retain loss ratio beside what the classifier sees.
 
     .venv/bin/python benchmarks/stop_calibration.py --model v_prediction --concepts striped,triangle,red \
-        --steps 120 --every 10 --json docs/results/stop_calibration_v.json
+        --steps 100 --every 10 [--neighbour-share 0.5] --json docs/results/stop_calibration_v.json
 
 For each concept of the shapes world, one RGD run of the bench's settings that never stops early; every ``--every``
 steps the Unlearner's fixed probe gives the forget/retain loss ratio (what ``UnlearnConfig.stop_ratio`` is compared
@@ -67,13 +67,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--lr", type=float, default=None, help="default: the bench's")
+    parser.add_argument("--neighbour-share", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = ShapesBenchConfig(model=args.model, steps=args.steps, seed=args.seed, methods=("RGD",),
-                               **({"lr": args.lr} if args.lr else {}))
+                               neighbour_share=args.neighbour_share, **({"lr": args.lr} if args.lr else {}))
     start = time.perf_counter()
     components = shapes_model.load_model(MODELS[args.model])
     classifier = load_classifier()
