@@ -341,6 +341,8 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--stop-ratio", type=float, help=f"adaptive stop: finish once the forget loss on a fixed probe reaches this "
         f"times the retain loss, --steps being the cap; 0: always --steps (default {d['stop_ratio']})")
     add("--stop-every", type=int, help=f"probe every N steps for the adaptive stop (default {d['stop_every']})")
+    add("--device", help="where to sample and train: auto (a CUDA GPU when torch sees one, else the CPU), cpu, "
+        "cuda, cuda:N or mps (default auto)")
     add("--forget-prompts", metavar="FILE", help="your own forget prompts, one a line (with --retain-prompts: "
         "line i of one pairs with line i of the other); replaces the prompt preset")
     add("--retain-prompts", metavar="FILE", help="the retain twin of each --forget-prompts line, one a line")

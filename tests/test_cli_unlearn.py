@@ -18,7 +18,7 @@ OPTIONS = ("--checkpoint", "--concept", "--out", "--preset", "--prompt-preset", 
            "--cache-dir", "--name", "--allow-pickle", "--json", "--lora-rank", "--format", "--overwrite",
            "--forget-images", "--retain-images", "--sampler", "--lora-out", "--no-save-lora", "--state-dir",
            "--width", "--height", "--text-encoders", "--neighbours", "--neighbour-share", "--stop-ratio",
-           "--stop-every")
+           "--stop-every", "--device")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
@@ -155,3 +155,21 @@ def test_dpm_solver_data_run(sd1_files, tmp_path, capsys):
     cli.main(fast_args(sd1_files, tmp_path / "out", tmp_path / "cache") + ["--sampler", "dpm++2m", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert report["settings"]["sampler"] == "dpm++2m" and report["summary"]["steps"] == 2
+
+
+def test_device_is_checked_before_anything_loads(sd1_files, tmp_path, capsys):
+    import torch
+
+    from rgd_core.devices import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("CPU") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            cli.main(fast_args(sd1_files, tmp_path / "out", tmp_path / "cache") + ["--device", "cuda"])
+        assert "sees no CUDA GPU" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(fast_args(sd1_files, tmp_path / "out", tmp_path / "cache") + ["--device", "tpu9"])
+    error = capsys.readouterr().err
+    assert "not a device" in error or "runs on cpu" in error
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -60,6 +60,8 @@ from rgd_core.checkpoints.flow_load import FLOW_SAMPLING, flow_family, flux_vari
 from rgd_core.checkpoints.load import UNET_PREFIX, detect_family, load_pipeline_components, read_key_shapes
 from rgd_core.edits.lora import lora_modules, merge_lora, save_kohya_lora
 from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
+from rgd_core.devices import AUTO as AUTO_DEVICE
+from rgd_core.devices import move_components, resolve_device
 from rgd_core.errors import RGDInputError, UnlearningCancelled
 from rgd_core.files import atomic_write_bytes
 from rgd_core.hosts.base import RecipeSettings, add_phases, phase, run_metadata, training_rows
@@ -163,6 +165,7 @@ class UnlearnSettings:
     neighbour_share: float = NEIGHBOUR_SHARE
     stop_ratio: float = STOP_RATIO
     stop_every: int = 5
+    device: str = AUTO_DEVICE
     lora_out: str | None = None
     save_lora: bool = True
     state_dir: str | None = None
@@ -184,7 +187,7 @@ SETTING_TYPES: dict[str, type] = _setting_types()
 # Settings that may differ between an interrupted run and its --resume: they change neither the data nor the steps
 # already taken (``steps`` may grow to train on).
 RESUME_FREE = ("steps", "overwrite", "resume", "checkpoint_every", "format", "name", "out", "cache_dir", "lora_out",
-               "save_lora", "state_dir")
+               "save_lora", "state_dir", "device")
 
 # How each family samples its own data unless told otherwise: SD's usual 50 DDIM steps at guidance 7.5; SD3 and Flux
 # their own steps and guidance with Euler steps along the flow (``flow_load.FLOW_SAMPLING``).
@@ -618,6 +621,7 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     if not checkpoint.is_file():
         raise RGDInputError(f"--checkpoint {checkpoint} does not exist.")
     config = _unlearn_config(settings)
+    device = resolve_device(settings["device"])
     variant = _flow_variant_or_none(checkpoint, settings)
     sampling = {key: settings[key] if settings[key] is not None else default
                 for key, default in sampling_defaults(variant).items()}
@@ -637,12 +641,13 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     components, folder = load_components(settings["checkpoint"], settings["family"], settings["config_folder"],
                                          settings["cache_dir"], settings["allow_pickle"],
                                          settings["text_encoders"] or ())
+    move_components(components, device)
     recipe = RecipeSettings(config, settings["scope"], settings["batch_size"], settings["lora_rank"],
                             data_seed=settings["seed"])
     # only the pairs training will draw are sampled (user images are all used as given)
     rows = training_rows(recipe, len(train), len(train)) if forget_images is None and retain_images is None else None
     plan_text = _data_plan(train, forget_images, retain_images, rows)
-    log(f"{components.variant or components.family} checkpoint; {plan_text}, then "
+    log(f"{components.variant or components.family} checkpoint on {device}; {plan_text}, then "
         f"{config.steps} steps")
     on_phase("data")
     phases: dict = {}

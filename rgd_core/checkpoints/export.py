@@ -288,7 +288,7 @@ def unet_to_original(
         )
     out: dict[str, Tensor] = {}
     for key, placement in key_map.items():
-        tensor = unet_state[key].detach()
+        tensor = unet_state[key].detach().cpu()  # a model trained on a GPU is written from the CPU
         if tuple(tensor.shape) != placement.shape:
             raise RGDInputError(
                 f"Edited UNet weight {key} has shape {tuple(tensor.shape)}, the checkpoint needs {placement.shape}."
