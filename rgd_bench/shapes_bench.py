@@ -36,7 +36,8 @@ from rgd_core.errors import RGDInputError
 from rgd_core.evaluate.plots import loss_curves, sample_grid
 from rgd_core.hosts.base import RecipeSettings, phase, training_rows
 from rgd_core.hosts.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
-from rgd_core.method.unlearner import UnlearnConfig
+from rgd_core.method.unlearner import STOP_RATIO, UnlearnConfig
+from rgd_core.prompts import NEIGHBOUR_SHARE
 from rgd_core.progress import progress_bar
 
 METHODS = ("RGD", "GradDiff", "RGD (narrow retain)", "ESD")
@@ -52,7 +53,7 @@ class ShapesBenchConfig:
     concepts: tuple[str, ...] = ("striped", "triangle")
     methods: tuple[str, ...] = ()  # () = every method the model takes (METHODS; FLOW_METHODS for the flow model)
     model: str = "v_prediction"  # which shapes model: a key of MODELS
-    steps: int = 40
+    steps: int = 100  # the cap: the adaptive stop ends a run once the concept is gone (README: Erasure quality)
     lr: float = 1e-4
     retain_weight: float = 1.0
     truncation: str = "none"
@@ -67,9 +68,9 @@ class ShapesBenchConfig:
     data_steps: int | None = None  # that sampler's steps (None: sample_steps)
     lazy_data: bool = True  # sample only the pairs training draws (False: every training pair, as rgd once did)
     esd_negative_guidance: float = 1.0
-    stop_ratio: float = 0.0  # the adaptive stop's target (rgd_core.method.unlearner); 0: fixed steps
+    stop_ratio: float = STOP_RATIO  # the adaptive stop's target (rgd_core.method.unlearner); 0: fixed steps
     stop_every: int = 5
-    neighbour_share: float = 0.0  # share of retain twins naming a neighbour (rgd_core.prompts.neighbours)
+    neighbour_share: float = NEIGHBOUR_SHARE  # retain twins naming a neighbour (rgd_core.prompts.neighbours)
     seed: int = 0
 
     def __post_init__(self) -> None:

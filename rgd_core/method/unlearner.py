@@ -45,7 +45,7 @@ CHECKPOINT_FORMAT = "rgd-unlearner-checkpoint-1"
 PROBE_BATCHES = 2  # batches of the fixed probe of the adaptive stop (forget and retain each)
 # The hosts' default target of the adaptive stop (the CLI, the node, the tab): chosen from the shapes calibration,
 # benchmarks/stop_calibration.py (README: Adaptive stop). The library's own default is 0 (fixed steps).
-STOP_RATIO = 2.0
+STOP_RATIO = 3.5
 
 
 @dataclass
