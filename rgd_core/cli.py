@@ -388,6 +388,9 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
         f"ComfyUI); diffusers: a diffusers folder <name>/; both; none: no model, only the LoRA (--scope lora) or "
         f"difference file (--scope cross-attn) (default {d['format']})")
     add("--lora-out", metavar="DIR", help="folder for the LoRA of --scope lora, e.g. a UI's models/Lora (default: --out)")
+    add("--lora-format", choices=unlearn.LORA_FORMATS, help="names in the LoRA file: kohya (lora_unet_<original "
+        "module>, A1111/Forge/ComfyUI) or, for Flux.1 / SD3.x, diffusers (transformer.<module>.lora_A/B, which "
+        "diffusers' load_lora_weights and ComfyUI read) (default kohya)")
     add("--no-save-lora", dest="save_lora", action="store_false", default=None,
         help="with --scope lora, write only the merged model, not the LoRA file")
     add("--state-dir", metavar="DIR", help="folder for the resumable training state (default: --out)")

@@ -18,7 +18,7 @@ OPTIONS = ("--checkpoint", "--concept", "--out", "--preset", "--prompt-preset", 
            "--cache-dir", "--name", "--allow-pickle", "--json", "--lora-rank", "--format", "--overwrite",
            "--forget-images", "--retain-images", "--sampler", "--lora-out", "--no-save-lora", "--state-dir",
            "--width", "--height", "--text-encoders", "--neighbours", "--neighbour-share", "--stop-ratio",
-           "--stop-every", "--device")
+           "--stop-every", "--device", "--lora-format")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")

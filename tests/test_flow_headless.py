@@ -255,3 +255,30 @@ def test_sd_checkpoints_refuse_text_encoders(sd1_files, tmp_path, capsys):
         cli.main(["unlearn", "--checkpoint", str(sd1_files.checkpoint), "--config-folder", str(sd1_files.config_folder),
                   "--concept", "cat", "--out", str(tmp_path / "out"), "--text-encoders", str(tmp_path)])
     assert "--text-encoders is for Flux.1 and SD3.x" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", ["flux-schnell", "sd3"])
+def test_diffusers_named_lora_adds_up_to_the_written_model(models, tmp_path, capsys, family):
+    root, paths = models
+    cli.main(flow_args(paths[family], root, tmp_path / "out", "--scope", "lora", "--lora-format", "diffusers"))
+    report = json.loads(capsys.readouterr().out)
+    lora = load_file(report["lora"])
+    base = load_flow_components(paths[family]["transformer"], [root / "text_encoders"]).transformer.state_dict()
+    edited = load_flow_components(report["output"], [root / "text_encoders"]).transformer.state_dict()
+    assert lora and all(key.startswith("transformer.") and key.endswith((".lora_A.weight", ".lora_B.weight"))
+                        for key in lora)
+    # diffusers' names of the transformer's own modules (what load_lora_weights targets), scale folded in: B @ A
+    merged = {key: value.clone() for key, value in base.items()}
+    for key, down in lora.items():
+        if key.endswith(".lora_A.weight"):
+            module = key.removeprefix("transformer.").removesuffix(".lora_A.weight")
+            merged[module + ".weight"] += lora[key.replace("lora_A", "lora_B")] @ down
+    assert all(torch.allclose(merged[key], edited[key], atol=1e-6) for key in edited)
+    assert any(not torch.equal(base[key], edited[key]) for key in edited)
+
+
+def test_diffusers_lora_names_are_refused_for_sd_checkpoints(sd1_files, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["unlearn", "--checkpoint", str(sd1_files.checkpoint), "--config-folder", str(sd1_files.config_folder),
+                  "--concept", "cat", "--out", str(tmp_path / "out"), "--scope", "lora", "--lora-format", "diffusers"])
+    assert "is for Flux.1 and SD3.x files" in capsys.readouterr().err

@@ -58,7 +58,7 @@ from rgd_core.checkpoints.export import (
 from rgd_core.checkpoints.flow_load import FLOW_SAMPLING, flow_family, flux_variant, load_flow_components, \
     transformer_keys
 from rgd_core.checkpoints.load import UNET_PREFIX, detect_family, load_pipeline_components, read_key_shapes
-from rgd_core.edits.lora import lora_modules, merge_lora, save_kohya_lora
+from rgd_core.edits.lora import lora_modules, merge_lora, save_diffusers_lora, save_kohya_lora
 from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
 from rgd_core.devices import AUTO as AUTO_DEVICE
 from rgd_core.devices import move_components, resolve_device
@@ -102,6 +102,9 @@ from rgd_core.prompts import (
 )
 
 METHODS = tuple(UPDATE_RULES)
+# kohya: lora_unet_<original module> names (A1111, Forge, ComfyUI; diffusers reads them for SD and the released Flux
+# width); diffusers: transformer.<diffusers module>.lora_A/B (peft; diffusers and ComfyUI), Flux.1 and SD3.x only.
+LORA_FORMATS = ("kohya", "diffusers")
 # "none": no model file, only the edit itself (the LoRA of --scope lora, the difference file of --scope cross-attn).
 MODEL_FORMATS = (*EXPORT_FORMATS, "none")
 # "custom" takes --custom-template and --slot lines; --forget-prompts/--retain-prompts files select the user's
@@ -168,6 +171,7 @@ class UnlearnSettings:
     device: str = AUTO_DEVICE
     lora_out: str | None = None
     save_lora: bool = True
+    lora_format: str = "kohya"
     state_dir: str | None = None
 
 
@@ -187,7 +191,7 @@ SETTING_TYPES: dict[str, type] = _setting_types()
 # Settings that may differ between an interrupted run and its --resume: they change neither the data nor the steps
 # already taken (``steps`` may grow to train on).
 RESUME_FREE = ("steps", "overwrite", "resume", "checkpoint_every", "format", "name", "out", "cache_dir", "lora_out",
-               "save_lora", "state_dir", "device")
+               "save_lora", "state_dir", "device", "lora_format")
 
 # How each family samples its own data unless told otherwise: SD's usual 50 DDIM steps at guidance 7.5; SD3 and Flux
 # their own steps and guidance with Euler steps along the flow (``flow_load.FLOW_SAMPLING``).
@@ -313,7 +317,7 @@ def _check_settings(settings: dict) -> None:
     for key in ("checkpoint", "concept", "out"):
         if not settings[key] or not str(settings[key]).strip():
             raise RGDInputError(f"{option_flag(key)} is required (on the command line or in the --config file).")
-    choices = {"method": METHODS, "truncation": TRUNCATIONS, "family": CLI_FAMILIES,
+    choices = {"method": METHODS, "truncation": TRUNCATIONS, "family": CLI_FAMILIES, "lora_format": LORA_FORMATS,
                "prompt_preset": PROMPT_PRESETS, "format": MODEL_FORMATS, "scope": SCOPES, "sampler": tuple(SAMPLERS)}
     for key, allowed in choices.items():
         if settings[key] is not None and settings[key] not in allowed:
@@ -629,6 +633,9 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
                               scheduler=sampling["sampler"], height=settings["height"], width=settings["width"])
     if variant is not None:
         _check_flow_settings(settings, sampler)
+    elif settings["lora_format"] == "diffusers":
+        raise RGDInputError("--lora-format diffusers is for Flux.1 and SD3.x files; an SD checkpoint's kohya LoRA "
+                            "already loads in A1111, Forge, ComfyUI and diffusers.")
     plan = output_plan(settings)
     check_outputs(settings, plan)
     forget_images, retain_images = user_images(settings)
@@ -730,7 +737,7 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
     written = []
     try:
         if plan.lora is not None:
-            report["lora"] = str(_save_lora(unet, plan.lora, key_map, metadata).resolve())
+            report["lora"] = str(_save_lora(unet, plan.lora, key_map, metadata, settings["lora_format"]).resolve())
             written.append(plan.lora)
             unet = _merged(unet)
         if plan.diff is not None:
@@ -778,6 +785,8 @@ def _check_flow_settings(settings: Mapping, sampler: SamplerSettings) -> None:
     if settings["format"] in ("diffusers", "both"):
         raise RGDInputError("Flux.1 and SD3.x runs write single files (the original layout ComfyUI and Forge load); "
                             "pass --format single-file or none.")
+    if settings["lora_format"] == "diffusers" and settings["scope"] != "lora":
+        raise RGDInputError("--lora-format is for --scope lora.")
     for size in (sampler.height, sampler.width):
         if size is not None and size % 16:
             raise RGDInputError(f"Flux.1 and SD3.x take sizes in multiples of 16 pixels, not {size}.")
@@ -866,9 +875,11 @@ def _data_plan(train, forget_images, retain_images, rows=None) -> str:
     return " and ".join(sides)
 
 
-def _save_lora(unet, path: Path, key_map: Mapping, metadata: Mapping) -> Path:
+def _save_lora(unet, path: Path, key_map: Mapping, metadata: Mapping, lora_format: str = "kohya") -> Path:
     """The trained LoRA as a kohya-format file (lora_unet_* keys of the checkpoint's own layout)."""
 
+    if lora_format == "diffusers":
+        return save_diffusers_lora(path, lora_modules(unet), metadata)
     return save_kohya_lora(path, lora_modules(unet), key_map, metadata={k: str(v) for k, v in metadata.items()})
 
 

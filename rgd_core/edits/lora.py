@@ -26,6 +26,7 @@ from rgd_core.edits.kohya import LORA_FORMAT, save_kohya_file  # noqa: F401  (LO
 from rgd_core.edits.scopes import LORA_TARGETS, is_lora_target
 from rgd_core.checkpoints.load import UNET_PREFIX
 from rgd_core.errors import RGDInputError
+from rgd_core.files import save_safetensors_atomic
 
 KOHYA_PREFIX = "lora_unet_"
 
@@ -220,3 +221,29 @@ def save_kohya_lora(
         if not isinstance(key, str) or not isinstance(value, str):
             raise RGDInputError(f"safetensors metadata must be str -> str; {key!r} has a {type(value).__name__} value.")
     return save_kohya_file(path, kohya_state_dict(loras, key_map, dtype), metadata)
+
+
+DIFFUSERS_LORA_FORMAT = "rgd-diffusers-lora-1"
+
+
+def diffusers_lora_state_dict(loras: Mapping[str, LoRALinear], prefix: str = "transformer.") -> dict[str, Tensor]:
+    """The LoRA in diffusers' (peft) naming, ``<prefix><module>.lora_A.weight`` (rank x in) and ``.lora_B.weight``
+    (out x rank), with each layer's ``alpha / rank`` folded into B so that no alpha is needed (diffusers and peft
+    then apply B @ A at scale 1). For the separate q, k, v of a flow transformer this is what diffusers'
+    ``load_lora_weights`` reads and what ComfyUI's LoraLoader maps onto the fused qkv rows."""
+    if not loras:
+        raise RGDInputError("no LoRA layers to save.")
+    out: dict[str, Tensor] = {}
+    for name, module in loras.items():
+        out[f"{prefix}{name}.lora_A.weight"] = module.lora_down.weight.detach().float().cpu().contiguous()
+        out[f"{prefix}{name}.lora_B.weight"] = (module.lora_up.weight.detach().float().cpu()
+                                                * module.scale).contiguous()
+    return out
+
+
+def save_diffusers_lora(path: str | Path, loras: Mapping[str, LoRALinear], metadata: Mapping[str, str] | None = None,
+                        prefix: str = "transformer.") -> Path:
+    """Write ``diffusers_lora_state_dict`` atomically, with ``rgd_format`` and ``metadata`` (str -> str)."""
+    header = {"rgd_format": DIFFUSERS_LORA_FORMAT, **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    return save_safetensors_atomic(diffusers_lora_state_dict(loras, prefix), path, header)
+

@@ -4,7 +4,8 @@ The same tiny files a ComfyUI user's models folder would hold (``flow_checkpoint
 them; ComfyUI then loads the base, the erased diffusion model and the LoRA with its own loaders. Checked: the
 headless network call equals ComfyUI's model on the same file and conditioning (velocity = (x - D) / sigma, so
 packing, timestep scale and Flux's guidance agree); the erased file loads as the same family; base + LoRA through
-LoraLoaderModelOnly's call gives the erased model's outputs. SD3 goes through ComfyUI's detection
+LoraLoaderModelOnly's call gives the erased model's outputs, for the LoRA in kohya names (fused qkv) and in
+diffusers names (separate q, k, v, which ComfyUI maps onto the fused rows). SD3 goes through ComfyUI's detection
 (``load_diffusion_model``); Flux's detection fixes the width at 3072, so the tiny Flux file's tensors are loaded
 into ComfyUI's Flux built from the matching model config, as ``flow_fixtures.tiny_flux`` does.
 """
@@ -60,8 +61,9 @@ def comfy_output(model, x, sigma, cond):
         return model.model.apply_model(x, sigma, c_crossattn=cond["encoder_hidden_states"], **extra)
 
 
-@pytest.mark.parametrize("family", ["sd3.5", "flux-dev"])
-def test_headless_outputs_are_what_comfyui_loads(comfy_glue, tmp_path, family):
+@pytest.mark.parametrize("family, lora_format", [("sd3.5", "kohya"), ("flux-dev", "kohya"), ("sd3.5", "diffusers"),
+                                                 ("flux-dev", "diffusers")])
+def test_headless_outputs_are_what_comfyui_loads(comfy_glue, tmp_path, family, lora_format):
     import comfy.sd  # importable once the comfy_glue fixture has put ComfyUI on the path
 
     from rgd_core.apps.unlearn import resolve_settings, run_unlearn
@@ -83,7 +85,7 @@ def test_headless_outputs_are_what_comfyui_loads(comfy_glue, tmp_path, family):
     settings = resolve_settings({
         "checkpoint": str(paths["transformer"]), "text_encoders": [str(tmp_path / "models" / "text_encoders")],
         "concept": "cat", "out": str(tmp_path / "out"), "scope": "lora", "steps": 2, "train_prompts": 4,
-        "batch_size": 2, "sample_steps": 2, "width": 32, "height": 32, "lr": 1e-2})
+        "batch_size": 2, "sample_steps": 2, "width": 32, "height": 32, "lr": 1e-2, "lora_format": lora_format})
     report = run_unlearn(settings)
     erased = load(family, report["output"])
     if family != "flux-dev":
