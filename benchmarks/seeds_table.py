@@ -30,18 +30,23 @@ def summarize(reports: list[dict]) -> list[dict]:
             values = [row[measure] for row in rows]
             entry[measure] = {"mean": statistics.fmean(values),
                               "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+        if all("steps" in row for row in rows):  # the steps each run took (the adaptive stop's)
+            entry["steps"] = [row["steps"] for row in rows]
         summary.append(entry)
     return summary
 
 
 def format_summary(summary: list[dict]) -> str:
-    lines = [f"{'concept':9s} {'method':20s} " + " ".join(f"{m:>15s}" for m in MEASURES)]
+    width = max([9] + [len(entry["concept"]) for entry in summary])
+    lines = [f"{'concept':{width}s} {'method':25s} " + " ".join(f"{m:>15s}" for m in MEASURES) + "  steps"]
     for entry in summary:
         cells = []
         for measure in MEASURES:
             mean, std = entry[measure]["mean"], entry[measure]["std"]
             cells.append(f"{mean:7.0f} ± {std:5.0f}" if measure == "fd" else f"{mean:.3f} ± {std:.3f}")
-        lines.append(f"{entry['concept']:9s} {entry['method']:20s} " + " ".join(f"{c:>15s}" for c in cells))
+        steps = "/".join(str(n) for n in entry.get("steps", []))
+        lines.append(f"{entry['concept']:{width}s} {entry['method']:25s} " + " ".join(f"{c:>15s}" for c in cells)
+                     + f"  {steps}")
     return "\n".join(lines)
 
 
