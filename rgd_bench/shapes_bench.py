@@ -89,6 +89,10 @@ class ShapesBenchConfig:
             raise RGDInputError(f"unknown method {unknown[0]!r}; use some of {', '.join(METHODS)}.")
         if not self.concepts:
             raise RGDInputError("give at least one concept to erase, e.g. striped.")
+        # the stop and neighbour settings are used only after the original model is scored: check them now
+        UnlearnConfig(steps=self.steps, stop_ratio=self.stop_ratio, stop_every=self.stop_every)
+        if not 0.0 <= self.neighbour_share <= 1.0:
+            raise RGDInputError(f"the neighbour share must be between 0 and 1, not {self.neighbour_share}.")
         for spec in self.concepts:
             parts = joint_parts(spec)
             for part in parts:

@@ -173,3 +173,8 @@ def test_device_is_checked_before_anything_loads(sd1_files, tmp_path, capsys):
     error = capsys.readouterr().err
     assert "not a device" in error or "runs on cpu" in error
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_size_off_the_latent_grid_is_refused_before_anything_loads():
+    with pytest.raises(Exception, match="multiple of 8 pixels"):
+        resolve_settings({"checkpoint": "x.safetensors", "concept": "cat", "out": "o", "width": 500})

@@ -20,6 +20,7 @@ from rgd_core import cli
 from rgd_core.checkpoints.flow_load import T5_TOKENS, convert_flux_original, load_flow_components
 from rgd_core.errors import RGDInputError
 from rgd_core.hosts import diffusers_sd, flow_transformers
+from rgd_core.hosts.text_encoding import tokenize
 from rgd_core.method.unlearner import UnlearnConfig
 from sd_fixtures import one_line_error
 
@@ -88,7 +89,7 @@ def test_each_family_loads_from_its_files(models, loaded, family):
     t5_file = load_file(str(paths["t5"]))
     assert torch.equal(t5.state_dict()["encoder.block.1.layer.1.DenseReluDense.wo.weight"],
                        t5_file["encoder.block.1.layer.1.DenseReluDense.wo.weight"])
-    ids = flow_transformers.tokenize(t5_tokenizer, ["a cat"])
+    ids = tokenize(t5_tokenizer, ["a cat"])
     assert ids.shape == (1, T5_TOKENS[components.family]) and ids[0, 2:].tolist().count(1) == 1  # one </s>, pads
 
 

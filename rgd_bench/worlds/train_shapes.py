@@ -34,7 +34,8 @@ import torch
 
 from rgd_bench.shapes_classifier import load_classifier
 from rgd_bench.worlds import ema_update, shapes, shapes_model
-from rgd_core.hosts.diffusers_sd import model_call, noise_schedule, tokenize
+from rgd_core.hosts.diffusers_sd import model_call, noise_schedule
+from rgd_core.hosts.text_encoding import tokenize
 from rgd_core.method.losses import denoising_error
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import shutil
 import typing
@@ -57,7 +58,13 @@ from rgd_core.checkpoints.export import (
 )
 from rgd_core.checkpoints.flow_load import FLOW_SAMPLING, flow_family, flux_variant, load_flow_components, \
     transformer_keys
-from rgd_core.checkpoints.load import UNET_PREFIX, detect_family, load_pipeline_components, read_key_shapes
+from rgd_core.checkpoints.load import (
+    PICKLE_SUFFIXES,
+    UNET_PREFIX,
+    detect_family,
+    load_pipeline_components,
+    read_key_shapes,
+)
 from rgd_core.edits.lora import lora_modules, merge_lora, save_diffusers_lora, save_kohya_lora
 from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
 from rgd_core.devices import AUTO as AUTO_DEVICE
@@ -323,6 +330,9 @@ def _check_settings(settings: dict) -> None:
         if settings[key] is not None and settings[key] not in allowed:
             raise RGDInputError(f"{option_flag(key)} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
     check_numbers(settings, NUMBER_RANGES, integers=[key for key in NUMBER_RANGES if SETTING_TYPES[key] is int])
+    for key in ("width", "height"):  # whole latent cells: every family's VAE scales by 8 (Flux/SD3 need 16)
+        if settings[key] is not None and settings[key] % 8:
+            raise RGDInputError(f"{option_flag(key)} must be a multiple of 8 pixels, not {settings[key]}.")
     lists = [key for key in ("forget_prompts", "retain_prompts") if settings[key]]
     if len(lists) == 1:
         partner = "retain_prompts" if lists[0] == "forget_prompts" else "forget_prompts"
@@ -511,7 +521,7 @@ def _expected_bytes(settings: Mapping) -> int:
         if not settings["allow_pickle"]:
             raise  # a refused pickle or a broken file: say so now, not after the model started loading
         shapes = {}  # an allowed pickle is read once, when the model loads; estimate from the file size
-    numel = {key: _prod(shape) for key, shape in shapes.items()}
+    numel = {key: math.prod(shape) for key, shape in shapes.items()}
     if flow_family(shapes):
         denoiser = set(transformer_keys(shapes))
     else:
@@ -531,13 +541,6 @@ def _expected_bytes(settings: Mapping) -> int:
     if settings["scope"] in ("cross-attn", LORA_SCOPE):
         needed += 4 * scoped
     return needed
-
-
-def _prod(shape) -> int:
-    count = 1
-    for n in shape:
-        count *= int(n)
-    return count
 
 
 def build_prompts(settings: Mapping):
@@ -626,7 +629,7 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
         raise RGDInputError(f"--checkpoint {checkpoint} does not exist.")
     config = _unlearn_config(settings)
     device = resolve_device(settings["device"])
-    variant = _flow_variant_or_none(checkpoint, settings)
+    variant = _flow_variant_or_none(checkpoint)
     sampling = {key: settings[key] if settings[key] is not None else default
                 for key, default in sampling_defaults(variant).items()}
     sampler = SamplerSettings(steps=sampling["sample_steps"], guidance_scale=sampling["guidance"],
@@ -763,12 +766,13 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
     return report
 
 
-def _flow_variant_or_none(checkpoint: Path, settings: Mapping) -> str | None:
-    """The flow variant of the checkpoint, or None for SD files and for files whose header cannot be read (their
-    error comes later, in its usual place)."""
+def _flow_variant_or_none(checkpoint: Path) -> str | None:
+    """The flow variant of the checkpoint, or None for SD files, pickles (Flux and SD3 come as safetensors; a pickle
+    is not unpickled here) and files whose header cannot be read (their error comes later, in its usual place)."""
+    if checkpoint.suffix.lower() in PICKLE_SUFFIXES:
+        return None
     try:
-        return flow_variant(checkpoint) if not settings["allow_pickle"] or checkpoint.suffix == ".safetensors" \
-            else None
+        return flow_variant(checkpoint)
     except RGDInputError:
         return None
 

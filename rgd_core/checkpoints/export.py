@@ -15,6 +15,7 @@ diffusers version, and a converter that does something the trace cannot invert i
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -170,7 +171,7 @@ def _trace_elements(traced: dict[str, str], shapes: dict, names: list[str], conv
         tagged = {}
         for i, key in enumerate(names):
             if key in group:
-                tagged[key] = torch.arange(_numel(shapes[key]), dtype=torch.float64).reshape(shapes[key])
+                tagged[key] = torch.arange(math.prod(shapes[key]), dtype=torch.float64).reshape(shapes[key])
             else:
                 tagged[key] = torch.full((1,), float(i), dtype=torch.float64).expand(shapes[key])
         converted = convert(tagged)
@@ -191,7 +192,7 @@ def _source_groups(sources: list[str], shapes: dict) -> list[set[str]]:
     groups: list[set[str]] = []
     size = 0
     for source in sources:
-        count = _numel(shapes[source])
+        count = math.prod(shapes[source])
         if not groups or size + count > TRACE_GROUP_ELEMENTS:
             groups.append(set())
             size = 0
@@ -200,18 +201,11 @@ def _source_groups(sources: list[str], shapes: dict) -> list[set[str]]:
     return groups
 
 
-def _numel(shape) -> int:
-    count = 1
-    for size in shape:
-        count *= int(size)
-    return count
-
-
 def _row_run(index: "Tensor", source_shape) -> "tuple[int, int] | None":
     """(start, stop) when ``index`` addresses whole rows start..stop-1 of the source, in order; else None."""
     import torch
 
-    row = _numel(source_shape[1:]) if len(source_shape) > 1 else 1
+    row = math.prod(source_shape[1:])
     if tuple(index.shape[1:]) != tuple(source_shape[1:]) or not index.numel():
         return None
     start = int(index.reshape(-1)[0])
@@ -260,8 +254,8 @@ def _check_coverage(placements: dict[str, Placement], shapes: dict) -> None:
 def _each_element_once(parts: list[Placement], source_shape) -> bool:
     import torch
 
-    count = _numel(source_shape)
-    row = _numel(source_shape[1:]) if len(source_shape) > 1 else 1
+    count = math.prod(source_shape)
+    row = math.prod(source_shape[1:])
     indices = [part.index.reshape(-1) if part.index is not None
                else torch.arange(part.rows[0] * row, part.rows[1] * row) for part in parts]
     hits = torch.bincount(torch.cat(indices), minlength=count)

@@ -230,10 +230,8 @@ def convert_flux_original(state: Mapping[str, Any]) -> dict:
     tensors, which the export's key-map tracing relies on."""
     import torch
 
-    bare = {key.removeprefix(TRANSFORMER_PREFIX): value for key, value in state.items()
-            if key.startswith(TRANSFORMER_PREFIX) or not key.startswith(OTHER_PREFIXES)}
-    shapes = {key: _shape_of(value) for key, value in bare.items()}
-    hidden = shapes["img_in.weight"][0]
+    bare = {key.removeprefix(TRANSFORMER_PREFIX): state[key] for key in transformer_keys(state)}
+    hidden = bare["img_in.weight"].shape[0]
     out: dict[str, Any] = {}
 
     def rename(source: str, target: str) -> None:
@@ -264,7 +262,7 @@ def convert_flux_original(state: Mapping[str, Any]) -> dict:
         block, target = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
         for source, name in _FLUX_SINGLE.items():
             rename(block + source, target + name)
-        mlp = shapes[block + "linear1.weight"][0] - 3 * hidden
+        mlp = bare[block + "linear1.weight"].shape[0] - 3 * hidden
         split(block + "linear1", [target + "attn.to_q", target + "attn.to_k", target + "attn.to_v",
                                   target + "proj_mlp"], [hidden, hidden, hidden, mlp])
     for suffix in (".weight", ".bias"):
@@ -276,10 +274,6 @@ def convert_flux_original(state: Mapping[str, Any]) -> dict:
         raise RGDInputError(f"Flux weight {next(iter(bare))} has no place in Flux.1's architecture ({len(bare)} such "
                             "weights); is this a Flux variant rgd does not know?")
     return out
-
-
-def _shape_of(value: Any) -> tuple[int, ...]:
-    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
 
 
 # --- text encoder files ----------------------------------------------------------------------------------------
@@ -530,8 +524,7 @@ def load_flow_components(path: str | Path, text_encoders: Sequence[str | Path] =
     sources = find_text_encoders(family, path, shapes, text_encoders)
     tokenizer_file = t5_tokenizer_file(text_encoders, sources["t5"].path)
     t5_tokenizer = load_t5_tokenizer(tokenizer_file, T5_TOKENS[family])
-    if len(t5_tokenizer) > sources["t5"].shapes.get("shared.weight", sources["t5"].shapes.get(
-            "encoder.embed_tokens.weight"))[0]:
+    if len(t5_tokenizer) > t5_config(sources["t5"].shapes)["vocab_size"]:
         raise RGDInputError(f"{tokenizer_file} knows more tokens than {sources['t5'].path.name} embeds; it is not "
                             "this T5's tokenizer.")
     parts: dict[str, Any] = {"transformer": load_transformer(path, family, shapes)}

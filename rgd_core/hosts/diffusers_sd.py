@@ -35,9 +35,10 @@ from torch import Tensor, nn
 from rgd_core.edits.lora import add_lora, lora_parameters_filter
 from rgd_core.edits.scopes import LORA_SCOPE, check_scope, scope_filter
 from rgd_core.errors import RGDInputError
-from rgd_core.checkpoints.flow_load import FLOW_FAMILIES
+from rgd_core.checkpoints.flow_load import FLOW_FAMILIES, NATIVE_SIZE
 from rgd_core.files import save_safetensors_atomic
 from rgd_core.hosts import flow_transformers
+from rgd_core.hosts.text_encoding import module_device, tokenize
 from rgd_core.hosts.base import RecipeSettings, Trainee, add_phases, run_unlearning
 from rgd_core.image_data import PREPARATION, ImageFile, find_images, load_pixels
 from rgd_core.method.losses import FLOW, flow_sigmas, shift_sigma
@@ -79,20 +80,6 @@ def paper_nudity_sd14_config(seed: int = 0) -> UnlearnConfig:
 # --- text conditioning ---------------------------------------------------------------------------------------
 
 
-def tokenize(tokenizer, prompts: Sequence[str]) -> Tensor:
-    """Token ids padded to the tokenizer's full length, as every prompt reaching the text encoder is padded."""
-    # SD pads every prompt to the full 77 tokens: the UNet was trained on padded embeddings, so shorter padding
-    # would change the conditioning.
-    return tokenizer(
-        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids
-
-
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 @torch.no_grad()
 def encode_prompts(components, prompts: Sequence[str], batch_size: int = 32) -> dict[str, Tensor]:
     """Text conditioning for ``prompts``, as the diffusers pipelines build it, on the CPU in float32.
@@ -115,12 +102,13 @@ def _encode_batch(components, prompts: list[str]) -> dict[str, Tensor]:
     if components.family in FLOW_FAMILIES:
         return flow_transformers.encode_batch(components, prompts)
     encoder = components.text_encoder
-    ids = tokenize(components.tokenizer, prompts).to(_device(encoder))
+    ids = tokenize(components.tokenizer, prompts).to(module_device(encoder))
     if components.family != "sdxl":
         return {"encoder_hidden_states": encoder(ids).last_hidden_state}
     first = encoder(ids, output_hidden_states=True).hidden_states[-2]
     encoder_2 = components.text_encoder_2
-    output = encoder_2(tokenize(components.tokenizer_2, prompts).to(_device(encoder_2)), output_hidden_states=True)
+    ids_2 = tokenize(components.tokenizer_2, prompts).to(module_device(encoder_2))
+    output = encoder_2(ids_2, output_hidden_states=True)
     hidden = torch.cat([first, output.hidden_states[-2].to(first.device)], dim=-1)
     return {"encoder_hidden_states": hidden, "text_embeds": output.text_embeds}
 
@@ -159,7 +147,7 @@ def model_call(components) -> Callable[[nn.Module, Tensor, Tensor, Mapping[str, 
 
 def _place_on_unet(unet: nn.Module, x0: Tensor) -> Tensor:
     """A batch of latents on the UNet's device, in its dtype."""
-    return x0.to(_device(unet), unet.dtype)
+    return x0.to(module_device(unet), unet.dtype)
 
 
 def _unet_call(unet: nn.Module, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
@@ -211,7 +199,7 @@ def image_size(components, settings: SamplerSettings) -> tuple[int, int]:
     """(height, width) in pixels, checked to be a whole number of latent cells."""
     factor = vae_scale_factor(components)
     if components.family in FLOW_FAMILIES:
-        native = flow_transformers.native_size(components)
+        native = NATIVE_SIZE
     else:
         native = components.unet.config.sample_size * factor
     height, width = settings.height or native, settings.width or native
@@ -309,7 +297,7 @@ def _denoise(components, noise: Tensor, cond: dict, uncond: dict, settings: Samp
     if components.prediction_type == FLOW:
         return _flow_denoise(components, noise, both, settings)
     scheduler = _make_scheduler(components, settings.scheduler)
-    device = _device(unet)
+    device = module_device(unet)
     scheduler.set_timesteps(settings.steps, device=device)
     latents = noise.to(device, unet.dtype) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
@@ -334,7 +322,7 @@ def _flow_denoise(components, noise: Tensor, both: dict, settings: SamplerSettin
         raise RGDInputError(f"flow-matching models sample with euler (or ddim, the same step), not "
                             f"{settings.scheduler!r}; pass --sampler euler.")
     unet = components.denoiser
-    device = _device(unet)
+    device = module_device(unet)
     call = model_call(components)
     sigmas = flow_sampling_sigmas(settings.steps, flow_shift(components)).to(device)
     x = noise.to(device, unet.dtype)
@@ -509,7 +497,7 @@ def encode_images(components, pixels: Tensor, batch_size: int = 4) -> Tensor:
     """Scaled latents (as the UNet sees them) of images in [-1, 1], shaped (N, 3, H, W): the VAE posterior's mean
     times the VAE's ``scaling_factor``; on the CPU in float32."""
     vae = components.vae
-    device, dtype = _device(vae), vae.dtype
+    device, dtype = module_device(vae), vae.dtype
     out = []
     for start in range(0, pixels.shape[0], batch_size):
         batch = pixels[start : start + batch_size].to(device, dtype)

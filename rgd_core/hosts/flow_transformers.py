@@ -20,35 +20,27 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from rgd_core.checkpoints.flow_load import FLUX_GUIDANCE, NATIVE_SIZE
+from rgd_core.checkpoints.flow_load import FLUX_GUIDANCE
+from rgd_core.hosts.text_encoding import module_device, tokenize
 
 LATENT_SCALE = 8  # pixels per latent cell of both families' VAEs
-
-
-def tokenize(tokenizer, prompts: list[str]) -> Tensor:
-    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                     return_tensors="pt").input_ids
-
-
-def _device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def encode_batch(components, prompts: list[str]) -> dict[str, Tensor]:
     """Conditioning of ``prompts`` for the family's transformer (module docstring)."""
     clip_l = components.text_encoder
-    output = clip_l(tokenize(components.tokenizer, prompts).to(_device(clip_l)), output_hidden_states=True)
+    output = clip_l(tokenize(components.tokenizer, prompts).to(module_device(clip_l)), output_hidden_states=True)
     if components.family == "flux":
         t5 = components.text_encoder_2
-        hidden = t5(tokenize(components.tokenizer_2, prompts).to(_device(t5))).last_hidden_state
+        hidden = t5(tokenize(components.tokenizer_2, prompts).to(module_device(t5))).last_hidden_state
         cond = {"encoder_hidden_states": hidden, "pooled_projections": output.pooler_output}
         if components.transformer.config.guidance_embeds:
             cond["guidance"] = torch.full((len(prompts),), FLUX_GUIDANCE)
         return cond
     clip_g, t5 = components.text_encoder_2, components.text_encoder_3
-    output_g = clip_g(tokenize(components.tokenizer_2, prompts).to(_device(clip_g)), output_hidden_states=True)
+    output_g = clip_g(tokenize(components.tokenizer_2, prompts).to(module_device(clip_g)), output_hidden_states=True)
     clip = torch.cat([output.hidden_states[-2], output_g.hidden_states[-2].to(output.hidden_states[-2].device)], -1)
-    t5_states = t5(tokenize(components.tokenizer_3, prompts).to(_device(t5))).last_hidden_state
+    t5_states = t5(tokenize(components.tokenizer_3, prompts).to(module_device(t5))).last_hidden_state
     clip = nn.functional.pad(clip, (0, t5_states.shape[-1] - clip.shape[-1]))
     return {
         "encoder_hidden_states": torch.cat([clip, t5_states.to(clip.device)], dim=1),
@@ -60,10 +52,6 @@ def latent_channels(components) -> int:
     """Channels of the family's latents (16 for both: Flux's transformer takes them packed 2x2, 64 wide)."""
     channels = components.transformer.config.in_channels
     return channels // 4 if components.family == "flux" else channels
-
-
-def native_size(components) -> int:
-    return NATIVE_SIZE
 
 
 def pack(latents: Tensor) -> Tensor:

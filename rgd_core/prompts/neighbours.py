@@ -19,7 +19,7 @@ import re
 from typing import Sequence
 
 from rgd_core.errors import RGDInputError
-from rgd_core.prompts.sets import PromptSet, find_concept_word
+from rgd_core.prompts.sets import PromptSet, check_neighbours, concept_match
 
 # Neighbours each preset ships: what erasing its kind of concept tends to take along. The object preset has none:
 # which objects neighbour "church" or "parachute" is the user's to say (--neighbours).
@@ -43,27 +43,10 @@ def split_concepts(text: str | Sequence[str]) -> list[str]:
     return concepts
 
 
-def check_neighbours(neighbours: Sequence[str], concept_words: Sequence[str]) -> tuple[str, ...]:
-    """Neighbours stripped and checked: none may be empty or name a concept being erased."""
-    checked = []
-    for neighbour in neighbours:
-        word = " ".join(str(neighbour).split())
-        if not word:
-            raise RGDInputError("a neighbour is empty; remove it or give the word.")
-        found = find_concept_word(word, concept_words)
-        if found is not None:
-            raise RGDInputError(f"neighbour {word!r} names the concept ({found!r}) being erased; a neighbour is what "
-                                "must stay, give another.")
-        if word.lower() not in {w.lower() for w in checked}:
-            checked.append(word)
-    return tuple(checked)
-
-
 def swap_concept(prompt: str, words: Sequence[str], neighbour: str) -> str:
     """``prompt`` with its first concept word replaced by ``neighbour`` (capitalised like it), and an "a"/"an"
     right before it made to fit the neighbour."""
-    match = re.search(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")(?!\w)",
-                      prompt, re.IGNORECASE)
+    match = concept_match(prompt, words)
     if match is None:
         raise RGDInputError(f"forget prompt {prompt!r} names no concept word to swap for a neighbour.")
     word = neighbour[0].upper() + neighbour[1:] if match.group(0)[0].isupper() else neighbour

@@ -86,12 +86,7 @@ class PromptSet:
             raise RGDInputError("PromptSet has no prompt pairs; give at least one (forget, retain) pair.")
         for forget, retain in self.pairs:
             check_pair(forget, retain, self.concept_words)
-        object.__setattr__(self, "neighbours", tuple(self.neighbours))
-        for neighbour in self.neighbours:
-            found = find_concept_word(neighbour, self.concept_words)
-            if found is not None:
-                raise RGDInputError(f"neighbour {neighbour!r} names the concept ({found!r}); a neighbour is what must "
-                                    "stay, give another.")
+        object.__setattr__(self, "neighbours", check_neighbours(self.neighbours, self.concept_words))
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -185,9 +180,14 @@ def _word_pattern(words: tuple[str, ...]) -> re.Pattern:
     return re.compile(rf"(?<!\w)(?:{alternatives})(?!\w)", re.IGNORECASE)
 
 
+def concept_match(text: str, words: Sequence[str]) -> re.Match | None:
+    """Where ``text`` first contains a concept word as a whole word (case-insensitive), or None."""
+    return _word_pattern(tuple(words)).search(text) if words else None
+
+
 def find_concept_word(text: str, words: Sequence[str]) -> str | None:
     """The first concept word that ``text`` contains as a whole word (case-insensitive), or None."""
-    match = _word_pattern(tuple(words)).search(text) if words else None
+    match = concept_match(text, words)
     return match.group(0) if match else None
 
 
@@ -206,6 +206,22 @@ def check_pair(forget: str, retain: str, words: Sequence[str]) -> None:
             f"retain prompt {retain!r} still contains the concept word {found!r}; remove it from the template "
             "or the slot words."
         )
+
+
+def check_neighbours(neighbours: Sequence[str], concept_words: Sequence[str]) -> tuple[str, ...]:
+    """Neighbours stripped and de-duplicated, and checked: none may be empty or name a concept being erased."""
+    checked: list[str] = []
+    for neighbour in neighbours:
+        word = " ".join(str(neighbour).split())
+        if not word:
+            raise RGDInputError("a neighbour is empty; remove it or give the word.")
+        found = find_concept_word(word, concept_words)
+        if found is not None:
+            raise RGDInputError(f"neighbour {word!r} names the concept ({found!r}) being erased; a neighbour is what "
+                                "must stay, give another.")
+        if word.lower() not in {w.lower() for w in checked}:
+            checked.append(word)
+    return tuple(checked)
 
 
 def check_fluent(retain: str) -> None:
