@@ -32,13 +32,17 @@ from rgd_bench.shapes_bench import EvalSet, ShapesBenchConfig, score, unlearn
 from rgd_bench.shapes_classifier import load_classifier
 from rgd_bench.worlds import shapes_model
 
-# What each setting changes in the bench's defaults (256 pairs, DDIM 25 steps at guidance 4, every pair sampled).
+# What each setting changes in the bench's defaults (256 pairs, DDIM 25 steps at guidance 4, only the drawn pairs
+# sampled, adaptive stop at 3.5 with a cap of 100 steps, lr 1e-4, neighbour twins).
 SETTINGS = {
-    "today": dict(lazy_data=False),  # the bench before: every training pair sampled with DDIM 25
-    "drawn": dict(),  # only the pairs training draws (now the default)
-    "dpm++2m-10": dict(data_sampler="dpm++2m", data_steps=10),
-    "fast": dict(data_sampler="dpm++2m", data_steps=8, train_pairs=64),
-    "fast-48": dict(data_sampler="dpm++2m", data_steps=8, train_pairs=48),
+    # the baseline of the issue (the bench's settings when time to erase was first measured): every pair sampled
+    # with DDIM 25, 40 fixed steps, twins that only drop the concept
+    "today": dict(lazy_data=False, steps=40, stop_ratio=0.0, neighbour_share=0.0),
+    "defaults": dict(),
+    "dpm8": dict(data_sampler="dpm++2m", data_steps=8),
+    "dpm8-lr2e-4": dict(data_sampler="dpm++2m", data_steps=8, lr=2e-4),
+    "dpm8-lr3e-4": dict(data_sampler="dpm++2m", data_steps=8, lr=3e-4),
+    "dpm8-lr5e-4": dict(data_sampler="dpm++2m", data_steps=8, lr=5e-4),
 }
 MEASURES = ("erasure", "in_prompt", "retain", "collateral")
 
@@ -57,12 +61,13 @@ def run(settings: list[str], concepts: list[str], seeds: list[int], log) -> list
                 config = replace(base, **SETTINGS[name])
                 phases: dict = {}
                 start = time.perf_counter()
-                unet, _ = unlearn(components, "RGD", concept, config, None, phases=phases)
+                unet, records = unlearn(components, "RGD", concept, config, None, phases=phases)
                 wall = time.perf_counter() - start
                 scores, _ = score(components, unet, eval_set, classifier, config)
                 rows.append({"setting": name, "concept": concept, "seed": seed, "wall_seconds": wall,
+                             "steps": len(records),
                              "phases": phases, "config": asdict(config), **_measures(scores)})
-                log(f"{concept} seed {seed} {name:11s} data {phases['data']['seconds']:6.1f} s "
+                log(f"{concept} seed {seed} {name:11s} {len(records):3d} steps data {phases['data']['seconds']:6.1f} s "
                     f"({phases['data']['evaluations']} ev)  training {phases['training']['seconds']:5.1f} s  "
                     + "  ".join(f"{m} {scores[m]:.3f}" for m in MEASURES))
     return rows
@@ -94,7 +99,8 @@ def _block(rows: list[dict], settings: list[str]) -> str:
     today = of("today")
     today_time = statistics.mean(r["phases"]["data"]["seconds"] + r["phases"]["training"]["seconds"]
                                  for r in today) if today else None
-    header = (f"{'setting':12s} {'data s':>7s} {'data ev':>8s} {'train s':>7s} {'train ev':>8s} {'erase s':>7s} "
+    header = (f"{'setting':12s} {'steps':>5s} {'data s':>7s} {'data ev':>8s} {'train s':>7s} {'train ev':>8s} "
+              f"{'erase s':>7s} "
               f"{'speed-up':>8s}  " + "  ".join(f"{m:>13s}" for m in MEASURES))
     lines = [header, "-" * len(header)]
     for name in ["original", *settings]:
@@ -103,12 +109,13 @@ def _block(rows: list[dict], settings: list[str]) -> str:
             continue
         cells = [f"{name:12s}"]
         if name == "original":
-            cells.append(" " * 59)
+            cells.append(" " * 65)
         else:
             data = [r["phases"]["data"] for r in group]
             train = [r["phases"]["training"] for r in group]
             total = statistics.mean(d["seconds"] + t["seconds"] for d, t in zip(data, train))
-            cells.append(f"{statistics.mean(d['seconds'] for d in data):7.1f} "
+            steps = statistics.mean(r.get("steps", r["config"]["steps"]) for r in group)
+            cells.append(f"{steps:5.0f} {statistics.mean(d['seconds'] for d in data):7.1f} "
                          f"{statistics.mean(d['evaluations'] for d in data):8.0f} "
                          f"{statistics.mean(t['seconds'] for t in train):7.1f} "
                          f"{statistics.mean(t['evaluations'] for t in train):8.0f} {total:7.1f} "

@@ -409,6 +409,10 @@ class ComfyHost:
     data with ComfyUI's sampler; training wraps the layers of a clone (``wrapped``) so that the edit is applied as
     the model runs and the MODEL passed in is never written."""
 
+    # The wrappers sit on the modules the clone shares with ``model``: sampling while training would see the edit,
+    # so every pair training may draw is sampled before the first step.
+    samples_while_training = False
+
     def __init__(self, model, clip, settings: SamplerSettings, on_prompt: Callable[[], None] = lambda: None,
                  gradient_checkpointing: bool = False):
         self.model, self.clip, self.settings, self.on_prompt = model, clip, settings, on_prompt

@@ -36,6 +36,7 @@ from rgd_core.errors import RGDInputError
 from rgd_core.evaluate.plots import loss_curves, sample_grid
 from rgd_core.hosts.base import RecipeSettings, phase, training_rows
 from rgd_core.hosts.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
+from rgd_core.method.paired_data import steps_to_sample
 from rgd_core.method.unlearner import STOP_RATIO, UnlearnConfig
 from rgd_core.prompts import NEIGHBOUR_SHARE
 from rgd_core.progress import progress_bar
@@ -66,7 +67,7 @@ class ShapesBenchConfig:
     guidance: float = 4.0
     data_sampler: str = "ddim"  # how the model samples its own training data (SAMPLERS of the diffusers host)
     data_steps: int | None = None  # that sampler's steps (None: sample_steps)
-    lazy_data: bool = True  # sample only the pairs training draws (False: every training pair, as rgd once did)
+    lazy_data: bool = True  # sample only the pairs training draws, as it goes (False: all first, as rgd once did)
     esd_negative_guidance: float = 1.0
     stop_ratio: float = STOP_RATIO  # the adaptive stop's target (rgd_core.method.unlearner); 0: fixed steps
     stop_every: int = 5
@@ -228,12 +229,15 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
     sampled = {} if sampled is None else sampled
     if narrow not in sampled:
         recipe = RecipeSettings(unlearn_config, config.scope, config.batch_size, data_seed=config.seed)
+        # lazy: the pairs of the first steps now, the others as training draws them (run_unlearning samples on
+        # demand, and a method that runs longer than the one before it samples only the pairs it adds)
+        rows = training_rows(recipe, len(train), len(train), steps_to_sample(0, unlearn_config))
         with phase(phases, "data", components.unet):
             sampled[narrow] = build_paired_data(components, train, None, sampler, config.seed, cache_dir,
-                                                rows=training_rows(recipe, len(train), len(train))
-                                                if config.lazy_data else None)
+                                                rows=rows if config.lazy_data else None)
     return unlearn_sd(components, train, config=unlearn_config, scope=config.scope, batch_size=config.batch_size,
-                      data=sampled[narrow], callbacks=callbacks, phases=phases, watch=watch)
+                      data=sampled[narrow], sampler=sampler, data_seed=config.seed, cache_dir=cache_dir,
+                      callbacks=callbacks, phases=phases, watch=watch)
 
 
 def run_shapes_bench(

@@ -82,6 +82,7 @@ from rgd_core.hosts.diffusers_sd import (
 )
 from rgd_core.image_data import find_images, images_digest
 from rgd_core.method.losses import TRUNCATION_MODES as TRUNCATIONS
+from rgd_core.method.paired_data import steps_to_sample
 from rgd_core.method.unlearner import STOP_RATIO, UnlearnConfig, summarize
 from rgd_core.method.update_rules import UPDATE_RULES
 from rgd_core.preflight import (
@@ -654,11 +655,13 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     move_components(components, device)
     recipe = RecipeSettings(config, settings["scope"], settings["batch_size"], settings["lora_rank"],
                             data_seed=settings["seed"])
-    # only the pairs training will draw are sampled (user images are all used as given)
-    rows = training_rows(recipe, len(train), len(train)) if forget_images is None and retain_images is None else None
-    plan_text = _data_plan(train, forget_images, retain_images, rows)
-    log(f"{components.variant or components.family} checkpoint on {device}; {plan_text}, then "
-        f"{config.steps} steps")
+    # only the pairs training will draw are sampled (user images are all used as given), and with the adaptive stop
+    # only those of the first steps now: the rest as training goes (the host's before_step), so a run that stops
+    # early never samples the pairs of the steps it did not run
+    rows = (training_rows(recipe, len(train), len(train), steps_to_sample(0, config))
+            if forget_images is None and retain_images is None else None)
+    plan_text = _data_plan(train, forget_images, retain_images, rows, config)
+    log(f"{components.variant or components.family} checkpoint on {device}; {plan_text}")
     on_phase("data")
     phases: dict = {}
     with phase(phases, "data", components.denoiser):  # zero evaluations when the data come from the cache
@@ -698,7 +701,8 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
     try:
         unet, records = unlearn_sd(
             components, train, config=config, scope=settings["scope"], batch_size=settings["batch_size"],
-            data=data, callbacks=[progress_bar(config.steps, f"rgd {settings['method']}"), *callbacks,
+            data=data, sampler=sampler, data_seed=settings["seed"], cache_dir=_data_cache(settings),
+            callbacks=[progress_bar(config.steps, f"rgd {settings['method']}"), *callbacks,
                                   previews.after_step],
             should_stop=should_stop, lora_rank=settings["lora_rank"], checkpoint_path=plan.resume_state,
             checkpoint_every=settings["checkpoint_every"],
@@ -868,15 +872,23 @@ def user_images(settings: Mapping) -> tuple[list | None, list | None]:
     return forget, retain
 
 
-def _data_plan(train, forget_images, retain_images, rows=None) -> str:
-    """What the training data will be made of, for the log."""
+def _data_plan(train, forget_images, retain_images, rows, config) -> str:
+    """What the training data will be made of, and how long training goes, for the log."""
+    if config.stop_ratio:
+        steps = f"up to {config.steps} steps (stopping once the concept is gone)"
+    else:
+        steps = f"{config.steps} steps"
     if forget_images is None and retain_images is None:
-        drawn = f" (the {len(rows)} that training draws)" if rows is not None and len(rows) < len(train) else ""
-        return f"sampling {len(rows) if rows is not None else len(train)} of {len(train)} prompt pairs{drawn}"
+        if rows is None or len(rows) == len(train):
+            return f"sampling {len(train)} prompt pairs, then {steps}"
+        if config.stop_ratio and config.steps > steps_to_sample(0, config):
+            return (f"sampling the {len(rows)} pairs (of {len(train)}) the first steps draw, then {steps}, "
+                    f"sampling the pairs of the next {config.stop_every} steps as it goes")
+        return f"sampling {len(rows)} of {len(train)} prompt pairs (the ones training draws), then {steps}"
     count = len(forget_images if forget_images is not None else retain_images)
     sides = [f"{count} {side} images" if images is not None else f"{count} sampled {side} examples"
              for side, images in (("forget", forget_images), ("retain", retain_images))]
-    return " and ".join(sides)
+    return " and ".join(sides) + f", then {steps}"
 
 
 def _save_lora(unet, path: Path, key_map: Mapping, metadata: Mapping, lora_format: str = "kohya") -> Path:

@@ -15,7 +15,9 @@ It provides five things and nothing else:
 - ``evaluated_module``: the module whose forward is one evaluation of the model (the UNet, ComfyUI's diffusion
   model), so that every run reports the seconds and model evaluations of its data and training phases alike;
 - ``paired_data(forget_prompts, retain_prompts, seed)``: D_f and D_r as latents with their conditioning, row i of
-  one paired with row i of the other (sampled by the model itself, or encoded from the user's images);
+  one paired with row i of the other (sampled by the model itself, or encoded from the user's images); with
+  ``samples_while_training`` set, the recipe asks for the pairs a few steps ahead of the training instead of all
+  at once, so a run the adaptive stop ends early never samples the pairs of the steps it did not run;
 - ``training(scope, lora_rank, lora_alpha, seed)``: a context manager that sets the model up to be trained on one
   scope and yields a ``Trainee``: the module the Unlearner trains, which of its parameters are trainable, and
   ``predict(module, x_t, t, cond)``, the model's prediction with the edit applied. Leaving the context undoes
@@ -40,7 +42,8 @@ from torch import Tensor, nn
 from rgd_core.edits.lora import lora_rank_alpha
 from rgd_core.edits.scopes import LORA_SCOPE, check_scope
 from rgd_core.errors import RGDInputError
-from rgd_core.method.paired_data import PairedData, batched_losses, drawn_pairs
+from rgd_core.method.paired_data import (PairedData, batched_losses, drawn_pairs, merge_rows, sampled_rows,
+                                        steps_to_sample)
 from rgd_core.method.unlearner import UnlearnConfig, Unlearner, summarize
 
 # predict(module, x_t, t, cond) -> the model's epsilon or v at DDPM timestep t (its velocity at noise level sigma for
@@ -99,6 +102,10 @@ class Host(Protocol):
     prediction_type: str
     noise_schedule: Tensor
     evaluated_module: nn.Module | None
+    # True when the host's sampling never sees the edit being trained (it samples with a model that training does
+    # not write), so that the recipe may sample pairs on demand as training goes (``steps_to_sample``); a host
+    # without the attribute samples every pair training may draw before the first step.
+    samples_while_training: bool
 
     def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int,
                     rows: Sequence[int] | None = None) -> PairedData:
@@ -162,30 +169,62 @@ def run_unlearning(
     loop (gradient checkpointing, say); checkpointing and resume are the Unlearner's (bit-identical resume).
     """
     phases: dict = {}
+    config = settings.config
+    on_demand = (getattr(host, "samples_while_training", False) and forget_prompts is not None
+                 and (data is None or len(data) == len(forget_prompts)))
     if data is None:
         with phase(phases, "data", host.evaluated_module):
-            data = host.paired_data(forget_prompts, retain_prompts, settings.data_seed,
-                                    rows=training_rows(settings, len(forget_prompts), len(retain_prompts)))
-    config = settings.config
+            rows = training_rows(settings, len(forget_prompts), len(retain_prompts),
+                                 steps_to_sample(0, config) if on_demand else None)
+            data = host.paired_data(forget_prompts, retain_prompts, settings.data_seed, rows=rows)
     with host.training(settings.scope, settings.lora_rank, settings.lora_alpha, config.seed) as trainee:
         forget_loss, retain_loss = batched_losses(trainee.predict, data, host.noise_schedule, host.prediction_type,
                                                   settings.batch_size, settings.paired, place=trainee.place)
         unlearner = Unlearner(trainee.module, forget_loss, retain_loss, config, trainee.trainable,
                               in_place=trainee.in_place)
+        training_module = trainee.evaluated or unlearner.model
+        sample_ahead = (_sampler_ahead(host, forget_prompts, retain_prompts, settings, data, phases, training_module)
+                        if on_demand and data.sampled is not None else None)
         extra = on_training(unlearner.model) if on_training is not None else None
         with extra if extra is not None else contextlib.nullcontext():
-            with phase(phases, "training", trainee.evaluated or unlearner.model):
+            with phase(phases, "training", training_module):
                 result = unlearner.run(callbacks=callbacks, should_stop=should_stop, checkpoint_path=checkpoint_path,
-                                       checkpoint_every=checkpoint_every, resume_from=resume_from)
+                                       checkpoint_every=checkpoint_every, resume_from=resume_from,
+                                       before_step=sample_ahead)
     return RecipeResult(result.model, result.records, data, phases)
 
 
-def training_rows(settings: RecipeSettings, forget_count: int, retain_count: int) -> list[int] | None:
-    """The pairs a run of ``settings`` will train on, so that a host samples no more (None: all of them; the
-    unpaired ablation draws retain rows on its own)."""
+def _sampler_ahead(host: Host, forget_prompts, retain_prompts, settings: RecipeSettings, data: PairedData,
+                   phases: dict, training_module: nn.Module) -> Callable[[int], None]:
+    """``before_step`` for sampling on demand: before step k, the host samples the pairs of the steps up to
+    ``steps_to_sample(k)`` that ``data`` lacks and they are merged in. Their time and evaluations are the "data"
+    phase's, taken out of the training phase whose clock (and, were it the same module, hook) saw them."""
+
+    def before_step(step: int) -> None:
+        rows = training_rows(settings, len(forget_prompts), len(retain_prompts),
+                             steps_to_sample(step, settings.config))
+        missing = sorted(set(rows) - sampled_rows(data)) if rows is not None else []
+        if not missing:
+            return
+        spent: dict = {}
+        with phase(spent, "data", host.evaluated_module):
+            merge_rows(data, host.paired_data(forget_prompts, retain_prompts, settings.data_seed, rows=missing))
+        add_phases(phases, spent)
+        overlap = {"seconds": -spent["data"]["seconds"],
+                   "evaluations": -spent["data"]["evaluations"] if host.evaluated_module is training_module else 0}
+        add_phases(phases, {"training": overlap})
+
+    return before_step
+
+
+def training_rows(settings: RecipeSettings, forget_count: int, retain_count: int,
+                  steps: int | None = None) -> list[int] | None:
+    """The pairs the first ``steps`` steps (default: all) of a run of ``settings`` will train on, so that a host
+    samples no more (None: all of them; the unpaired ablation draws retain rows on its own)."""
     if not settings.paired or forget_count != retain_count:
         return None
-    return drawn_pairs(settings.config.seed, settings.config.steps, forget_count, settings.batch_size)
+    steps = settings.config.steps if steps is None else steps
+    return drawn_pairs(settings.config.seed, steps, forget_count, settings.batch_size)
 
 
 def run_metadata(concept: str, prompt_preset: str, prompt_digest: str, forget_prompts: Sequence[str],

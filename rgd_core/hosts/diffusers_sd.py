@@ -42,7 +42,8 @@ from rgd_core.hosts.text_encoding import module_device, tokenize
 from rgd_core.hosts.base import RecipeSettings, Trainee, add_phases, run_unlearning
 from rgd_core.image_data import PREPARATION, ImageFile, find_images, load_pixels
 from rgd_core.method.losses import FLOW, flow_sigmas, shift_sigma
-from rgd_core.method.paired_data import PairedData, batched_losses, prompt_seed, rows_mask, scatter_rows
+from rgd_core.method.paired_data import (PairedData, batched_losses, merge_rows, prompt_seed, rows_mask,
+                                        sampled_rows, scatter_rows)
 from rgd_core.method.unlearner import UnlearnConfig
 from rgd_core.prompts import PromptSet
 
@@ -382,9 +383,9 @@ def _digest(prompts: list[str]) -> str:
     return hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
-def cache_key(components, forget: list[str], retain: list[str], settings: SamplerSettings, seed: int,
-              rows: Sequence[int] | None = None) -> str:
-    """sha256 over everything the paired data depend on; any change gives a new key, so a stale file never hits."""
+def cache_key(components, forget: list[str], retain: list[str], settings: SamplerSettings, seed: int) -> str:
+    """sha256 over everything the paired data depend on; any change gives a new key, so a stale file never hits.
+    Which pairs are sampled is not part of it: one file per key holds every pair sampled so far (``sampled``)."""
     parts = {
         "format": DATA_FORMAT,
         "model": model_fingerprint(components),
@@ -394,8 +395,6 @@ def cache_key(components, forget: list[str], retain: list[str], settings: Sample
         "size": image_size(components, settings),
         "seed": seed,
     }
-    if rows is not None:
-        parts["rows"] = _digest([str(i) for i in rows])
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -418,9 +417,10 @@ def build_paired_data(
 
     ``forget_images`` / ``retain_images`` (a folder or ``image_data.find_images``' list) replace that side's
     samples with the user's images; see ``build_image_paired_data``. ``on_sampled(done, total)`` follows the
-    sampling, in prompts of both sides (it may raise to stop; nothing is cached then). ``rows`` samples only those
-    pairs (``method.paired_data.drawn_pairs``: the ones training will draw), each from its own noise as in a full
-    sampling; the others stay zero and marked unsampled. User images ignore it."""
+    sampling, in prompts of both sides (it may raise to stop; nothing is cached then). ``rows`` asks for those
+    pairs only (``method.paired_data.drawn_pairs``: the ones training will draw), each from its own noise as in a
+    full sampling; the others stay zero and marked unsampled unless the cache already held them. The cache file
+    grows: a later call samples only the pairs it lacks. User images ignore ``rows``."""
     settings = settings or SamplerSettings()
     if forget_images is not None or retain_images is not None:
         return build_image_paired_data(components, forget_set, retain_set, settings, seed, cache_dir,
@@ -428,29 +428,38 @@ def build_paired_data(
     forget, retain = _prompt_lists(forget_set, retain_set)
     if rows is not None and len(forget) != len(retain):
         raise RGDInputError("sampling only some pairs needs as many forget as retain prompts.")
-    key = cache_key(components, forget, retain, settings, seed, rows)
-    total = 2 * len(rows) if rows is not None else len(forget) + len(retain)
 
-    def progress(offset: int):
-        return None if on_sampled is None else (lambda done: on_sampled(offset + done, total))
+    def sample(chosen: list[int] | None):
+        total = 2 * len(chosen) if chosen is not None else len(forget) + len(retain)
 
-    return _cached_pairs(cache_dir, key, forget, retain,
-                         lambda: (_sample_side(components, forget, settings, seed, progress(0), rows),
-                                  _sample_side(components, retain, settings, seed, progress(total // 2), rows)),
-                         rows_mask(rows, len(forget)))
+        def progress(offset: int):
+            return None if on_sampled is None else (lambda done: on_sampled(offset + done, total))
+
+        return (_sample_side(components, forget, settings, seed, progress(0), chosen),
+                _sample_side(components, retain, settings, seed, progress(total // 2), chosen))
+
+    key = cache_key(components, forget, retain, settings, seed)
+    return _cached_pairs(cache_dir, key, forget, retain, sample, rows)
 
 
 def _cached_pairs(cache_dir, key: str, forget_prompts: list[str], retain_prompts: list[str], build,
-                  sampled=None) -> PairedData:
-    """``cache_dir/<key>.safetensors`` if it holds this key's data, else ``build()`` -> ((forget latents, cond),
-    (retain latents, cond)), written there atomically."""
+                  rows: Sequence[int] | None = None) -> PairedData:
+    """The data of ``key`` with at least ``rows`` sampled (None: all): what ``cache_dir/<key>.safetensors`` holds,
+    plus ``build(missing rows, or None for all)`` -> ((forget latents, cond), (retain latents, cond)) for the pairs
+    it lacks; the file is then rewritten atomically with everything sampled so far."""
     path = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        cached = _read_cache(path, key)
-        if cached is not None:
-            return cached
-    (forget_latents, forget_cond), (retain_latents, retain_cond) = build()
-    data = PairedData(forget_latents, retain_latents, forget_cond, retain_cond, key, sampled)
+    cached = _read_cache(path, key) if path is not None and path.is_file() else None
+    count = len(forget_prompts)
+    wanted = set(range(count)) if rows is None else set(rows)
+    have = sampled_rows(cached) if cached is not None else set()
+    if cached is not None and wanted <= have:
+        return cached
+    chosen = None if rows is None and cached is None else sorted(wanted - have)
+    (forget_latents, forget_cond), (retain_latents, retain_cond) = build(chosen)
+    data = PairedData(forget_latents, retain_latents, forget_cond, retain_cond, key, rows_mask(chosen, count))
+    if cached is not None:
+        merge_rows(cached, data)
+        data = cached
     if path is not None:
         metadata = {"format": DATA_FORMAT, "key": key, "forget": json.dumps(forget_prompts),
                     "retain": json.dumps(retain_prompts)}
@@ -543,8 +552,8 @@ def build_image_paired_data(
 
     key = _image_cache_key(components, forget, retain, settings, seed)
     return _cached_pairs(cache_dir, key, forget["prompts"], retain["prompts"],
-                         lambda: (_build_side(components, forget, settings, seed),
-                                  _build_side(components, retain, settings, seed)))
+                         lambda chosen: (_build_side(components, forget, settings, seed),
+                                         _build_side(components, retain, settings, seed)))
 
 
 def _side_plan(images, pool: list[str], count: int) -> dict:
@@ -657,7 +666,8 @@ def unlearn_sd(
     trained before the first step (a host's live previews sample from it)."""
     config = config or paper_nudity_sd14_config()
     host = DiffusersHost(components, sampler, cache_dir, forget_images, retain_images)
-    forget, retain = (None, None) if data is not None else _prompt_lists(forget_set, retain_set)
+    # the prompts go along with given data too: pairs that data lack are sampled as training goes
+    forget, retain = (None, None) if forget_set is None else _prompt_lists(forget_set, retain_set)
     settings = RecipeSettings(config, scope, batch_size, lora_rank, lora_alpha, paired, data_seed)
 
     def on_training(module: nn.Module):
@@ -686,6 +696,10 @@ class DiffusersHost:
     """The recipe's host for diffusers pipeline components (SD1.x, SD2.x, SDXL, and the shapes world's model):
     data sampled by the model itself with ``sampler`` (or the user's images), cached under ``cache_dir``; the UNet
     trained on a scope (a deep copy: ``components.unet`` is never written) or LoRA-wrapped (``scope="lora"``)."""
+
+    # sampling uses ``components``' own UNet, which training never writes (it trains a copy): pairs can be sampled
+    # on demand while the copy trains
+    samples_while_training = True
 
     def __init__(self, components, sampler: SamplerSettings | None = None, cache_dir: str | Path | None = None,
                  forget_images: Sequence[ImageFile] | str | Path | None = None,

@@ -4,7 +4,8 @@
 other (forget prompt i and its concept-free twin i). ``batched_losses`` turns it into the Unlearner's two loss
 callables for any model call, so the diffusers host, the in-graph (ComfyUI) host and any later one draw the same
 batches, noise and t for the same data and seed. ``drawn_pairs`` says which pairs a paired run will draw, so that a
-host samples those and no more.
+host samples those and no more; ``steps_to_sample`` says how far ahead of the training a host that samples on demand
+must have sampled, and ``merge_rows`` adds newly sampled pairs to the data.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from rgd_core.errors import RGDError, RGDInputError
 from rgd_core.method.losses import denoising_error
-from rgd_core.method.unlearner import step_seed
+from rgd_core.method.unlearner import PROBE_BATCHES, UnlearnConfig, step_seed
 
 prompt_seed = step_seed
 """``prompt_seed(seed, index)``: the starting-noise seed of prompt ``index`` when a host samples its data. It depends
@@ -70,6 +71,45 @@ def drawn_pairs(seed: int, steps: int, count: int, batch_size: int) -> list[int]
         if len(drawn) == count:
             break
     return sorted(drawn)
+
+
+def steps_to_sample(step: int, config: UnlearnConfig) -> int:
+    """How many steps' pairs must be sampled before step ``step`` runs, when a host samples on demand.
+
+    With the adaptive stop the run may end at any probe, so the pairs are sampled one probe interval ahead (the
+    first chunk also holds the probe's own batches): a run that stops has sampled at most the pairs of the steps up
+    to the probe that stopped it. With fixed steps every step runs, so all of them are sampled at once."""
+    if not config.stop_ratio:
+        return config.steps
+    chunk_end = (step // config.stop_every + 1) * config.stop_every
+    return min(config.steps, max(chunk_end, PROBE_BATCHES))
+
+
+def sampled_rows(data: PairedData) -> set[int]:
+    """The pairs ``data`` holds sampled."""
+    if data.sampled is None:
+        return set(range(len(data)))
+    return set(data.sampled.nonzero().flatten().tolist())
+
+
+def merge_rows(data: PairedData, more: PairedData) -> None:
+    """Copy the pairs ``more`` holds sampled, and ``data`` lacks, into ``data`` (in place), and mark them sampled.
+    Both must be the same prompts' data (the same number of pairs and conditioning keys)."""
+    if len(more) != len(data) or more.forget_cond.keys() != data.forget_cond.keys():
+        raise RGDError("merging sampled pairs of other prompts; this is a bug in the host.")
+    new = sorted(sampled_rows(more) - sampled_rows(data))
+    if not new:
+        return
+    index = torch.tensor(new)
+    data.forget_latents[index] = more.forget_latents[index]
+    data.retain_latents[index] = more.retain_latents[index]
+    for ours, theirs in ((data.forget_cond, more.forget_cond), (data.retain_cond, more.retain_cond)):
+        for key, value in theirs.items():
+            ours[key][index] = value[index]
+    if data.sampled is not None:
+        data.sampled[index] = True
+        if bool(data.sampled.all()):
+            data.sampled = None
 
 
 def rows_mask(rows: Sequence[int] | None, count: int) -> Tensor | None:

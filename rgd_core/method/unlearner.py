@@ -145,9 +145,11 @@ class Unlearner:
         checkpoint_path: str | Path | None = None,
         checkpoint_every: int = 0,
         resume_from: str | Path | None = None,
+        before_step: Callable[[int], None] | None = None,
     ) -> UnlearnResult:
         """Train for ``config.steps`` steps. Raises UnlearningCancelled when ``should_stop()`` turns true, after
-        saving the state at ``checkpoint_path`` (when given), so that the run can be resumed from there."""
+        saving the state at ``checkpoint_path`` (when given), so that the run can be resumed from there.
+        ``before_step(k)`` runs before step k (a host samples the data of the steps ahead there)."""
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         for name, p in self.model.named_parameters():
@@ -160,6 +162,8 @@ class Unlearner:
                     if checkpoint_path:
                         self.save_checkpoint(checkpoint_path)
                     raise UnlearningCancelled(f"stopped after {self.completed_steps} of {self.config.steps} steps")
+                if before_step is not None:
+                    before_step(self.completed_steps)
                 record = self.step(self.completed_steps)
                 self.completed_steps += 1
                 finished = self._check_stop(record)
