@@ -459,7 +459,7 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
             batch_size: int, lora_rank: int, settings: SamplerSettings, on_prompt=lambda: None,
             on_step=lambda record: None, should_stop=None, vae=None, preview_every: int = 0,
             on_preview=lambda step, image: None, phases: dict | None = None,
-            gradient_checkpointing: bool = False):
+            gradient_checkpointing: bool = False, pair_concepts: Sequence[str] = ()):
     """RGD on ComfyUI's MODEL through the one recipe (``run_unlearning``) and return (edit, records). The MODEL
     passed in is never written: the edit lives in weight wrappers of a clone.
 
@@ -467,6 +467,7 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
     samples the first forget and retain prompts from one fixed noise, and ``on_preview(step, PIL image)`` gets them.
     ``phases``, a dict, receives the seconds and model evaluations of the data and training phases.
     ``gradient_checkpointing`` recomputes SD3/Flux blocks' activations in backward instead of keeping them.
+    ``pair_concepts`` (a Prompt Set of several concepts) makes the adaptive stop wait for each of them.
     """
     import comfy.model_management
 
@@ -486,7 +487,8 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
     stop = should_stop or comfy.model_management.processing_interrupted
     with torch.inference_mode(False):
         try:
-            result = run_unlearning(host, forget, retain, recipe, callbacks, should_stop=stop)
+            result = run_unlearning(host, forget, retain, recipe, callbacks, should_stop=stop,
+                                    pair_concepts=pair_concepts)
         except UnlearningCancelled:
             comfy.model_management.throw_exception_if_processing_interrupted()
             raise

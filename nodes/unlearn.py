@@ -158,6 +158,7 @@ class RGDUnlearn(io.ComfyNode):
         edit, records = glue.unlearn(model, clip, forget, retain, config, scope, batch_size, lora_rank, settings,
                                      on_prompt=report.prompt_done, on_step=report.step_done, vae=vae,
                                      preview_every=preview_every, on_preview=report.preview, phases=phases,
+                                     pair_concepts=prompt_set.pair_concepts[:len(chosen)],
                                      gradient_checkpointing=gradient_checkpointing)
         report.done(phases, records)
         metadata = run_metadata(prompt_set.concept, prompt_set.preset, prompt_set.digest(), forget, retain,

@@ -83,3 +83,21 @@ def test_shapes_neighbours_are_the_concepts_siblings_and_joint_sets_keep_the_oth
     for forget, retain in joint.pairs + test.pairs:
         assert find_concept_word(forget, words) and find_concept_word(retain, words) is None
     assert {"dotted", "circle"} <= set(joint.neighbours)
+
+
+def test_a_set_of_several_concepts_knows_which_concept_each_pair_erases():
+    train, test = prompt_sets_from_inputs("Van Gogh; Monet", "art-style", train_count=20, test_count=6, seed=0)
+    for prompt_set in (train, test):  # the train set went through with_neighbours too and kept them
+        assert len(prompt_set.pair_concepts) == len(prompt_set)
+        for (forget, _), concept in zip(prompt_set.pairs, prompt_set.pair_concepts):
+            assert find_concept_word(forget, [concept])
+            other = "Monet" if concept == "Van Gogh" else "Van Gogh"
+            assert find_concept_word(forget, [other]) is None
+    again = type(train).from_json(train.to_json())
+    assert again == train and again.digest() == train.digest()
+    single, _ = prompt_sets_from_inputs("Van Gogh", "art-style", train_count=20, test_count=6, seed=0)
+    assert single.pair_concepts == () and "pair_concepts" not in single.to_dict()  # old digests unchanged
+    joint, _ = joint_prompt_sets(["striped", "red"], 16, 4, seed=0, neighbour_share=0.5)
+    assert set(joint.pair_concepts) == {"striped", "red"}
+    with pytest.raises(RGDInputError, match="one concept per pair"):
+        type(train)(concept="a", preset="custom", seed=0, pairs=(("a cat", "cat"),), pair_concepts=("a", "a"))

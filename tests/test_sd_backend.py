@@ -24,7 +24,7 @@ from rgd_core.hosts.diffusers_sd import (
 from rgd_core.method.paired_data import PairedData, batch_indices
 from rgd_core.checkpoints.load import PipelineComponents
 from rgd_core.errors import RGDInputError
-from rgd_core.prompts import build_prompt_sets
+from rgd_core.prompts import build_prompt_sets, prompt_sets_from_inputs
 from rgd_core.method.unlearner import UnlearnConfig
 
 FAST = SamplerSettings(steps=2, guidance_scale=5.0)
@@ -273,3 +273,14 @@ def test_sdxl_smoke(prompts):
     assert len(records) == 1
     changed = [key for key, value in edited.state_dict().items() if not torch.equal(value, before[key])]
     assert changed and all("attn2" in key for key in changed)
+
+
+def test_a_run_of_several_concepts_probes_each_of_them(sd1):
+    train, _ = prompt_sets_from_inputs("Van Gogh; Monet", "art-style", train_count=8, test_count=2, seed=0)
+    # a target never reached, probed every step: the records carry each concept's ratio
+    config = dataclasses.replace(QUICK, stop_ratio=1e9, stop_every=1)
+    _, records = unlearn_sd(sd1, train, config=config, scope="cross-attn", batch_size=4, sampler=FAST)
+    assert len(records) == 2
+    for record in records:
+        assert set(record["probe_ratios"]) == {"Van Gogh", "Monet"}
+        assert record["probe_ratio"] == min(record["probe_ratios"].values())

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from rgd_core.errors import NonFiniteError, RGDInputError, UnlearningCancelled
+from rgd_core.method.paired_data import batch_indices
 from rgd_core.method.unlearner import UnlearnConfig, Unlearner, summarize
 
 
@@ -420,3 +421,38 @@ def test_the_probe_is_fixed_and_leaves_training_bit_identical():
 def test_bad_stop_settings_are_refused(bad):
     with pytest.raises(RGDInputError, match="stop_ratio"):
         UnlearnConfig(**bad)
+
+
+def test_with_several_concepts_the_stop_waits_for_the_slowest():
+    """Pairs of concept A are unlearned at once, those of B slowly: the whole probe's ratio reaches the target long
+    before B's does. Grouped by concept, the run goes on until B has reached it too, and says which was last."""
+    count, batch = 8, 4
+    groups = ["A" if i % 2 == 0 else "B" for i in range(count)]
+    weight = torch.nn.Parameter(torch.zeros(()))
+    model = torch.nn.Module()
+    model.weight = weight
+    running: list[Unlearner] = []
+
+    def forget_loss(module, generator):
+        index = batch_indices(generator, count, batch)
+        done = running[-1].completed_steps
+        values = torch.tensor([10.0 if groups[i] == "A" else 1.0 + 0.2 * done for i in index])
+        return (values + 0 * module.weight)[:, None]
+
+    def retain_loss(module, generator):
+        return torch.ones(batch, 1) + 0 * module.weight
+
+    config = UnlearnConfig(steps=40, lr=1e-3, seed=0, stop_ratio=3.0, stop_every=5)
+
+    def probe_groups(generator):
+        return [groups[i] for i in batch_indices(generator, count, batch).tolist()]
+
+    running.append(Unlearner(model, forget_loss, retain_loss, config))
+    whole = running[-1].run().records
+    running.append(Unlearner(model, forget_loss, retain_loss, config, probe_groups=probe_groups))
+    grouped = running[-1].run()
+    assert len(whole) == 5  # (10 + 2) / 2 = 6 on the whole probe at the first probe
+    assert len(grouped.records) == 10  # B: 1 + 0.2 * 10 = 3 at step 10
+    last = grouped.records[-1]
+    assert set(last["probe_ratios"]) == {"A", "B"} and last["probe_ratios"]["A"] == pytest.approx(10.0)
+    assert last["probe_ratio"] == pytest.approx(3.0) and "lowest: B" in last["stop_reason"]

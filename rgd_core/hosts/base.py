@@ -42,8 +42,8 @@ from torch import Tensor, nn
 from rgd_core.edits.lora import lora_rank_alpha
 from rgd_core.edits.scopes import LORA_SCOPE, check_scope
 from rgd_core.errors import RGDInputError
-from rgd_core.method.paired_data import (PairedData, batched_losses, drawn_pairs, merge_rows, sampled_rows,
-                                        steps_to_sample)
+from rgd_core.method.paired_data import (PairedData, batch_indices, batched_losses, drawn_pairs, merge_rows,
+                                        sampled_rows, steps_to_sample)
 from rgd_core.method.unlearner import UnlearnConfig, Unlearner, summarize
 
 # predict(module, x_t, t, cond) -> the model's epsilon or v at DDPM timestep t (its velocity at noise level sigma for
@@ -161,12 +161,15 @@ def run_unlearning(
     checkpoint_every: int = 0,
     resume_from: str | Path | None = None,
     on_training: Callable[[nn.Module], ContextManager | None] | None = None,
+    pair_concepts: Sequence[str] = (),
 ) -> RecipeResult:
     """RGD (or GradDiff) on ``host``'s model: the paired data (``data`` when given, else the host makes it), the
     scope's trainable weights, the paired losses in the model's own parameterisation, the Unlearner.
 
     ``on_training(module)`` gets the module being trained and may return a context manager entered around the
     loop (gradient checkpointing, say); checkpointing and resume are the Unlearner's (bit-identical resume).
+    ``pair_concepts`` (several concepts in one run: the concept pair i erases, ``PromptSet.pair_concepts``) makes the
+    adaptive stop wait for every concept.
     """
     phases: dict = {}
     config = settings.config
@@ -181,7 +184,8 @@ def run_unlearning(
         forget_loss, retain_loss = batched_losses(trainee.predict, data, host.noise_schedule, host.prediction_type,
                                                   settings.batch_size, settings.paired, place=trainee.place)
         unlearner = Unlearner(trainee.module, forget_loss, retain_loss, config, trainee.trainable,
-                              in_place=trainee.in_place)
+                              in_place=trainee.in_place,
+                              probe_groups=_probe_groups(pair_concepts, len(data), settings))
         training_module = trainee.evaluated or unlearner.model
         sample_ahead = (_sampler_ahead(host, forget_prompts, retain_prompts, settings, data, phases, training_module)
                         if on_demand and data.sampled is not None else None)
@@ -192,6 +196,16 @@ def run_unlearning(
                                        checkpoint_every=checkpoint_every, resume_from=resume_from,
                                        before_step=sample_ahead)
     return RecipeResult(result.model, result.records, data, phases)
+
+
+def _probe_groups(pair_concepts: Sequence[str], count: int, settings: RecipeSettings):
+    """The Unlearner's ``probe_groups`` for several concepts: the concept of each pair a step generator draws (the
+    paired batches' own indices). None for one concept, or when the retain batch is drawn on its own."""
+    if len(set(pair_concepts)) < 2 or not settings.paired:
+        return None
+    if len(pair_concepts) != count:
+        raise RGDInputError(f"{len(pair_concepts)} pair concepts for {count} pairs; give one per pair.")
+    return lambda generator: [pair_concepts[i] for i in batch_indices(generator, count, settings.batch_size).tolist()]
 
 
 def _sampler_ahead(host: Host, forget_prompts, retain_prompts, settings: RecipeSettings, data: PairedData,

@@ -662,8 +662,9 @@ def unlearn_sd(
     (``build_image_paired_data``); ignored when ``data`` is given. ``checkpoint_path``, ``checkpoint_every`` and
     ``resume_from`` are the Unlearner's: the resumable state every N steps and on cancel, and the state to go on
     from (bit-identical to an uninterrupted run). ``phases``, a dict, receives the seconds and UNet evaluations
-    of the data and training phases (``hosts.base.phase``). ``watch(module)`` is called with the module being
-    trained before the first step (a host's live previews sample from it)."""
+    of the data and training phases (``hosts.base.phase``). A ``forget_set`` of several concepts (its
+    ``pair_concepts``) makes the adaptive stop wait for each of them. ``watch(module)`` is called with the module
+    being trained before the first step (a host's live previews sample from it)."""
     config = config or paper_nudity_sd14_config()
     host = DiffusersHost(components, sampler, cache_dir, forget_images, retain_images)
     # the prompts go along with given data too: pairs that data lack are sampled as training goes
@@ -675,8 +676,9 @@ def unlearn_sd(
             watch(module)
         return _gradient_checkpointing(module) if gradient_checkpointing else None
 
+    pair_concepts = forget_set.pair_concepts if isinstance(forget_set, PromptSet) and retain_set is None else ()
     result = run_unlearning(host, forget, retain, settings, callbacks, should_stop, data, checkpoint_path,
-                            checkpoint_every, resume_from, on_training=on_training)
+                            checkpoint_every, resume_from, on_training=on_training, pair_concepts=pair_concepts)
     result.module.eval()
     if phases is not None:
         add_phases(phases, result.phases)

@@ -12,7 +12,8 @@ Adaptive stop (``stop_ratio`` > 0): every ``stop_every`` steps the forget and re
 probe (the same pairs, noise and timesteps every time, no gradient), and the run finishes once the forget loss has
 risen to ``stop_ratio`` times the retain loss. The model's own samples of the concept start out as easy to denoise
 as their concept-free twins (ratio about 1); the ratio climbs as the concept is unlearned, while the retain loss is
-held. ``steps`` is then the cap. The last record says why the run ended (``stop_reason``).
+held. ``steps`` is then the cap. The last record says why the run ended (``stop_reason``). With several concepts in
+one run (``probe_groups``), the ratio is taken per concept and the run ends once the lowest has reached the target.
 
 All randomness of step k (batches, noise, timesteps, dropout) comes from a generator seeded by (seed, k), so a
 run resumed from a checkpoint at step k repeats the uninterrupted run bit for bit.
@@ -87,6 +88,15 @@ class UnlearnResult:
     records: list[dict] = field(default_factory=list)
 
 
+def _per_pair(errors: Tensor) -> Tensor:
+    """A batch's per-element errors (batch first) as one mean per pair."""
+    return errors.reshape(errors.shape[0] if errors.ndim else 1, -1).mean(1)
+
+
+def _ratio(forget: float, retain: float) -> float:
+    return forget / retain if retain > 0 else math.inf
+
+
 def step_seed(seed: int, step: int) -> int:
     """A well-mixed 63-bit seed per (run seed, step): neighbouring steps get unrelated streams.
 
@@ -103,6 +113,8 @@ class Unlearner:
 
     ``trainable(name, parameter) -> bool`` picks the parameters to edit (default: all of them). Unless
     ``in_place`` is set, the model passed in is deep-copied first and never changed, whatever happens.
+    ``probe_groups(generator) -> names`` (several concepts in one run) names the group of each pair that the loss
+    callables draw with ``generator``; the adaptive stop then waits until every group has reached the target.
     """
 
     def __init__(
@@ -113,8 +125,10 @@ class Unlearner:
         config: UnlearnConfig | None = None,
         trainable: Callable[[str, nn.Parameter], bool] | None = None,
         in_place: bool = False,
+        probe_groups: Callable[[torch.Generator], list[str]] | None = None,
     ) -> None:
         self.config = config or UnlearnConfig()
+        self.probe_groups = probe_groups
         self.model = model if in_place else copy.deepcopy(model)
         self.forget_loss = forget_loss
         self.retain_loss = retain_loss
@@ -238,16 +252,23 @@ class Unlearner:
 
     def _check_stop(self, record: dict) -> bool:
         """The adaptive stop, on the probe steps: adds the probe's losses to ``record`` and, when the forget loss has
-        risen far enough, the reason to finish."""
+        risen far enough (for every concept, when the probe is grouped by concept), the reason to finish."""
         config = self.config
         if not config.stop_ratio or self.completed_steps % config.stop_every:
             return False
         forget, retain = self.probe_losses()
-        ratio = forget / retain if retain > 0 else math.inf
+        ratio = _ratio(forget, retain)
         record.update(probe_forget_loss=forget, probe_retain_loss=retain, probe_ratio=ratio)
+        lowest = ""
+        if self.probe_groups is not None:
+            ratios = {name: _ratio(*losses) for name, losses in self.probe_group_losses().items()}
+            record["probe_ratios"] = ratios
+            lowest, ratio = min(ratios.items(), key=lambda item: item[1])
+            record["probe_ratio"] = ratio
         if ratio < config.stop_ratio:
             return False
-        record["stop_reason"] = (f"forget loss {ratio:.2f}x the retain loss on the probe (target "
+        which = f" for every concept (lowest: {lowest})" if lowest else ""
+        record["stop_reason"] = (f"forget loss {ratio:.2f}x the retain loss on the probe{which} (target "
                                  f"{config.stop_ratio:g}x) after {self.completed_steps} steps")
         return True
 
@@ -256,17 +277,34 @@ class Unlearner:
         """Mean forget and retain denoising losses on the fixed probe: ``PROBE_BATCHES`` batches drawn with
         generators that depend on the seed only, so every probe of a run sees the same pairs, noise and timesteps
         (and forget pair i its retain twin i at the same noise), in the model as it is now."""
+        forget, retain, _ = self._probe_samples()
+        return float(forget.mean()), float(retain.mean())
+
+    @torch.no_grad()
+    def probe_group_losses(self) -> dict[str, tuple[float, float]]:
+        """``probe_losses`` per group of the probe's pairs (``probe_groups``: the concept each pair erases)."""
+        forget, retain, groups = self._probe_samples(with_groups=True)
+        losses = {}
+        for name in dict.fromkeys(groups):
+            chosen = torch.tensor([group == name for group in groups])
+            losses[name] = (float(forget[chosen].mean()), float(retain[chosen].mean()))
+        return losses
+
+    def _probe_samples(self, with_groups: bool = False) -> tuple[Tensor, Tensor, list[str]]:
+        """Per-pair mean forget and retain losses of the probe's batches, and the pairs' groups when asked."""
         # The probe is the first steps' own batches (their generators), so it only draws pairs that training draws:
         # a host that samples just those (``paired_data.drawn_pairs``) has them all.
         batches = max(1, min(PROBE_BATCHES, self.config.steps))
-        forget, retain = 0.0, 0.0
+        forget, retain, groups = [], [], []
         with torch.random.fork_rng(devices=self._rng_devices):
             for step in range(batches):
                 torch.manual_seed(step_seed(self.config.seed + 1, step))
                 seed = step_seed(self.config.seed, step)
-                forget += float(self.forget_loss(self.model, torch.Generator().manual_seed(seed)).mean())
-                retain += float(self.retain_loss(self.model, torch.Generator().manual_seed(seed)).mean())
-        return forget / batches, retain / batches
+                forget.append(_per_pair(self.forget_loss(self.model, torch.Generator().manual_seed(seed))))
+                retain.append(_per_pair(self.retain_loss(self.model, torch.Generator().manual_seed(seed))))
+                if with_groups:
+                    groups += self.probe_groups(torch.Generator().manual_seed(seed))
+        return torch.cat(forget).double().cpu(), torch.cat(retain).double().cpu(), groups
 
     def _adam_metric(self):
         """Adam's current diagonal preconditioner 1 / (sqrt(v_hat) + eps), one tensor at a time.

@@ -14,6 +14,7 @@ of all of them, so no retain prompt (neighbours included) names any concept bein
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from typing import Sequence
@@ -75,27 +76,27 @@ def with_neighbours(prompt_set: PromptSet, neighbours: Sequence[str], share: flo
     for turn, index in enumerate(chosen):
         forget = pairs[index][0]
         pairs[index] = (forget, swap_concept(forget, prompt_set.concept_words, neighbours[turn % len(neighbours)]))
-    return PromptSet(concept=prompt_set.concept, preset=prompt_set.preset, seed=prompt_set.seed, pairs=tuple(pairs),
-                     concept_words=prompt_set.concept_words, split=prompt_set.split, narrow=prompt_set.narrow,
-                     neighbours=neighbours)
+    return dataclasses.replace(prompt_set, pairs=tuple(pairs), neighbours=neighbours)
 
 
 def combine(sets: Sequence[PromptSet]) -> PromptSet:
     """One prompt set for several concepts: pairs interleaved (first of each, then second of each, ...), the
-    concepts joined with "; ", every concept's words, so a retain prompt naming any of them is refused."""
+    concepts joined with "; ", every concept's words, so a retain prompt naming any of them is refused, and the
+    concept each pair erases (``pair_concepts``)."""
     if len(sets) == 1:
         return sets[0]
     if not sets:
         raise RGDInputError("no concepts to combine; give at least one.")
-    pairs = []
+    pairs, pair_concepts = [], []
     for row in range(max(len(s) for s in sets)):
         pairs += [s.pairs[row] for s in sets if row < len(s)]
+        pair_concepts += [s.concept for s in sets if row < len(s)]
     words = tuple(dict.fromkeys(word for s in sets for word in s.concept_words))
     neighbours = tuple(dict.fromkeys(word for s in sets for word in s.neighbours))
     first = sets[0]
     return PromptSet(concept=f"{CONCEPT_SEPARATOR} ".join(s.concept for s in sets), preset=first.preset,
                      seed=first.seed, pairs=tuple(pairs), concept_words=words, split=first.split,
-                     narrow=first.narrow, neighbours=neighbours)
+                     narrow=first.narrow, neighbours=neighbours, pair_concepts=tuple(pair_concepts))
 
 
 def shares(total: int, parts: int) -> list[int]:

@@ -69,6 +69,9 @@ class PromptSet:
     split: str = "train"
     narrow: bool = False
     neighbours: tuple[str, ...] = ()  # concepts some retain prompts name instead of the concept (prompts.neighbours)
+    # several concepts in one set (prompts.neighbours.combine): the concept each pair erases, so that the adaptive
+    # stop can wait for every one of them; empty for a single concept
+    pair_concepts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.concept, str) or not self.concept.strip():
@@ -87,6 +90,10 @@ class PromptSet:
         for forget, retain in self.pairs:
             check_pair(forget, retain, self.concept_words)
         object.__setattr__(self, "neighbours", check_neighbours(self.neighbours, self.concept_words))
+        object.__setattr__(self, "pair_concepts", tuple(self.pair_concepts))
+        if self.pair_concepts and len(self.pair_concepts) != len(self.pairs):
+            raise RGDInputError(f"PromptSet has {len(self.pair_concepts)} pair concepts for {len(self.pairs)} pairs; "
+                                "give one concept per pair, or none.")
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -112,6 +119,8 @@ class PromptSet:
         }
         if self.neighbours:  # only when used, so that the digests of sets without neighbours stay what they were
             data["neighbours"] = list(self.neighbours)
+        if self.pair_concepts:  # likewise: only sets of several concepts have them
+            data["pair_concepts"] = list(self.pair_concepts)
         return data
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -141,6 +150,7 @@ class PromptSet:
             split=data.get("split", "train"),
             narrow=bool(data.get("narrow", False)),
             neighbours=tuple(data.get("neighbours") or ()),
+            pair_concepts=tuple(data.get("pair_concepts") or ()),
         )
 
     @classmethod
