@@ -4,12 +4,14 @@ the data, side by side with the quality each reaches.
     .venv/bin/python benchmarks/time_to_erase.py                          # every setting, striped + triangle, 3 seeds
     .venv/bin/python benchmarks/time_to_erase.py --settings today,fast --seeds 0 --concepts striped   # a quick look
 
-A "setting" changes only how the model samples its own training data (rgd_bench.shapes_bench.ShapesBenchConfig:
-pairs, sampler, sampler steps, whether only the drawn pairs are sampled); training (RGD, 40 steps of 16 + 16 pairs,
-lr 1e-4, full UNet) and the evaluation (DDIM 25 steps, 64 held-out prompts per measure, the bench's classifier) are
-the same for all, so the quality columns compare like with like. Per (concept, seed) the original model is scored
-once; every setting then trains from it. Seconds are wall time of this process (run it on a quiet machine; --threads
-fixes torch's threads); evaluations count samples through the UNet (hosts.base.phase), exact whatever the load.
+A "setting" changes the bench's defaults (rgd_bench.shapes_bench.ShapesBenchConfig): how the model samples its own
+training data (sampler, sampler steps, whether only the drawn pairs are sampled, as training goes), and for the
+baseline and the learning-rate rows, how it trains; the evaluation (DDIM 25 steps, 64 held-out prompts per measure,
+the bench's classifier) is the same for all, so the quality columns compare like with like. Per (concept, seed) the
+original model is scored once; every setting then trains from it (RGD, full UNet, 16 + 16 pairs per step). Seconds
+are wall time of this process (run it on a quiet machine; --threads fixes torch's threads); evaluations count
+samples through the UNet (hosts.base.phase), exact whatever the load. docs/results/time_to_erase.json holds the
+first measurement (40 fixed steps, the settings of that time); docs/results/time_to_erase_v2.json this one.
 
 Prints, per setting: data and training seconds and evaluations, time to erase (data + training) and its speed-up
 over "today", then erasure / in-prompt / retain / collateral as mean ± std over seeds and concepts; with --json PATH

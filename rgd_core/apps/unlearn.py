@@ -234,9 +234,10 @@ def _paper_preset() -> dict:
 
 
 def _fast_preset() -> dict:
-    # The shapes measurement (benchmarks/time_to_erase.py, README "Time to erase"): DPM++ 2M at 40% of DDIM's steps
-    # (10 for 25) kept erasure and alignment within their seed-to-seed spread and halved the time to erase; fewer
-    # pairs (64 of 256) cut it further but cost 14 points of in-prompt accuracy on one concept, so the pairs stay.
+    # The shapes measurements (benchmarks/time_to_erase.py, README "Time to erase"): DPM++ 2M at 40% of DDIM's steps
+    # (10 for 25, then 8 with the adaptive stop) kept erasure and alignment within their seed-to-seed spread and
+    # halved the time to erase; fewer pairs (64 of 256) cost 14 points of in-prompt accuracy on one concept, and a
+    # doubled learning rate 6 to 13 points of triangle's in-prompt and collateral, so neither is part of it.
     # Carried over to SD at the same ratio: 20 DPM++ 2M steps for DDIM's 50. SD quality at these settings is not
     # measured here (no GPU); the evaluation counts are (benchmarks/sd_time_to_erase.py).
     return {"sampler": "dpm++2m", "sample_steps": 20}
