@@ -119,7 +119,8 @@ class RGDUnlearn(io.ComfyNode):
                                          "gradients)"),
                 io.Float.Input("stop_ratio", default=STOP_RATIO, min=0.0, max=100.0, step=0.1, optional=True,
                                tooltip="adaptive stop: finish once the forget loss on a fixed probe reaches this "
-                                       "times the retain loss (steps is then the cap); 0: always run every step"),
+                                       "times the retain loss, for every concept of the prompt set (steps is then "
+                                       "the cap); 0: always run every step"),
                 io.Combo.Input("sampling", options=list(SAMPLING_CHOICES), default="auto", optional=True,
                                tooltip="how the model samples its own data. auto: SD1/SD2/SDXL use the sampler "
                                        "widgets above; flow models (SD3, Flux) their family's settings (SD3: 28 "

@@ -339,7 +339,8 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--neighbour-share", type=float, help=f"share of retain prompts naming a neighbour instead of dropping the "
         f"concept; 0: none (default {d['neighbour_share']})")
     add("--stop-ratio", type=float, help=f"adaptive stop: finish once the forget loss on a fixed probe reaches this "
-        f"times the retain loss, --steps being the cap; 0: always --steps (default {d['stop_ratio']})")
+        f"times the retain loss (for every concept, when several are given), --steps being the cap; 0: always --steps "
+        f"(default {d['stop_ratio']})")
     add("--stop-every", type=int, help=f"probe every N steps for the adaptive stop (default {d['stop_every']})")
     add("--device", help="where to sample and train: auto (a CUDA GPU when torch sees one, else the CPU), cpu, "
         "cuda, cuda:N or mps (default auto)")
