@@ -173,6 +173,9 @@ def run_unlearning(
     """
     phases: dict = {}
     config = settings.config
+    # checked before any sampling: a mismatch is a caller's bug, and minutes of data should not precede it
+    probe_groups = _probe_groups(pair_concepts, len(forget_prompts) if forget_prompts is not None else len(data),
+                                 settings)
     on_demand = (getattr(host, "samples_while_training", False) and forget_prompts is not None
                  and (data is None or len(data) == len(forget_prompts)))
     if data is None:
@@ -184,8 +187,7 @@ def run_unlearning(
         forget_loss, retain_loss = batched_losses(trainee.predict, data, host.noise_schedule, host.prediction_type,
                                                   settings.batch_size, settings.paired, place=trainee.place)
         unlearner = Unlearner(trainee.module, forget_loss, retain_loss, config, trainee.trainable,
-                              in_place=trainee.in_place,
-                              probe_groups=_probe_groups(pair_concepts, len(data), settings))
+                              in_place=trainee.in_place, probe_groups=probe_groups)
         training_module = trainee.evaluated or unlearner.model
         sample_ahead = (_sampler_ahead(host, forget_prompts, retain_prompts, settings, data, phases, training_module)
                         if on_demand and data.sampled is not None else None)
@@ -214,9 +216,14 @@ def _sampler_ahead(host: Host, forget_prompts, retain_prompts, settings: RecipeS
     ``steps_to_sample(k)`` that ``data`` lacks and they are merged in. Their time and evaluations are the "data"
     phase's, taken out of the training phase whose clock (and, were it the same module, hook) saw them."""
 
+    covered = {"steps": 0}  # the steps whose pairs are in ``data`` already: nothing to work out until the next chunk
+
     def before_step(step: int) -> None:
-        rows = training_rows(settings, len(forget_prompts), len(retain_prompts),
-                             steps_to_sample(step, settings.config))
+        through = steps_to_sample(step, settings.config)
+        if through <= covered["steps"]:
+            return
+        covered["steps"] = through
+        rows = training_rows(settings, len(forget_prompts), len(retain_prompts), through)
         missing = sorted(set(rows) - sampled_rows(data)) if rows is not None else []
         if not missing:
             return

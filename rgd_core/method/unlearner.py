@@ -93,6 +93,15 @@ def _per_pair(errors: Tensor) -> Tensor:
     return errors.reshape(errors.shape[0] if errors.ndim else 1, -1).mean(1)
 
 
+def _group_means(forget: Tensor, retain: Tensor, groups: list[str]) -> dict[str, tuple[float, float]]:
+    """Mean forget and retain loss of each group's pairs (per-pair losses, one group name per pair)."""
+    means = {}
+    for name in dict.fromkeys(groups):
+        chosen = torch.tensor([group == name for group in groups])
+        means[name] = (float(forget[chosen].mean()), float(retain[chosen].mean()))
+    return means
+
+
 def _ratio(forget: float, retain: float) -> float:
     return forget / retain if retain > 0 else math.inf
 
@@ -256,15 +265,18 @@ class Unlearner:
         config = self.config
         if not config.stop_ratio or self.completed_steps % config.stop_every:
             return False
-        forget, retain = self.probe_losses()
-        ratio = _ratio(forget, retain)
-        record.update(probe_forget_loss=forget, probe_retain_loss=retain, probe_ratio=ratio)
         lowest = ""
-        if self.probe_groups is not None:
-            ratios = {name: _ratio(*losses) for name, losses in self.probe_group_losses().items()}
+        if self.probe_groups is None:
+            forget, retain = self.probe_losses()
+            ratio = _ratio(forget, retain)
+        else:  # one pass over the probe gives the whole means and each group's
+            forget_pairs, retain_pairs, groups = self._probe_samples(with_groups=True)
+            forget, retain = float(forget_pairs.mean()), float(retain_pairs.mean())
+            means = _group_means(forget_pairs, retain_pairs, groups)
+            ratios = {name: _ratio(*losses) for name, losses in means.items()}
             record["probe_ratios"] = ratios
             lowest, ratio = min(ratios.items(), key=lambda item: item[1])
-            record["probe_ratio"] = ratio
+        record.update(probe_forget_loss=forget, probe_retain_loss=retain, probe_ratio=ratio)
         if ratio < config.stop_ratio:
             return False
         which = f" for every concept (lowest: {lowest})" if lowest else ""
@@ -281,15 +293,6 @@ class Unlearner:
         return float(forget.mean()), float(retain.mean())
 
     @torch.no_grad()
-    def probe_group_losses(self) -> dict[str, tuple[float, float]]:
-        """``probe_losses`` per group of the probe's pairs (``probe_groups``: the concept each pair erases)."""
-        forget, retain, groups = self._probe_samples(with_groups=True)
-        losses = {}
-        for name in dict.fromkeys(groups):
-            chosen = torch.tensor([group == name for group in groups])
-            losses[name] = (float(forget[chosen].mean()), float(retain[chosen].mean()))
-        return losses
-
     def _probe_samples(self, with_groups: bool = False) -> tuple[Tensor, Tensor, list[str]]:
         """Per-pair mean forget and retain losses of the probe's batches, and the pairs' groups when asked."""
         # The probe is the first steps' own batches (their generators), so it only draws pairs that training draws:
