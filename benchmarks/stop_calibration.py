@@ -2,12 +2,15 @@
 
     .venv/bin/python benchmarks/stop_calibration.py --model v_prediction --concepts striped,triangle,red \
         --steps 100 --every 10 [--neighbour-share 0.5] --json docs/results/stop_calibration_v.json
+    .venv/bin/python benchmarks/stop_calibration.py --world digits --concepts 0,4,7 --steps 200 --every 20 \
+        --json docs/results/stop_calibration_digits.json
 
 For each concept of the shapes world, one RGD run of the bench's settings that never stops early; every ``--every``
 steps the Unlearner's fixed probe gives the forget/retain loss ratio (what ``UnlearnConfig.stop_ratio`` is compared
 with) and the bench's scorer gives erasure, in-prompt, retain, collateral and FD of the model as it is at that step.
 The first ratio at which every concept is erased, and what alignment costs there, chooses the default target
-(README: Adaptive stop). Prints the table, asserts nothing.
+(README: Adaptive stop). ``--world digits`` does the same for the Table-1 protocol (the digits named by
+``--concepts``, RGD with the bench's settings; UA, RA and FD at each probe). Prints the table, asserts nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from pathlib import Path
 
 import torch
 
+from rgd_bench.class_forgetting import ClassForgettingConfig, Evaluator, forget_and_retain_losses
 from rgd_bench.shapes_bench import MODELS, EvalSet, ShapesBenchConfig, score, unlearn
 from rgd_bench.shapes_classifier import load_classifier
-from rgd_bench.worlds import shapes_model
+from rgd_bench.worlds import digits, shapes_model
+from rgd_core.method.unlearner import Unlearner
 
 MEASURES = ("erasure", "in_prompt", "retain", "collateral", "fd")
 
@@ -49,6 +54,37 @@ def trajectory(components, classifier, concept: str, config: ShapesBenchConfig, 
     return rows
 
 
+def digits_trajectory(base, evaluator: Evaluator, config: ClassForgettingConfig, every: int, log=print) -> list[dict]:
+    """Rows (step, probe ratio, UA, RA, FD) for forgetting ``config.forget_class`` with RGD, from step 0 every
+    ``every`` steps, the run going to ``config.steps``."""
+    def row(step: int, ratio, model) -> dict:
+        with torch.no_grad():
+            scores = evaluator.score(evaluator.samples(model), config.forget_class)
+        return {"concept": str(config.forget_class), "step": step, "probe_ratio": ratio, "ua": scores.ua,
+                "ra": scores.ra, "fd": scores.fd}
+
+    rows = [row(0, None, base)]
+    images, labels = digits.load_digits_data()
+    forget_loss, retain_loss = forget_and_retain_losses(config, images, labels)
+    unlearner = Unlearner(base, forget_loss, retain_loss,
+                          replace(config.unlearn_config("rgd"), stop_ratio=1e12, stop_every=every))
+
+    def after_step(record: dict) -> None:
+        if (record["step"] + 1) % every == 0:
+            rows.append(row(record["step"] + 1, record.get("probe_ratio"), unlearner.model))
+            log(_digits_row_text(rows[-1]))
+
+    log(_digits_row_text(rows[0]))
+    unlearner.run(callbacks=[after_step])
+    return rows
+
+
+def _digits_row_text(row: dict) -> str:
+    ratio = "   -  " if row["probe_ratio"] is None else f"{row['probe_ratio']:6.2f}"
+    return f"digit {row['concept']} step {row['step']:4d}  ratio {ratio}  UA {row['ua']:.3f}  RA {row['ra']:.3f}  " \
+           f"FD {row['fd']:.2f}"
+
+
 def _measures(scores: dict) -> dict:
     return {measure: scores[measure] for measure in MEASURES}
 
@@ -62,6 +98,7 @@ def _row_text(row: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world", choices=["shapes", "digits"], default="shapes")
     parser.add_argument("--model", choices=sorted(MODELS), default="v_prediction")
     parser.add_argument("--concepts", default="striped,triangle,red")
     parser.add_argument("--steps", type=int, default=120)
@@ -73,6 +110,8 @@ def main() -> None:
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.world == "digits":
+        return calibrate_digits(args)
     config = ShapesBenchConfig(model=args.model, steps=args.steps, seed=args.seed, methods=("RGD",),
                                neighbour_share=args.neighbour_share, **({"lr": args.lr} if args.lr else {}))
     start = time.perf_counter()
@@ -84,6 +123,20 @@ def main() -> None:
     result = {"config": {**config.__dict__, "every": args.every}, "rows": rows,
               "wall_seconds": time.perf_counter() - start}
     print("\n".join(_row_text(row) for row in rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def calibrate_digits(args) -> None:
+    start = time.perf_counter()
+    config = ClassForgettingConfig(steps=args.steps, seed=args.seed, **({"lr": args.lr} if args.lr else {}))
+    base, evaluator = digits.load_base_model(), Evaluator.build()
+    rows = []
+    for digit in args.concepts.split(","):
+        rows += digits_trajectory(base, evaluator, replace(config, forget_class=int(digit)), args.every)
+    result = {"config": {**config.__dict__, "every": args.every}, "rows": rows,
+              "wall_seconds": time.perf_counter() - start}
+    print("\n".join(_digits_row_text(row) for row in rows))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -45,6 +45,17 @@ SETTINGS = {
     "dpm8-lr2e-4": dict(data_sampler="dpm++2m", data_steps=8, lr=2e-4),
     "dpm8-lr3e-4": dict(data_sampler="dpm++2m", data_steps=8, lr=3e-4),
     "dpm8-lr5e-4": dict(data_sampler="dpm++2m", data_steps=8, lr=5e-4),
+    # a quarter of the pairs, each x0 drawn four times as often
+    "dpm8-pairs64": dict(data_sampler="dpm++2m", data_steps=8, train_pairs=64),
+    # the same 64 trajectories, each giving three noisy latents besides its x0 (trajectory reuse)
+    "dpm8-pairs64-points3": dict(data_sampler="dpm++2m", data_steps=8, train_pairs=64, trajectory_points=3),
+    # the two above at 70 fixed steps: the training effect of the points without the stop (whose probe then holds
+    # trajectory points too, at which the original model's loss is lower than at fresh noise)
+    "dpm8-pairs64-fixed70": dict(data_sampler="dpm++2m", data_steps=8, train_pairs=64, stop_ratio=0.0, steps=70),
+    "dpm8-pairs64-points3-fixed70": dict(data_sampler="dpm++2m", data_steps=8, train_pairs=64, trajectory_points=3,
+                                         stop_ratio=0.0, steps=70),
+    # half the batch: half the training evaluations per step
+    "dpm8-pairs64-batch8": dict(data_sampler="dpm++2m", data_steps=8, train_pairs=64, batch_size=8),
 }
 MEASURES = ("erasure", "in_prompt", "retain", "collateral")
 

@@ -42,11 +42,15 @@ class ClassForgettingConfig:
     retain_batch: int | None = 64  # None: the whole retain set's gradient every step (the code's RGD)
     retain_set: str = "diverse"  # "diverse" (balanced over the 9 other classes) or "narrow" (2 near classes)
     seed: int = 0
+    # The adaptive stop (UnlearnConfig.stop_ratio); 0 runs the paper's fixed steps, and ``steps`` is the cap otherwise.
+    stop_ratio: float = 0.0
+    stop_every: int = 5
 
     def unlearn_config(self, method: str) -> UnlearnConfig:
         return UnlearnConfig(
             method=method, steps=self.steps, retain_weight=self.retain_weight, lr=self.lr, optimizer=self.optimizer,
             truncation=self.truncation, truncation_threshold=self.truncation_threshold, seed=self.seed,
+            stop_ratio=self.stop_ratio, stop_every=self.stop_every,
         )
 
 

@@ -30,6 +30,7 @@ class Row:
     ra: float
     fd: float
     seconds: float  # unlearning time (training only)
+    steps: int = 0  # where the run ended (the adaptive stop, or the fixed steps)
 
 
 def run_demo(
@@ -55,7 +56,7 @@ def run_demo(
                                 callbacks=[progress_bar(config.steps, name)])
         seconds = sum(r["seconds"] for r in result.records)
         samples[name] = evaluator.samples(result.model)
-        rows.append(_row(name, evaluator.score(samples[name], config.forget_class), seconds))
+        rows.append(_row(name, evaluator.score(samples[name], config.forget_class), seconds, len(result.records)))
         histories[name] = result.records
     grid = plots.sample_grid(
         {name: _first_per_class(s, 2) for name, s in samples.items()},
@@ -95,15 +96,17 @@ def run_bench(
             result = run_forgetting(base, method, run_config,
                                     callbacks=[progress_bar(config.steps, f"digit {forget_class} {name}")])
             seconds = sum(r["seconds"] for r in result.records)
-            row = _row(name, evaluator.score(evaluator.samples(result.model), forget_class), seconds)
+            row = _row(name, evaluator.score(evaluator.samples(result.model), forget_class), seconds,
+                       len(result.records))
             per_method[name].append(row)
-            log(f"digit {forget_class}  {name:20s} UA {row.ua:.3f}  RA {row.ra:.3f}  FD {row.fd:.2f}")
+            log(f"digit {forget_class}  {name:20s} UA {row.ua:.3f}  RA {row.ra:.3f}  FD {row.fd:.2f}  "
+                f"{row.steps} steps")
     summary = {}
     for name, rows in per_method.items():
         summary[name] = {
             key: {"mean": float(np.mean([getattr(r, key) for r in rows])),
                   "std": float(np.std([getattr(r, key) for r in rows]))}
-            for key in ("ua", "ra", "fd", "seconds")
+            for key in ("ua", "ra", "fd", "seconds", "steps")
         }
     return {
         "classes": list(classes),
@@ -116,8 +119,8 @@ def run_bench(
     }
 
 
-def _row(name: str, scores: Scores, seconds: float) -> Row:
-    return Row(name, scores.ua, scores.ra, scores.fd, seconds)
+def _row(name: str, scores: Scores, seconds: float, steps: int = 0) -> Row:
+    return Row(name, scores.ua, scores.ra, scores.fd, seconds, steps)
 
 
 def _first_per_class(samples, per_class: int) -> np.ndarray:
@@ -135,10 +138,12 @@ def format_demo_table(report: dict) -> str:
 
 def format_bench_table(report: dict) -> str:
     lines = [f"forget each of digits {report['classes']}; mean ± std over the runs",
-             f"{'method':22s} {'UA':>13s} {'RA':>13s} {'FD':>13s} {'seconds':>8s}"]
+             f"{'method':22s} {'UA':>13s} {'RA':>13s} {'FD':>13s} {'seconds':>8s} {'steps':>6s}"]
     for name, s in report["summary"].items():
         cells = " ".join(f"{s[k]['mean']:6.3f}±{s[k]['std']:.3f}" for k in ("ua", "ra"))
-        lines.append(f"{name:22s} {cells} {s['fd']['mean']:6.2f}±{s['fd']['std']:5.2f} {s['seconds']['mean']:8.1f}")
+        steps = s.get("steps", {}).get("mean", 0.0)
+        lines.append(f"{name:22s} {cells} {s['fd']['mean']:6.2f}±{s['fd']['std']:5.2f} {s['seconds']['mean']:8.1f} "
+                     f"{steps:6.1f}")
     return "\n".join(lines)
 
 

@@ -67,6 +67,7 @@ class ShapesBenchConfig:
     guidance: float = 4.0
     data_sampler: str = "ddim"  # how the model samples its own training data (SAMPLERS of the diffusers host)
     data_steps: int | None = None  # that sampler's steps (None: sample_steps)
+    trajectory_points: int = 0  # noisy latents kept per data trajectory as extra training points (0: x0 only)
     lazy_data: bool = True  # sample only the pairs training draws, as it goes (False: all first, as rgd once did)
     esd_negative_guidance: float = 1.0
     stop_ratio: float = STOP_RATIO  # the adaptive stop's target (rgd_core.method.unlearner); 0: fixed steps
@@ -225,7 +226,8 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
                                    truncation=config.truncation, truncation_threshold=config.truncation_threshold,
                                    seed=config.seed, stop_ratio=config.stop_ratio, stop_every=config.stop_every)
     sampler = SamplerSettings(steps=config.data_steps or config.sample_steps, guidance_scale=config.guidance,
-                              batch_size=64, scheduler=config.data_sampler)
+                              batch_size=64, scheduler=config.data_sampler,
+                              trajectory_points=config.trajectory_points)
     sampled = {} if sampled is None else sampled
     if narrow not in sampled:
         recipe = RecipeSettings(unlearn_config, config.scope, config.batch_size, data_seed=config.seed)

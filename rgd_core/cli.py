@@ -47,6 +47,11 @@ def _add_forgetting_options(parser: argparse.ArgumentParser, samples_per_class: 
                         help=f"retain images per step; 0 = the whole retain set (default {d.retain_batch})")
     parser.add_argument("--retain-per-class", type=int, default=d.retain_per_class,
                         help=f"retain images per remaining class (default {d.retain_per_class})")
+    parser.add_argument("--stop-ratio", type=float, default=d.stop_ratio,
+                        help="adaptive stop: finish once the probe's forget loss is this many times the retain loss, "
+                        "--steps being the cap (default 0: the paper's fixed steps)")
+    parser.add_argument("--stop-every", type=int, default=d.stop_every,
+                        help=f"probe the adaptive stop every this many steps (default {d.stop_every})")
     parser.add_argument("--samples-per-class", type=int, default=samples_per_class,
                         help=f"generated images per class for evaluation (default {samples_per_class})")
     parser.add_argument("--sampling-steps", type=int, default=e.sampling_steps,
@@ -65,12 +70,13 @@ def _configs(args):
                                "truncation_threshold": (None, 0.0), "forget_batch": (1, None),
                                "retain_batch": (0, None), "retain_per_class": (1, None),
                                "samples_per_class": (2, None), "sampling_steps": (1, None), "seed": (0, None),
-                               "threads": (1, None)})
+                               "threads": (1, None), "stop_every": (1, None)})
     config = ClassForgettingConfig(
         forget_class=getattr(args, "forget_class", 0), steps=args.steps, lr=args.lr,
         retain_weight=args.retain_weight, truncation=args.truncation,
         truncation_threshold=args.truncation_threshold, forget_batch=args.forget_batch,
         retain_per_class=args.retain_per_class, retain_batch=args.retain_batch or None, seed=args.seed,
+        stop_ratio=args.stop_ratio, stop_every=args.stop_every,
     )
     config.unlearn_config("rgd")  # validates the settings now, before minutes of work
     return config, EvalConfig(samples_per_class=args.samples_per_class, sampling_steps=args.sampling_steps)
@@ -106,7 +112,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_bench_digits(args) -> None:
-    from rgd_bench.digits_demo import format_bench_table, run_bench, set_threads
+    from rgd_bench.digits_demo import METHODS, format_bench_table, run_bench, set_threads
 
     config, eval_config = _configs(args)
     try:
@@ -115,9 +121,13 @@ def cmd_bench_digits(args) -> None:
         classes = (-1,)
     if not classes or any(not 0 <= c <= 9 for c in classes):
         raise RGDInputError(f"--classes takes digits 0..9, e.g. --classes 0,3,8, not {args.classes!r}.")
+    methods = _method_names(args.methods, METHODS)
+    unknown = [name for name in methods if name not in METHODS]
+    if not methods or unknown:
+        raise RGDInputError(f"--methods takes names from {', '.join(METHODS)} (comma-separated), not {args.methods!r}.")
     _check_outputs(args, [])
     set_threads(args.threads)
-    report = run_bench(config, eval_config, classes=classes, log=_log)
+    report = run_bench(config, eval_config, classes=classes, methods=methods, log=_log)
     _write_report(report, args.report)
     if args.json:
         print(json.dumps({name: {k: v["mean"] for k, v in s.items()} | {f"{k}_std": v["std"] for k, v in s.items()}
@@ -125,6 +135,17 @@ def cmd_bench_digits(args) -> None:
         return
     print(format_bench_table(report))
     print(f"wall time {report['wall_seconds']:.0f} s")
+
+
+def _method_names(text: str, known) -> tuple[str, ...]:
+    """Comma-separated row names, where a known name may itself hold a comma ("RGD, Adam metric")."""
+    names: list[str] = []
+    for part in (piece.strip() for piece in text.split(",")):
+        if names and f"{names[-1]}, {part}" in known:
+            names[-1] = f"{names[-1]}, {part}"
+        elif part:
+            names.append(part)
+    return tuple(names)
 
 
 def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
@@ -372,6 +393,8 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
         "4.5, Flux 1 with dev's distilled guidance 3.5)")
     add("--sampler", choices=sorted(SAMPLERS), help="sampler of the data (default ddim for SD, euler for SD3/Flux; "
         "dpm++2m needs fewer --sample-steps for the same quality)")
+    add("--trajectory-points", type=int, help="trajectory reuse: keep this many of the noisy latents each sampled "
+        "image passes through as extra training points at their own timesteps (default 0: x0 only)")
     add("--width", type=int, help="width of the sampled training data in pixels (default: the model's native size)")
     add("--height", type=int, help="height of the sampled training data in pixels (default: the native size)")
     add("--text-encoders", nargs="+", metavar="PATH", help="Flux.1 / SD3.x only: the text encoder files (CLIP-L, "
@@ -436,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     worlds = bench.add_subparsers(dest="world", required=True)
     bench_digits = worlds.add_parser("digits", help="Table 1/3 protocol: forget each digit in turn")
     bench_digits.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9", help="digits to forget, comma-separated")
+    bench_digits.add_argument("--methods", default="GradDiff,RGD,RGD (narrow retain),RGD, Adam metric",
+                              help="rows to run, comma-separated, from: GradDiff, RGD, RGD (narrow retain), "
+                              "RGD, Adam metric")
     bench_digits.set_defaults(out=None)
     _add_forgetting_options(bench_digits, samples_per_class=100)
     bench_digits.set_defaults(run=cmd_bench_digits)

@@ -89,6 +89,8 @@ UNLEARN_CASES = {
     "template without concept": (["--custom-template", "a photo"], "{concept}"),
     "prompt file missing": (["--forget-prompts", "MISSING", "--retain-prompts", "MISSING"], "--forget-prompts"),
     "unknown slot name": (["--custom-template", "a {concept} {place}", "--slot", "time: at noon"], "place"),
+    "trajectory points negative": (["--trajectory-points", "-1"], "--trajectory-points"),
+    "trajectory points past the sampler's steps": (["--trajectory-points", "3"], "--trajectory-points"),
 }
 
 

@@ -62,7 +62,8 @@ def test_bench_digits_table_has_every_method_and_rgd_forgets(tmp_path, capsys):
 
     assert list(table) == ["original", "GradDiff", "RGD", "RGD (narrow retain)", "RGD, Adam metric"]
     for method, row in table.items():
-        assert set(row) == ROW_KEYS | {f"{key}_std" for key in ROW_KEYS}, method
+        keys = ROW_KEYS | {"steps"}
+        assert set(row) == keys | {f"{key}_std" for key in keys}, method
         assert all(row[f"{key}_std"] == 0.0 for key in ROW_KEYS)  # one digit: no spread
     assert table["original"]["ua"] <= 0.2
     assert table["RGD"]["ua"] >= table["original"]["ua"] + 0.5
@@ -70,3 +71,14 @@ def test_bench_digits_table_has_every_method_and_rgd_forgets(tmp_path, capsys):
     report = json.loads((tmp_path / "bench.json").read_text())
     assert report["classes"] == [0]
     assert [run["ua"] for run in report["runs"]["RGD"]] == [table["RGD"]["ua"]]
+
+
+def test_bench_digits_stops_when_the_digit_is_gone(tmp_path, capsys):
+    """--stop-ratio makes --steps the cap: the run ends at the first probe where the forget loss has risen to the
+    target, and the table says where; --methods runs only the rows asked for."""
+    table = run(capsys, "bench", "digits", "--classes", "0", "--methods", "RGD", "--steps", "40", "--lr", "3e-3",
+                "--stop-ratio", "1.5", "--stop-every", "2", "--samples-per-class", "4", "--sampling-steps", "5",
+                "--json")
+    assert list(table) == ["original", "RGD"]
+    assert 2 <= table["RGD"]["steps"] < 40 and table["RGD"]["steps"] % 2 == 0
+    assert table["RGD"]["ua"] >= table["original"]["ua"] + 0.5

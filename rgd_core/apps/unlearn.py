@@ -154,6 +154,7 @@ class UnlearnSettings:
     sample_steps: int | None = None
     guidance: float | None = None
     sampler: str | None = None
+    trajectory_points: int = 0
     width: int | None = None
     height: int | None = None
     text_encoders: list[str] | None = None
@@ -318,7 +319,7 @@ NUMBER_RANGES = {
     "width": (8, None), "height": (8, None),
     "lora_rank": (1, None), "seed": (0, None), "checkpoint_every": (0, None),
     "lr": (None, 0.0), "retain_weight": (0.0, None), "guidance": (0.0, None), "truncation_threshold": (None, 0.0),
-    "neighbour_share": (0.0, None), "stop_ratio": (0.0, None), "stop_every": (1, None),
+    "neighbour_share": (0.0, None), "stop_ratio": (0.0, None), "stop_every": (1, None), "trajectory_points": (0, None),
 }
 
 
@@ -635,7 +636,8 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     sampling = {key: settings[key] if settings[key] is not None else default
                 for key, default in sampling_defaults(variant).items()}
     sampler = SamplerSettings(steps=sampling["sample_steps"], guidance_scale=sampling["guidance"],
-                              scheduler=sampling["sampler"], height=settings["height"], width=settings["width"])
+                              scheduler=sampling["sampler"], height=settings["height"], width=settings["width"],
+                              trajectory_points=settings["trajectory_points"])
     if variant is not None:
         _check_flow_settings(settings, sampler)
     elif settings["lora_format"] == "diffusers":
@@ -865,6 +867,9 @@ def user_images(settings: Mapping) -> tuple[list | None, list | None]:
     found = {side: find_images(settings[f"{side}_images"], side) if settings[f"{side}_images"] else None
              for side in ("forget", "retain")}
     forget, retain = found["forget"], found["retain"]
+    if (forget is not None or retain is not None) and settings.get("trajectory_points"):
+        raise RGDInputError("--trajectory-points keeps latents of sampled images; user images have none. Drop "
+                            "--trajectory-points or the image folders.")
     if forget is not None and retain is not None and len(forget) != len(retain):
         raise RGDInputError(
             f"paired training needs as many forget as retain images: {settings['forget_images']} holds "

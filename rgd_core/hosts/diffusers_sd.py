@@ -176,12 +176,18 @@ class SamplerSettings:
     width: int | None = None
     scheduler: str = "ddim"
     batch_size: int = 8
+    # Trajectory reuse: besides x0, keep this many of the noisy latents each trajectory passes through (at steps
+    # chosen per pair from its seed) as training points at their own timesteps (0: x0 only).
+    trajectory_points: int = 0
 
     def __post_init__(self) -> None:
         if self.scheduler not in SAMPLERS:
             raise RGDInputError(f"sampler scheduler must be one of {sorted(SAMPLERS)}, not {self.scheduler!r}.")
         if self.steps < 1 or self.batch_size < 1:
             raise RGDInputError("sampler steps and batch_size must be at least 1.")
+        if not 0 <= self.trajectory_points <= self.steps:
+            raise RGDInputError(f"trajectory points (--trajectory-points) must be between 0 and the sampler's "
+                                f"{self.steps} steps (--sample-steps), not {self.trajectory_points}.")
 
 
 def vae_scale_factor(components) -> int:
@@ -216,7 +222,6 @@ def _make_scheduler(components, name: str):
     return getattr(diffusers, SAMPLERS[name]).from_config(components.scheduler.config)
 
 
-@torch.no_grad()
 def sample_latents(
     components,
     prompts: Sequence[str],
@@ -233,6 +238,22 @@ def sample_latents(
     are done (it may raise to stop). ``seed_indices[i]`` replaces i in the noise seed when ``prompts`` are rows of a
     longer list (a host sampling only the drawn pairs).
     """
+    return sample_trajectories(components, prompts, seed, settings, conditioning, on_batch, seed_indices)[0]
+
+
+@torch.no_grad()
+def sample_trajectories(
+    components,
+    prompts: Sequence[str],
+    seed: int = 0,
+    settings: SamplerSettings | None = None,
+    conditioning: Mapping[str, Tensor] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    seed_indices: Sequence[int] | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``sample_latents``' x0 latents and, with ``settings.trajectory_points`` = P > 0, the P noisy latents each
+    trajectory passed through, (N, P, *latent), at steps chosen from prompt i's own seed (``kept_steps``), with
+    their timesteps as indices into the model's noise schedule, (N, P); otherwise (x0, None, None)."""
     settings = settings or SamplerSettings()
     prompts = list(prompts)
     if not prompts:
@@ -241,16 +262,32 @@ def sample_latents(
     cond, uncond = guidance_conditioning(components, prompts, height, width, conditioning)
     factor = vae_scale_factor(components)
     shape = (latent_channels(components), height // factor, width // factor)
-    out = []
+    out, points, times = [], [], []
     for start in range(0, len(prompts), settings.batch_size):
         index = range(start, min(start + settings.batch_size, len(prompts)))
-        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
-            prompt_seed(seed, i if seed_indices is None else seed_indices[i]))) for i in index])
+        seeds = [prompt_seed(seed, i if seed_indices is None else seed_indices[i]) for i in index]
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
         batch_cond = {key: value[index.start : index.stop] for key, value in cond.items()}
-        out.append(_denoise(components, noise, batch_cond, uncond, settings).float().cpu())
+        passed: list[tuple[int, Tensor]] | None = [] if settings.trajectory_points else None
+        out.append(_denoise(components, noise, batch_cond, uncond, settings, passed).float().cpu())
+        if passed is not None:
+            steps = torch.stack([kept_steps(s, len(passed), settings.trajectory_points) for s in seeds])
+            trajectory = torch.stack([x_t for _, x_t in passed], dim=1)  # (batch, sampler steps, *latent)
+            points.append(trajectory[torch.arange(len(seeds))[:, None], steps])
+            times.append(torch.tensor([t for t, _ in passed])[steps])
         if on_batch is not None:
             on_batch(index.stop)
-    return torch.cat(out)
+    if not points:
+        return torch.cat(out), None, None
+    return torch.cat(out), torch.cat(points), torch.cat(times)
+
+
+def kept_steps(pair_seed: int, sampler_steps: int, count: int) -> Tensor:
+    """Which ``count`` of a trajectory's ``sampler_steps`` noisy latents trajectory reuse keeps (ascending step
+    numbers), drawn from the pair's own noise seed (salted), so a pair keeps the same steps in any batch or subset
+    and both sides of a pair keep the same ones."""
+    generator = torch.Generator().manual_seed((pair_seed + 0x7A1) % 2**63)
+    return torch.randperm(sampler_steps, generator=generator)[:count].sort().values
 
 
 def decode_images(components, latents, batch_size: int = 4) -> np.ndarray:
@@ -288,21 +325,25 @@ def guidance_conditioning(components, prompts: Sequence[str], height: int, width
     return cond, uncond
 
 
-def _denoise(components, noise: Tensor, cond: dict, uncond: dict, settings: SamplerSettings) -> Tensor:
+def _denoise(components, noise: Tensor, cond: dict, uncond: dict, settings: SamplerSettings,
+             passed: list[tuple[int, Tensor]] | None = None) -> Tensor:
+    """x0 from ``noise``; ``passed`` (when given) collects (timestep index, x_t as the model saw it) at every step."""
     unet = components.denoiser
     count = noise.shape[0]
-    if components.prediction_type == FLOW and settings.guidance_scale == 1.0:
-        return _flow_denoise(components, noise, cond, settings, guided=False)  # guidance 1 is the conditional alone
+    if components.prediction_type == FLOW and settings.guidance_scale == 1.0:  # guidance 1 is the conditional alone
+        return _flow_denoise(components, noise, cond, settings, guided=False, passed=passed)
     # One UNet call per step on [uncond; cond], as the pipelines do.
     both = {key: torch.cat([uncond[key].expand(count, *uncond[key].shape[1:]), cond[key]]) for key in cond}
     if components.prediction_type == FLOW:
-        return _flow_denoise(components, noise, both, settings)
+        return _flow_denoise(components, noise, both, settings, passed=passed)
     scheduler = _make_scheduler(components, settings.scheduler)
     device = module_device(unet)
     scheduler.set_timesteps(settings.steps, device=device)
     latents = noise.to(device, unet.dtype) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        if passed is not None:  # the scaled input is the DDPM x_t whatever the scheduler's own latent scale
+            passed.append((int(t), model_input[:count].float().cpu()))
         uncond_out, cond_out = _unet_call(unet, model_input, t, both).chunk(2)
         guided = uncond_out + settings.guidance_scale * (cond_out - uncond_out)
         latents = scheduler.step(guided, t, latents).prev_sample
@@ -315,10 +356,12 @@ def flow_sampling_sigmas(steps: int, shift: float = 1.0) -> Tensor:
     return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()
 
 
-def _flow_denoise(components, noise: Tensor, both: dict, settings: SamplerSettings, guided: bool = True) -> Tensor:
+def _flow_denoise(components, noise: Tensor, both: dict, settings: SamplerSettings, guided: bool = True,
+                  passed: list[tuple[int, Tensor]] | None = None) -> Tensor:
     """Euler steps along the flow ODE dx/dsigma = v from sigma 1 (noise) to 0, CFG on the velocity (``both`` holds
     [uncond; cond]; without ``guided`` it is the conditioning alone). For a straight path DDIM's deterministic step
-    is this same Euler step, so "ddim" and "euler" sample alike here."""
+    is this same Euler step, so "ddim" and "euler" sample alike here. ``passed`` as ``_denoise``'s, the index being
+    that of the training table's sigma nearest the step's."""
     if settings.scheduler not in ("ddim", "euler"):
         raise RGDInputError(f"flow-matching models sample with euler (or ddim, the same step), not "
                             f"{settings.scheduler!r}; pass --sampler euler.")
@@ -326,8 +369,11 @@ def _flow_denoise(components, noise: Tensor, both: dict, settings: SamplerSettin
     device = module_device(unet)
     call = model_call(components)
     sigmas = flow_sampling_sigmas(settings.steps, flow_shift(components)).to(device)
+    table = noise_schedule(components) if passed is not None else None
     x = noise.to(device, unet.dtype)
     for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
+        if passed is not None:
+            passed.append((int((table - sigma.cpu()).abs().argmin()), x.float().cpu()))
         if not guided:
             x = x + (next_sigma - sigma) * call(unet, x, sigma.expand(x.shape[0]), both)
             continue
@@ -383,6 +429,11 @@ def _digest(prompts: list[str]) -> str:
     return hashlib.sha256(json.dumps(prompts, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
+def _sampler_key(settings: SamplerSettings) -> dict:
+    # trajectory reuse off leaves the key as it was before the setting existed, so older caches still hit
+    return {key: value for key, value in asdict(settings).items() if key != "trajectory_points" or value}
+
+
 def cache_key(components, forget: list[str], retain: list[str], settings: SamplerSettings, seed: int) -> str:
     """sha256 over everything the paired data depend on; any change gives a new key, so a stale file never hits.
     Which pairs are sampled is not part of it: one file per key holds every pair sampled so far (``sampled``)."""
@@ -391,7 +442,7 @@ def cache_key(components, forget: list[str], retain: list[str], settings: Sample
         "model": model_fingerprint(components),
         "forget": _digest(forget),
         "retain": _digest(retain),
-        "sampler": asdict(settings),
+        "sampler": _sampler_key(settings),
         "size": image_size(components, settings),
         "seed": seed,
     }
@@ -423,6 +474,9 @@ def build_paired_data(
     grows: a later call samples only the pairs it lacks. User images ignore ``rows``."""
     settings = settings or SamplerSettings()
     if forget_images is not None or retain_images is not None:
+        if settings.trajectory_points:
+            raise RGDInputError("trajectory points come from sampling both sides; drop --trajectory-points or the "
+                                "image folders.")
         return build_image_paired_data(components, forget_set, retain_set, settings, seed, cache_dir,
                                        forget_images=forget_images, retain_images=retain_images)
     forget, retain = _prompt_lists(forget_set, retain_set)
@@ -445,8 +499,9 @@ def build_paired_data(
 def _cached_pairs(cache_dir, key: str, forget_prompts: list[str], retain_prompts: list[str], build,
                   rows: Sequence[int] | None = None) -> PairedData:
     """The data of ``key`` with at least ``rows`` sampled (None: all): what ``cache_dir/<key>.safetensors`` holds,
-    plus ``build(missing rows, or None for all)`` -> ((forget latents, cond), (retain latents, cond)) for the pairs
-    it lacks; the file is then rewritten atomically with everything sampled so far."""
+    plus ``build(missing rows, or None for all)`` -> ((forget latents, cond, points, times), (the same for retain))
+    for the pairs it lacks (points and times None without trajectory reuse); the file is then rewritten atomically
+    with everything sampled so far."""
     path = Path(cache_dir) / f"{key}.safetensors" if cache_dir is not None else None
     cached = _read_cache(path, key) if path is not None and path.is_file() else None
     count = len(forget_prompts)
@@ -455,8 +510,10 @@ def _cached_pairs(cache_dir, key: str, forget_prompts: list[str], retain_prompts
     if cached is not None and wanted <= have:
         return cached
     chosen = None if rows is None and cached is None else sorted(wanted - have)
-    (forget_latents, forget_cond), (retain_latents, retain_cond) = build(chosen)
-    data = PairedData(forget_latents, retain_latents, forget_cond, retain_cond, key, rows_mask(chosen, count))
+    (forget_latents, forget_cond, forget_points, times), (retain_latents, retain_cond, retain_points, _) = build(chosen)
+    # trajectory points (or None): both sides keep the same steps, so one times tensor serves them
+    data = PairedData(forget_latents, retain_latents, forget_cond, retain_cond, key, rows_mask(chosen, count),
+                      forget_points, retain_points, times)
     if cached is not None:
         merge_rows(cached, data)
         data = cached
@@ -468,14 +525,19 @@ def _cached_pairs(cache_dir, key: str, forget_prompts: list[str], retain_prompts
 
 
 def _sample_side(components, prompts: list[str], settings: SamplerSettings, seed: int, on_batch=None, rows=None):
+    """(x0 latents, conditioning, trajectory points or None, their times or None) of every prompt, zeros in the
+    rows not sampled."""
     chosen = prompts if rows is None else [prompts[i] for i in rows]
     cond = encode_prompts(components, chosen)
-    latents = sample_latents(components, chosen, seed, settings, conditioning=cond, on_batch=on_batch,
-                             seed_indices=rows)
+    latents, points, times = sample_trajectories(components, chosen, seed, settings, conditioning=cond,
+                                                 on_batch=on_batch, seed_indices=rows)
     if components.family == "sdxl":
         cond["time_ids"] = sdxl_time_ids(*image_size(components, settings), len(chosen))
     count = len(prompts)
-    return scatter_rows(latents, rows, count), {key: scatter_rows(value, rows, count) for key, value in cond.items()}
+    if points is not None:
+        points, times = scatter_rows(points, rows, count), scatter_rows(times, rows, count)
+    return (scatter_rows(latents, rows, count), {key: scatter_rows(value, rows, count) for key, value in cond.items()},
+            points, times)
 
 
 def _read_cache(path: Path, key: str) -> PairedData | None:
@@ -578,7 +640,7 @@ def _image_cache_key(components, forget: dict, retain: dict, settings: SamplerSe
         "size": image_size(components, settings),
         "images": [PREPARATION, IMAGE_ENCODING],
         # encoding is deterministic: sampler and seed matter only when a side is sampled
-        "sampler": asdict(settings) if sampled else None,
+        "sampler": _sampler_key(settings) if sampled else None,
         "seed": seed if sampled else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
@@ -598,7 +660,7 @@ def _build_side(components, plan: dict, settings: SamplerSettings, seed: int):
     if components.family == "sdxl":
         # the images were resized to the training size, so that is also their "original size" for SDXL
         cond["time_ids"] = sdxl_time_ids(height, width, len(plan["prompts"]))
-    return torch.cat(chunks), cond
+    return torch.cat(chunks), cond, None, None
 
 
 # --- losses for the Unlearner --------------------------------------------------------------------------------

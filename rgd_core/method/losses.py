@@ -62,12 +62,23 @@ def flow_sigmas(count: int = 1000, shift: float = 1.0) -> Tensor:
     return shift_sigma(torch.arange(1, count + 1, dtype=torch.float64) / count, shift).float()
 
 
+def implied_noise(x0: Tensor, x_t: Tensor, levels: Tensor, prediction_type: str) -> Tensor:
+    """The eps for which the forward process takes ``x0`` to ``x_t`` at ``levels`` (abar_t, or sigma for flow
+    models): (x_t - sqrt(abar) x0) / sqrt(1 - abar), or (x_sigma - (1 - sigma) x0) / sigma. A noisy latent the
+    sampler passed through on its way to x0 is then an ordinary training point (x0, eps, t)."""
+    level = _per_sample(levels, x0)
+    if prediction_type == FLOW:
+        return (x_t - (1 - level) * x0) / level
+    return (x_t - level.sqrt() * x0) / (1 - level).sqrt()
+
+
 def denoising_error(
     model: Callable[[Tensor, Tensor], Tensor],
     x0: Tensor,
     noise_schedule: Tensor,
     generator: torch.Generator,
     prediction_type: str = "epsilon",
+    points: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Per-element (prediction - target)^2 at t ~ U{0..T-1}, in the model's own parameterisation.
 
@@ -75,6 +86,11 @@ def denoising_error(
     closes over its conditioning and is called at the noisy input with its time input: the timestep t for
     epsilon/v, the noise level sigma_t for flow. Noise and timesteps come from ``generator`` only (t first, then
     the noise, for every kind), so a step is reproducible from its seed.
+
+    ``points = (x_t, t)`` (trajectory reuse): where ``t[i] >= 0`` (an index into ``noise_schedule``), row i is taken
+    at the noisy latent ``x_t[i]`` the sampler passed through at that t, with the noise that latent implies
+    (``implied_noise``), instead of fresh noise at a drawn t. The draws are made all the same, so the other rows
+    are what they would be without ``points``.
     """
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
@@ -83,6 +99,12 @@ def denoising_error(
     timesteps = timesteps.to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device, x0.dtype)
     noise_schedule = noise_schedule.to(x0.device)
+    if points is not None:
+        point_latents, point_times = points[0].to(x0.device, x0.dtype), points[1].to(x0.device)
+        use = point_times >= 0
+        timesteps = torch.where(use, point_times, timesteps)
+        at_point = implied_noise(x0, point_latents, noise_schedule[timesteps], prediction_type)
+        noise = torch.where(_per_sample(use, x0).bool(), at_point, noise)
     if prediction_type == FLOW:
         sigmas = noise_schedule[timesteps]
         return (model(flow_interpolate(x0, noise, sigmas), sigmas) - flow_velocity(x0, noise)).square()

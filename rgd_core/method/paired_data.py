@@ -39,6 +39,12 @@ class PairedData:
     # Which rows hold sampled latents (a bool per pair); None: all. A host that sampled only the pairs the run
     # draws (``drawn_pairs``) leaves the others zero, and drawing one of them is an error, never silent.
     sampled: Tensor | None = None
+    # Trajectory reuse (the diffusers host's ``trajectory_points``): P noisy latents each trajectory passed through,
+    # (pairs, P, *latent), and their timesteps as indices into the noise schedule, (pairs, P), the same for both
+    # sides of a pair (they start from the same noise and take the same sampler steps). None: x0 only.
+    forget_points: Tensor | None = None
+    retain_points: Tensor | None = None
+    point_times: Tensor | None = None
 
     def __len__(self) -> int:
         return self.forget_latents.shape[0]
@@ -47,6 +53,9 @@ class PairedData:
         tensors = {"forget/latents": self.forget_latents, "retain/latents": self.retain_latents}
         if self.sampled is not None:
             tensors["sampled"] = self.sampled.to(torch.uint8)
+        if self.point_times is not None:
+            tensors.update({"forget/points": self.forget_points, "retain/points": self.retain_points,
+                            "point_times": self.point_times})
         for side, cond in (("forget", self.forget_cond), ("retain", self.retain_cond)):
             tensors.update({f"{side}/cond/{key}": value for key, value in cond.items()})
         return {key: value.contiguous() for key, value in tensors.items()}
@@ -58,7 +67,13 @@ class PairedData:
             return {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
 
         sampled = tensors["sampled"].bool() if "sampled" in tensors else None
-        return cls(tensors["forget/latents"], tensors["retain/latents"], cond("forget"), cond("retain"), key, sampled)
+        return cls(tensors["forget/latents"], tensors["retain/latents"], cond("forget"), cond("retain"), key, sampled,
+                   tensors.get("forget/points"), tensors.get("retain/points"), tensors.get("point_times"))
+
+    @property
+    def points_per_pair(self) -> int:
+        """Noisy trajectory latents kept per pair besides x0 (0: x0 only)."""
+        return 0 if self.point_times is None else self.point_times.shape[1]
 
 
 def drawn_pairs(seed: int, steps: int, count: int, batch_size: int) -> list[int]:
@@ -97,12 +112,18 @@ def merge_rows(data: PairedData, more: PairedData) -> None:
     Both must be the same prompts' data (the same number of pairs and conditioning keys)."""
     if len(more) != len(data) or more.forget_cond.keys() != data.forget_cond.keys():
         raise RGDError("merging sampled pairs of other prompts; this is a bug in the host.")
+    if more.points_per_pair != data.points_per_pair:
+        raise RGDError("merging sampled pairs with another number of trajectory points; this is a bug in the host.")
     new = sorted(sampled_rows(more) - sampled_rows(data))
     if not new:
         return
     index = torch.tensor(new)
     data.forget_latents[index] = more.forget_latents[index]
     data.retain_latents[index] = more.retain_latents[index]
+    if data.point_times is not None:
+        data.forget_points[index] = more.forget_points[index]
+        data.retain_points[index] = more.retain_points[index]
+        data.point_times[index] = more.point_times[index]
     for ours, theirs in ((data.forget_cond, more.forget_cond), (data.retain_cond, more.retain_cond)):
         for key, value in theirs.items():
             ours[key][index] = value[index]
@@ -139,6 +160,15 @@ def batch_indices(generator: torch.Generator, count: int, batch_size: int) -> Te
     return torch.randperm(count, generator=index_generator)[: min(batch_size, count)]
 
 
+def point_choice(generator: torch.Generator, count: int, points_per_pair: int) -> Tensor:
+    """Trajectory reuse: which of its ``points_per_pair`` + 1 training points each of the step's ``count`` rows takes
+    (0: x0 with fresh noise and t; j >= 1: the j-th noisy latent kept from its trajectory). Drawn, like
+    ``batch_indices``, from a copy seeded with the step generator's seed (salted), so a forget row and its paired
+    retain twin take the same point, and the live stream's noise and t are untouched."""
+    choice_generator = torch.Generator().manual_seed((generator.initial_seed() + 0x7A1) % 2**63)
+    return torch.randint(0, points_per_pair + 1, (count,), generator=choice_generator)
+
+
 def batched_losses(
     call: Callable[[nn.Module, Tensor, Tensor, Mapping[str, Tensor]], Tensor],
     data: PairedData,
@@ -163,7 +193,7 @@ def batched_losses(
     if paired and data.retain_latents.shape[0] != len(data):
         raise RGDInputError("paired batches need as many retain examples as forget examples.")
 
-    def make(latents: Tensor, cond: Mapping[str, Tensor], salt: int):
+    def make(latents: Tensor, cond: Mapping[str, Tensor], salt: int, points: Tensor | None):
         def loss(model: nn.Module, generator: torch.Generator) -> Tensor:
             if paired:
                 index = batch_indices(generator, latents.shape[0], batch_size)
@@ -177,9 +207,19 @@ def batched_losses(
             x0 = place(model, latents[index])
             batch_cond = {key: value[index] for key, value in cond.items()}
             return denoising_error(
-                lambda x_t, t: call(model, x_t, t, batch_cond), x0, noise_schedule, generator, prediction_type
+                lambda x_t, t: call(model, x_t, t, batch_cond), x0, noise_schedule, generator, prediction_type,
+                None if points is None else _trajectory_points(generator, index, points, data.point_times),
             )
 
         return loss
 
-    return make(data.forget_latents, data.forget_cond, 0), make(data.retain_latents, data.retain_cond, 1)
+    return (make(data.forget_latents, data.forget_cond, 0, data.forget_points),
+            make(data.retain_latents, data.retain_cond, 1, data.retain_points))
+
+
+def _trajectory_points(generator: torch.Generator, index: Tensor, points: Tensor, times: Tensor):
+    """(x_t, t) for ``denoising_error``: each row's chosen trajectory latent and its t, or t = -1 for x0."""
+    choice = point_choice(generator, index.shape[0], points.shape[1])
+    kept = (choice - 1).clamp(min=0)
+    rows = torch.arange(index.shape[0])
+    return points[index][rows, kept], torch.where(choice > 0, times[index][rows, kept], -1)
