@@ -2,19 +2,20 @@
 the data, side by side with the quality each reaches.
 
     .venv/bin/python benchmarks/time_to_erase.py                          # every setting, striped + triangle, 3 seeds
-    .venv/bin/python benchmarks/time_to_erase.py --settings today,fast --seeds 0 --concepts striped   # a quick look
+    .venv/bin/python benchmarks/time_to_erase.py --settings today,dpm8 --seeds 0 --concepts striped   # a quick look
 
 A "setting" changes the bench's defaults (rgd_bench.shapes_bench.ShapesBenchConfig): how the model samples its own
-training data (sampler, sampler steps, whether only the drawn pairs are sampled, as training goes), and for the
-baseline and the learning-rate rows, how it trains; the evaluation (DDIM 25 steps, 64 held-out prompts per measure,
+training data (sampler, sampler steps, how many pairs, trajectory points, whether only the drawn pairs are
+sampled, as training goes), and for the baseline, the learning-rate, fixed-step and batch rows, how it trains; the evaluation (DDIM 25 steps, 64 held-out prompts per measure,
 the bench's classifier) is the same for all, so the quality columns compare like with like. Per (concept, seed) the
 original model is scored once; every setting then trains from it (RGD, full UNet, 16 + 16 pairs per step). Seconds
 are wall time of this process (run it on a quiet machine; --threads fixes torch's threads); evaluations count
 samples through the UNet (hosts.base.phase), exact whatever the load. docs/results/time_to_erase.json holds the
-first measurement (40 fixed steps, the settings of that time); docs/results/time_to_erase_v2.json this one.
+first measurement (40 fixed steps, the settings of that time); docs/results/time_to_erase_v2.json the second
+(the stop, DPM++ and lr rows); docs/results/time_to_erase_points.json the third (fewer pairs and trajectory reuse).
 
 Prints, per setting: data and training seconds and evaluations, time to erase (data + training) and its speed-up
-over "today", then erasure / in-prompt / retain / collateral as mean ± std over seeds and concepts; with --json PATH
+over "today" (over the first setting when "today" is not run), then erasure / in-prompt / retain / collateral as mean ± std over seeds and concepts; with --json PATH
 also every run. Asserts nothing.
 """
 
@@ -106,13 +107,14 @@ def table(rows: list[dict], settings: list[str]) -> str:
 
 
 def _block(rows: list[dict], settings: list[str]) -> str:
+    """One table; the speed-up is over "today" when it was run, else over the first setting."""
     def of(name):
         return [r for r in rows if r["setting"] == name]
 
-    today = of("today")
-    today_time = statistics.mean(r["phases"]["data"]["seconds"] + r["phases"]["training"]["seconds"]
-                                 for r in today) if today else None
-    header = (f"{'setting':12s} {'steps':>5s} {'data s':>7s} {'data ev':>8s} {'train s':>7s} {'train ev':>8s} "
+    base = of("today") or of(settings[0])
+    base_time = statistics.mean(r["phases"]["data"]["seconds"] + r["phases"]["training"]["seconds"] for r in base)
+    width = max(12, *(len(name) for name in settings))
+    header = (f"{'setting':{width}s} {'steps':>5s} {'data s':>7s} {'data ev':>8s} {'train s':>7s} {'train ev':>8s} "
               f"{'erase s':>7s} "
               f"{'speed-up':>8s}  " + "  ".join(f"{m:>13s}" for m in MEASURES))
     lines = [header, "-" * len(header)]
@@ -120,7 +122,7 @@ def _block(rows: list[dict], settings: list[str]) -> str:
         group = of(name)
         if not group:
             continue
-        cells = [f"{name:12s}"]
+        cells = [f"{name:{width}s}"]
         if name == "original":
             cells.append(" " * 65)
         else:
@@ -132,7 +134,7 @@ def _block(rows: list[dict], settings: list[str]) -> str:
                          f"{statistics.mean(d['evaluations'] for d in data):8.0f} "
                          f"{statistics.mean(t['seconds'] for t in train):7.1f} "
                          f"{statistics.mean(t['evaluations'] for t in train):8.0f} {total:7.1f} "
-                         + (f"{today_time / total:7.1f}x" if today_time else " " * 8))
+                         f"{base_time / total:7.1f}x")
         cells.append("  ".join(f"{_mean_std([r[m] for r in group]):>13s}" for m in MEASURES))
         lines.append(" ".join(cells))
     return "\n".join(lines)
