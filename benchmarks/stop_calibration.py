@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--lr", type=float, default=None, help="default: the bench's")
+    parser.add_argument("--retain-weight", type=float, default=None, help="lambda (default: the bench's)")
     parser.add_argument("--neighbour-share", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
@@ -113,7 +114,8 @@ def main() -> None:
     if args.world == "digits":
         return calibrate_digits(args)
     config = ShapesBenchConfig(model=args.model, steps=args.steps, seed=args.seed, methods=("RGD",),
-                               neighbour_share=args.neighbour_share, **({"lr": args.lr} if args.lr else {}))
+                               neighbour_share=args.neighbour_share, **({"lr": args.lr} if args.lr else {}),
+                               **({"retain_weight": args.retain_weight} if args.retain_weight is not None else {}))
     start = time.perf_counter()
     components = shapes_model.load_model(MODELS[args.model])
     classifier = load_classifier()

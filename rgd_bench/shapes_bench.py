@@ -56,7 +56,8 @@ class ShapesBenchConfig:
     model: str = "v_prediction"  # which shapes model: a key of MODELS
     steps: int = 100  # the cap: the adaptive stop ends a run once the concept is gone (README: Erasure quality)
     lr: float = 1e-4
-    retain_weight: float = 1.0
+    retain_weight: float = 2.0  # lambda: the sweep's choice (README: Erasure quality, docs/results/shapes_sweeps.json)
+    rgd_rule: str = "rgd"  # the update rule of the RGD methods: "rgd" or "rgd-adam" (projected in Adam's metric)
     truncation: str = "none"
     truncation_threshold: float = float("inf")
     batch_size: int = 16
@@ -65,6 +66,7 @@ class ShapesBenchConfig:
     test_prompts: int = 64
     sample_steps: int = 25  # sampler steps of the evaluation and, unless data_steps says otherwise, of the data
     guidance: float = 4.0
+    retain_guidance: float | None = None  # the retain side's data guidance (None: guidance; 1: no CFG, half its cost)
     data_sampler: str = "ddim"  # how the model samples its own training data (SAMPLERS of the diffusers host)
     data_steps: int | None = None  # that sampler's steps (None: sample_steps)
     trajectory_points: int = 0  # noisy latents kept per data trajectory as extra training points (0: x0 only)
@@ -91,6 +93,8 @@ class ShapesBenchConfig:
             raise RGDInputError(f"unknown method {unknown[0]!r}; use some of {', '.join(METHODS)}.")
         if not self.concepts:
             raise RGDInputError("give at least one concept to erase, e.g. striped.")
+        if self.rgd_rule not in ("rgd", "rgd-adam"):
+            raise RGDInputError(f"the RGD methods' rule must be rgd or rgd-adam, not {self.rgd_rule!r}.")
         # the stop and neighbour settings are used only after the original model is scored: check them now
         UnlearnConfig(steps=self.steps, stop_ratio=self.stop_ratio, stop_every=self.stop_every)
         if not 0.0 <= self.neighbour_share <= 1.0:
@@ -221,13 +225,14 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
                         start_guidance=config.guidance, ddim_steps=config.sample_steps, batch_size=config.batch_size,
                         scope=config.scope, seed=config.seed)
         return run_esd(components, train.forget_prompts, esd, callbacks=callbacks)
-    rule = "graddiff" if method == "GradDiff" else "rgd"
+    rule = "graddiff" if method == "GradDiff" else config.rgd_rule
     unlearn_config = UnlearnConfig(method=rule, steps=config.steps, retain_weight=config.retain_weight, lr=config.lr,
                                    truncation=config.truncation, truncation_threshold=config.truncation_threshold,
                                    seed=config.seed, stop_ratio=config.stop_ratio, stop_every=config.stop_every)
     sampler = SamplerSettings(steps=config.data_steps or config.sample_steps, guidance_scale=config.guidance,
                               batch_size=64, scheduler=config.data_sampler,
-                              trajectory_points=config.trajectory_points)
+                              trajectory_points=config.trajectory_points,
+                              retain_guidance_scale=config.retain_guidance)
     sampled = {} if sampled is None else sampled
     if narrow not in sampled:
         recipe = RecipeSettings(unlearn_config, config.scope, config.batch_size, data_seed=config.seed)

@@ -393,6 +393,8 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
         "4.5, Flux 1 with dev's distilled guidance 3.5)")
     add("--sampler", choices=sorted(SAMPLERS), help="sampler of the data (default ddim for SD, euler for SD3/Flux; "
         "dpm++2m needs fewer --sample-steps for the same quality)")
+    add("--retain-guidance", type=float, help="classifier-free guidance of the retain side's data (default: "
+        "--guidance; 1 samples it without guidance, at half its cost)")
     add("--trajectory-points", type=int, help="trajectory reuse: keep this many of the noisy latents each sampled "
         "image passes through as extra training points at their own timesteps (default 0: x0 only)")
     add("--width", type=int, help="width of the sampled training data in pixels (default: the model's native size)")

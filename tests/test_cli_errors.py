@@ -91,6 +91,7 @@ UNLEARN_CASES = {
     "unknown slot name": (["--custom-template", "a {concept} {place}", "--slot", "time: at noon"], "place"),
     "trajectory points negative": (["--trajectory-points", "-1"], "--trajectory-points"),
     "trajectory points past the sampler's steps": (["--trajectory-points", "3"], "--trajectory-points"),
+    "retain guidance negative": (["--retain-guidance", "-1"], "--retain-guidance"),
 }
 
 

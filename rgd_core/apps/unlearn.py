@@ -155,6 +155,7 @@ class UnlearnSettings:
     guidance: float | None = None
     sampler: str | None = None
     trajectory_points: int = 0
+    retain_guidance: float | None = None
     width: int | None = None
     height: int | None = None
     text_encoders: list[str] | None = None
@@ -320,6 +321,7 @@ NUMBER_RANGES = {
     "lora_rank": (1, None), "seed": (0, None), "checkpoint_every": (0, None),
     "lr": (None, 0.0), "retain_weight": (0.0, None), "guidance": (0.0, None), "truncation_threshold": (None, 0.0),
     "neighbour_share": (0.0, None), "stop_ratio": (0.0, None), "stop_every": (1, None), "trajectory_points": (0, None),
+    "retain_guidance": (0.0, None),
 }
 
 
@@ -637,7 +639,8 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
                 for key, default in sampling_defaults(variant).items()}
     sampler = SamplerSettings(steps=sampling["sample_steps"], guidance_scale=sampling["guidance"],
                               scheduler=sampling["sampler"], height=settings["height"], width=settings["width"],
-                              trajectory_points=settings["trajectory_points"])
+                              trajectory_points=settings["trajectory_points"],
+                              retain_guidance_scale=settings["retain_guidance"])
     if variant is not None:
         _check_flow_settings(settings, sampler)
     elif settings["lora_format"] == "diffusers":

@@ -24,7 +24,7 @@ import contextlib
 import copy
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -179,6 +179,9 @@ class SamplerSettings:
     # Trajectory reuse: besides x0, keep this many of the noisy latents each trajectory passes through (at steps
     # chosen per pair from its seed) as training points at their own timesteps (0: x0 only).
     trajectory_points: int = 0
+    # Guidance of the retain side (None: guidance_scale). 1.0 samples the retain images from the conditional alone,
+    # one UNet evaluation per step instead of two; the forget side keeps guidance_scale.
+    retain_guidance_scale: float | None = None
 
     def __post_init__(self) -> None:
         if self.scheduler not in SAMPLERS:
@@ -188,6 +191,15 @@ class SamplerSettings:
         if not 0 <= self.trajectory_points <= self.steps:
             raise RGDInputError(f"trajectory points (--trajectory-points) must be between 0 and the sampler's "
                                 f"{self.steps} steps (--sample-steps), not {self.trajectory_points}.")
+        if self.retain_guidance_scale is not None and not self.retain_guidance_scale >= 0:
+            raise RGDInputError(f"the retain side's guidance (--retain-guidance) must be 0 or more, not "
+                                f"{self.retain_guidance_scale}.")
+
+    def for_retain(self) -> "SamplerSettings":
+        """These settings as the retain side samples with them."""
+        if self.retain_guidance_scale is None:
+            return self
+        return replace(self, guidance_scale=self.retain_guidance_scale, retain_guidance_scale=None)
 
 
 def vae_scale_factor(components) -> int:
@@ -330,10 +342,12 @@ def _denoise(components, noise: Tensor, cond: dict, uncond: dict, settings: Samp
     """x0 from ``noise``; ``passed`` (when given) collects (timestep index, x_t as the model saw it) at every step."""
     unet = components.denoiser
     count = noise.shape[0]
-    if components.prediction_type == FLOW and settings.guidance_scale == 1.0:  # guidance 1 is the conditional alone
+    conditional_only = settings.guidance_scale == 1.0  # guidance 1 is the conditional alone: half the evaluations
+    if components.prediction_type == FLOW and conditional_only:
         return _flow_denoise(components, noise, cond, settings, guided=False, passed=passed)
     # One UNet call per step on [uncond; cond], as the pipelines do.
-    both = {key: torch.cat([uncond[key].expand(count, *uncond[key].shape[1:]), cond[key]]) for key in cond}
+    both = cond if conditional_only else {
+        key: torch.cat([uncond[key].expand(count, *uncond[key].shape[1:]), cond[key]]) for key in cond}
     if components.prediction_type == FLOW:
         return _flow_denoise(components, noise, both, settings, passed=passed)
     scheduler = _make_scheduler(components, settings.scheduler)
@@ -341,11 +355,14 @@ def _denoise(components, noise: Tensor, cond: dict, uncond: dict, settings: Samp
     scheduler.set_timesteps(settings.steps, device=device)
     latents = noise.to(device, unet.dtype) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
-        model_input = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        model_input = scheduler.scale_model_input(latents if conditional_only else torch.cat([latents, latents]), t)
         if passed is not None:  # the scaled input is the DDPM x_t whatever the scheduler's own latent scale
             passed.append((int(t), model_input[:count].float().cpu()))
-        uncond_out, cond_out = _unet_call(unet, model_input, t, both).chunk(2)
-        guided = uncond_out + settings.guidance_scale * (cond_out - uncond_out)
+        if conditional_only:
+            guided = _unet_call(unet, model_input, t, both)
+        else:
+            uncond_out, cond_out = _unet_call(unet, model_input, t, both).chunk(2)
+            guided = uncond_out + settings.guidance_scale * (cond_out - uncond_out)
         latents = scheduler.step(guided, t, latents).prev_sample
     return latents
 
@@ -430,8 +447,10 @@ def _digest(prompts: list[str]) -> str:
 
 
 def _sampler_key(settings: SamplerSettings) -> dict:
-    # trajectory reuse off leaves the key as it was before the setting existed, so older caches still hit
-    return {key: value for key, value in asdict(settings).items() if key != "trajectory_points" or value}
+    # trajectory reuse off and the retain side at the forget side's guidance leave the key as it was before those
+    # settings existed, so older caches still hit
+    unset = {"trajectory_points": 0, "retain_guidance_scale": None}
+    return {key: value for key, value in asdict(settings).items() if key not in unset or value != unset[key]}
 
 
 def cache_key(components, forget: list[str], retain: list[str], settings: SamplerSettings, seed: int) -> str:
@@ -490,7 +509,7 @@ def build_paired_data(
             return None if on_sampled is None else (lambda done: on_sampled(offset + done, total))
 
         return (_sample_side(components, forget, settings, seed, progress(0), chosen),
-                _sample_side(components, retain, settings, seed, progress(total // 2), chosen))
+                _sample_side(components, retain, settings.for_retain(), seed, progress(total // 2), chosen))
 
     key = cache_key(components, forget, retain, settings, seed)
     return _cached_pairs(cache_dir, key, forget, retain, sample, rows)
@@ -615,7 +634,7 @@ def build_image_paired_data(
     key = _image_cache_key(components, forget, retain, settings, seed)
     return _cached_pairs(cache_dir, key, forget["prompts"], retain["prompts"],
                          lambda chosen: (_build_side(components, forget, settings, seed),
-                                         _build_side(components, retain, settings, seed)))
+                                         _build_side(components, retain, settings.for_retain(), seed)))
 
 
 def _side_plan(images, pool: list[str], count: int) -> dict:
