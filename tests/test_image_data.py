@@ -10,6 +10,7 @@ from PIL import Image, features
 from safetensors import safe_open
 
 import sd_fixtures
+from recorded_calls import recorded_calls
 from rgd_core import cli
 from rgd_core.hosts import diffusers_sd
 from rgd_core.hosts.diffusers_sd import (
@@ -59,12 +60,6 @@ def image_folder(root, count, captions=None, start_seed=0):
     for i, text in (captions or {}).items():
         (root / f"img{i}.txt").write_text(text)
     return root
-
-
-def count_calls(module):
-    calls = []
-    handle = module.register_forward_hook(lambda *args: calls.append(1))
-    return calls, handle
 
 
 # --- finding and preparing images -----------------------------------------------------------------------------
@@ -156,9 +151,7 @@ def test_forget_images_replace_the_samples(sd1, prompts, tmp_path):
 def test_images_are_encoded_once_and_the_cache_follows_the_files(sd1, prompts, tmp_path):
     folder = image_folder(tmp_path / "forget", 2)
     cache = tmp_path / "cache"
-    vae_calls, vae_hook = count_calls(sd1.vae.encoder)
-    unet_calls, unet_hook = count_calls(sd1.unet)
-    try:
+    with recorded_calls(sd1.vae.encoder) as vae_calls, recorded_calls(sd1.unet) as unet_calls:
         first = build_paired_data(sd1, prompts, settings=FAST, cache_dir=cache, forget_images=folder)
         assert len(vae_calls) == 1 and unet_calls  # one VAE batch; the retain side was sampled
         assert [path.name for path in cache.iterdir()] == [f"{first.key}.safetensors"]
@@ -174,19 +167,13 @@ def test_images_are_encoded_once_and_the_cache_follows_the_files(sd1, prompts, t
         assert not torch.allclose(changed.forget_latents[1], first.forget_latents[1], atol=1e-3)
         # image 0 re-encoded beside another image 1: the same latent up to float round-off
         torch.testing.assert_close(changed.forget_latents[0], first.forget_latents[0], atol=1e-5, rtol=1e-5)
-    finally:
-        vae_hook.remove()
-        unet_hook.remove()
 
 
 def test_both_sides_as_images_and_count_checks(sd1, prompts, tmp_path):
     forget = image_folder(tmp_path / "forget", 2)
     retain = image_folder(tmp_path / "retain", 2, start_seed=10)
-    unet_calls, hook = count_calls(sd1.unet)
-    try:
+    with recorded_calls(sd1.unet) as unet_calls:
         data = build_paired_data(sd1, prompts, settings=FAST, forget_images=forget, retain_images=retain)
-    finally:
-        hook.remove()
     assert not unet_calls  # nothing sampled
     assert len(data) == 2 and data.retain_latents.shape == data.forget_latents.shape
 

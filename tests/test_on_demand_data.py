@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import sd_fixtures
+from recorded_calls import recorded_calls
 from rgd_core.checkpoints.load import PipelineComponents
 from rgd_core.errors import UnlearningCancelled
 from rgd_core.hosts.base import RecipeSettings, Trainee, run_unlearning
@@ -142,9 +143,7 @@ def test_the_sd_cache_grows_by_the_pairs_a_call_lacks(tmp_path):
     forget = [f"a nude person, view {i}" for i in range(6)]
     retain = [f"a person, view {i}" for i in range(6)]
     fast = SamplerSettings(steps=2, guidance_scale=5.0)
-    calls = []
-    handle = sd1.unet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
-    try:
+    with recorded_calls(sd1.unet) as calls:
         first = build_paired_data(sd1, forget, retain, settings=fast, seed=0, cache_dir=tmp_path, rows=[0, 2])
         assert sum(calls) == 2 * 2 * fast.steps * 2  # 2 rows, both sides, 2 steps, guidance doubling
         calls.clear()
@@ -161,5 +160,3 @@ def test_the_sd_cache_grows_by_the_pairs_a_call_lacks(tmp_path):
         reference = build_paired_data(sd1, forget, retain, settings=fast, seed=0)
         # every pair from its own noise: equal to one full sampling up to batch composition (last float bits)
         torch.testing.assert_close(full.forget_latents, reference.forget_latents, atol=1e-4, rtol=1e-4)
-    finally:
-        handle.remove()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import sd_fixtures
+from recorded_calls import recorded_calls
 from rgd_core.checkpoints.load import PipelineComponents
 from rgd_core.errors import RGDInputError
 from rgd_core.hosts.base import phase
@@ -24,20 +25,10 @@ def sd1():
     return PipelineComponents(family="sd1", **sd_fixtures.build_components("sd1"))
 
 
-def _calls(unet):
-    """Batch sizes of every UNet call while the context is open."""
-    sizes = []
-    handle = unet.register_forward_hook(lambda module, args, output: sizes.append(args[0].shape[0]))
-    return sizes, handle
-
-
 def test_guidance_one_samples_the_conditional_alone_in_half_the_evaluations(sd1):
     settings = SamplerSettings(steps=STEPS, guidance_scale=1.0, batch_size=8)
-    sizes, handle = _calls(sd1.unet)
-    try:
+    with recorded_calls(sd1.unet) as sizes:
         alone = sample_latents(sd1, RETAIN, seed=2, settings=settings)
-    finally:
-        handle.remove()
     assert sizes == [len(RETAIN)] * STEPS  # no unconditional half
     # the guided formula at scale 1 gives the same images (up to float rounding: a batch twice the size)
     guided = sample_latents(sd1, RETAIN, seed=2, settings=SamplerSettings(steps=STEPS, guidance_scale=1.0 + 1e-7,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import sd_fixtures
+from recorded_calls import recorded_calls
 from rgd_core.edits.scopes import scope_filter
 from rgd_core.hosts.diffusers_sd import (
     PAPER_NUDITY_SD14,
@@ -55,12 +56,6 @@ def snapshot(module):
     return {key: value.detach().clone() for key, value in module.state_dict().items()}
 
 
-def count_unet_calls(unet):
-    calls = []
-    handle = unet.register_forward_hook(lambda *args: calls.append(1))
-    return calls, handle
-
-
 # --- data ------------------------------------------------------------------------------------------------------
 
 
@@ -85,8 +80,7 @@ def test_conditioning_shapes(sd1):
 
 
 def test_paired_data_cache_hit_and_miss(sd1, prompts, tmp_path):
-    calls, handle = count_unet_calls(sd1.unet)
-    try:
+    with recorded_calls(sd1.unet) as calls:
         data = build_paired_data(sd1, prompts, settings=FAST, seed=0, cache_dir=tmp_path)
         assert calls, "the first call must sample"
         files = list(tmp_path.iterdir())
@@ -109,8 +103,6 @@ def test_paired_data_cache_hit_and_miss(sd1, prompts, tmp_path):
             other = build_paired_data(sd1, case["forget"], retain, settings=case["settings"], seed=case["seed"],
                                       cache_dir=tmp_path)
             assert calls and other.key != data.key
-    finally:
-        handle.remove()
 
 
 def test_corrupt_cache_file_is_recomputed(sd1, prompts, tmp_path, data):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import sd_fixtures
+from recorded_calls import recorded_calls
 from rgd_core.checkpoints.load import PipelineComponents
 from rgd_core.errors import RGDInputError
 from rgd_core.hosts.diffusers_sd import SamplerSettings, build_paired_data, kept_steps, noise_schedule
@@ -113,16 +114,12 @@ def test_the_target_at_a_point_is_the_noise_it_implies():
 def test_points_are_cached_and_grow_with_the_pairs(sd1, tmp_path):
     settings = SamplerSettings(steps=STEPS, guidance_scale=5.0, trajectory_points=POINTS)
     first = build_paired_data(sd1, FORGET, RETAIN, settings=settings, seed=0, cache_dir=tmp_path, rows=[1, 3])
-    calls = []
-    handle = sd1.unet.register_forward_hook(lambda module, args, output: calls.append(1))
-    try:
+    with recorded_calls(sd1.unet) as calls:
         more = build_paired_data(sd1, FORGET, RETAIN, settings=settings, seed=0, cache_dir=tmp_path, rows=[3, 4])
         assert len(calls) == 2 * STEPS, "only pair 4 is sampled (both sides, one batch each)"
         calls.clear()
         again = build_paired_data(sd1, FORGET, RETAIN, settings=settings, seed=0, cache_dir=tmp_path, rows=[1, 4])
         assert not calls
-    finally:
-        handle.remove()
     assert torch.equal(again.forget_points[1], first.forget_points[1])
     assert torch.equal(again.point_times, more.point_times) and again.point_times[[1, 3, 4]].min() >= 0
     # x0 only keeps the cache key it always had; points make a new file
