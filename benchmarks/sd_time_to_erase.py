@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/sd_time_to_erase.py                 # CPU, 8x8 latents (64 px), SD1.5-sized UNet
     python benchmarks/sd_time_to_erase.py --device cuda --latent 64 # GPU, 512 px
+    python benchmarks/sd_time_to_erase.py --device cuda --latent 64 --precision bf16   # the same in bf16
 
 The evaluation counts are exact (they follow from the settings: both sides of every sampled pair, the sampler's
 steps, classifier-free guidance doubling each call; training = steps x forget + retain batch). The seconds are
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sd_step import build_models, pipeline_components  # noqa: E402
 
 from rgd_core.apps.unlearn import PRESETS  # noqa: E402
+from rgd_core.devices import PRECISIONS  # noqa: E402
 from rgd_core.hosts.diffusers_sd import SamplerSettings, sample_latents, unlearn_sd  # noqa: E402
 from rgd_core.method.paired_data import PairedData, drawn_pairs, steps_to_sample  # noqa: E402
 from rgd_core.method.unlearner import PROBE_BATCHES, STOP_RATIO, UnlearnConfig  # noqa: E402
@@ -71,14 +73,16 @@ def counts(setting: dict) -> dict:
             "training": trained * 2 * BATCH + probes, "steps": trained, "probe": probes}
 
 
-def measure(device: str, latent: int, repeats: int) -> dict:
-    """Seconds per sampler step of 8 prompts (16 UNet samples with guidance) and per RGD step."""
+def measure(device: str, latent: int, repeats: int, precision: str = "fp32") -> dict:
+    """Seconds per sampler step of 8 prompts (16 UNet samples with guidance) and per RGD step, the forward in
+    ``precision`` (``--precision``)."""
     components = pipeline_components("sd15", build_models("sd15", device))
     # no VAE is built (latents are what is sampled); the sampler only asks it for SD's 8x downscale factor
     vae = SimpleNamespace(config=SimpleNamespace(block_out_channels=(128, 256, 512, 512)))
     components = replace(components, vae=vae)
     prompts = [f"a photo of a harbour at dusk, view {i}" for i in range(BATCH)]
-    settings = SamplerSettings(steps=2, guidance_scale=7.5, height=latent * 8, width=latent * 8, batch_size=BATCH)
+    settings = SamplerSettings(steps=2, guidance_scale=7.5, height=latent * 8, width=latent * 8, batch_size=BATCH,
+                               precision=precision)
     sample_latents(components, prompts, SEED, settings)  # warm-up
     start = time.perf_counter()
     for _ in range(repeats):
@@ -92,7 +96,7 @@ def measure(device: str, latent: int, repeats: int) -> dict:
     config = UnlearnConfig(method="rgd", steps=train_steps, lr=1e-5, retain_weight=1.6, seed=SEED)
     records: list = []
     unlearn_sd(components, [], config=config, scope="full", batch_size=BATCH, data=data,
-               callbacks=[lambda record: records.append(record)])
+               callbacks=[lambda record: records.append(record)], precision=precision)
     step_seconds = sum(r["seconds"] for r in records[1:]) / repeats  # the first step warms up
     return {"sampler_step": per_step, "training_step": step_seconds}
 
@@ -103,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latent", type=int, default=8, help="latent side (8 = 64 px; SD1.5's own is 64 = 512 px)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="the forward's precision (rgd unlearn "
+                        "--precision)")
     parser.add_argument("--costs", metavar="SAMPLER_STEP,TRAINING_STEP",
                         help="seconds measured before (one sampler step of 8 prompts, one RGD step); measure nothing")
     args = parser.parse_args(argv)
@@ -112,10 +118,10 @@ def main(argv: list[str] | None = None) -> None:
         sampler_step, training_step = (float(value) for value in args.costs.split(","))
         cost = {"sampler_step": sampler_step, "training_step": training_step}
     else:
-        cost = measure(args.device, args.latent, args.repeats)
+        cost = measure(args.device, args.latent, args.repeats, args.precision)
     where = ("seconds given with --costs" if args.costs else
              f"{args.latent}x{args.latent} latents, {args.device} ({platform.processor() or platform.machine()}, "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads)")
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision})")
     print(f"SD1.5-sized random UNet, {where}: one sampler step of {BATCH} prompts with CFG {cost['sampler_step']:.2f} s; one RGD step of {BATCH} + {BATCH} (full UNet) {cost['training_step']:.2f} s")
     header = (f"{'setting':12s} {'pairs':>6s} {'sampled':>8s} {'sampler':>10s} {'data ev':>9s} {'train ev':>9s} "
               f"{'data s':>8s} {'train s':>8s} {'erase s':>8s} {'speed-up':>8s}")

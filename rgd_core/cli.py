@@ -365,6 +365,11 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--stop-every", type=int, help=f"probe every N steps for the adaptive stop (default {d['stop_every']})")
     add("--device", help="where to sample and train: auto (a CUDA GPU when torch sees one, else the CPU), cpu, "
         "cuda, cuda:N or mps (default auto)")
+    add("--precision", choices=unlearn.PRECISIONS, help="how the model's forward computes while sampling and "
+        "training: fp32, or bf16 (bfloat16 autocast for GPUs that have it; the weights, the edit and Adam stay "
+        "float32; on a CPU it is usually slower) (default fp32)")
+    add("--gradient-checkpointing", action="store_true", default=None, help="recompute each block's activations "
+        "in the backward pass instead of keeping them: less memory, more training time")
     add("--forget-prompts", metavar="FILE", help="your own forget prompts, one a line (with --retain-prompts: "
         "line i of one pairs with line i of the other); replaces the prompt preset")
     add("--retain-prompts", metavar="FILE", help="the retain twin of each --forget-prompts line, one a line")
@@ -441,8 +446,16 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error of rgd (argparse's own prints the whole usage
+    first, thirty lines for `rgd unlearn`, with the error last). Subcommands inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"rgd: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rgd", description="RGD concept unlearning for diffusion models.")
+    parser = OneLineParser(prog="rgd", description="RGD concept unlearning for diffusion models.")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
     commands = parser.add_subparsers(dest="command", required=True)
     debug = argparse.ArgumentParser(add_help=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from rgd_core.apps.unlearn import METHODS
+from rgd_core.devices import PRECISIONS
 from rgd_core.edits.scopes import SCOPES
 from rgd_core.hosts.diffusers_sd import SAMPLERS
 
@@ -77,6 +78,12 @@ def build_blocks(host, run: Callable, interrupt: Callable[[], None], webui: bool
                         c["sample_steps"] = gr.Number(value=d.sample_steps, label="Sampling steps", precision=0)
                         c["guidance"] = gr.Number(value=d.guidance, label="CFG scale")
                         c["sampler"] = gr.Dropdown(choices=list(SAMPLERS), value=d.sampler, label="Sampler")
+                with gr.Accordion("Speed and memory", open=False):
+                    with gr.Row():
+                        c["precision"] = gr.Dropdown(choices=list(PRECISIONS), value=d.precision,
+                                                     label="Precision (bf16: faster on GPUs that have it)")
+                        c["gradient_checkpointing"] = gr.Checkbox(value=d.gradient_checkpointing,
+                                                                  label="Gradient checkpointing (less memory)")
                 with gr.Accordion("Model family and config", open=False):
                     with gr.Row():
                         c["family"] = gr.Dropdown(choices=list(FAMILY_CHOICES), value=d.family,

@@ -60,6 +60,8 @@ class TabForm:
     sample_steps: int = SD_SAMPLING["sample_steps"]  # the tab edits SD checkpoints
     guidance: float = SD_SAMPLING["guidance"]
     sampler: str = SD_SAMPLING["sampler"]
+    precision: str = DEFAULTS["precision"]  # "bf16": bfloat16 autocast, for GPUs that have it
+    gradient_checkpointing: bool = DEFAULTS["gradient_checkpointing"]  # less memory, more training time
     name: str = ""
     save_checkpoint: bool = True
     save_lora: bool = True
@@ -109,7 +111,7 @@ def settings_for(form: TabForm, places: Places) -> dict:
     settings = {key: getattr(form, key) for key in (
         "concept", "method", "scope", "steps", "retain_weight", "truncation_threshold", "lr", "batch_size", "seed",
         "lora_rank", "train_prompts", "sample_steps", "guidance", "sampler", "overwrite", "resume", "save_lora",
-        "neighbour_share", "stop_ratio")}
+        "neighbour_share", "stop_ratio", "precision", "gradient_checkpointing")}
     settings.update(
         checkpoint=str(checkpoint),
         concept=form.concept.strip(),

@@ -92,6 +92,7 @@ UNLEARN_CASES = {
     "trajectory points negative": (["--trajectory-points", "-1"], "--trajectory-points"),
     "trajectory points past the sampler's steps": (["--trajectory-points", "3"], "--trajectory-points"),
     "retain guidance negative": (["--retain-guidance", "-1"], "--retain-guidance"),
+    "precision fp16": (["--precision", "fp16"], "--precision"),
 }
 
 

@@ -68,7 +68,7 @@ from rgd_core.checkpoints.load import (
 from rgd_core.edits.lora import lora_modules, merge_lora, save_diffusers_lora, save_kohya_lora
 from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
 from rgd_core.devices import AUTO as AUTO_DEVICE
-from rgd_core.devices import move_components, resolve_device
+from rgd_core.devices import PRECISIONS, move_components, resolve_device
 from rgd_core.errors import RGDInputError, UnlearningCancelled
 from rgd_core.files import atomic_write_bytes
 from rgd_core.hosts.base import RecipeSettings, add_phases, phase, run_metadata, training_rows
@@ -179,6 +179,8 @@ class UnlearnSettings:
     stop_ratio: float = STOP_RATIO
     stop_every: int = 5
     device: str = AUTO_DEVICE
+    precision: str = "fp32"  # devices.PRECISIONS
+    gradient_checkpointing: bool = False
     lora_out: str | None = None
     save_lora: bool = True
     lora_format: str = "kohya"
@@ -201,7 +203,7 @@ SETTING_TYPES: dict[str, type] = _setting_types()
 # Settings that may differ between an interrupted run and its --resume: they change neither the data nor the steps
 # already taken (``steps`` may grow to train on).
 RESUME_FREE = ("steps", "overwrite", "resume", "checkpoint_every", "format", "name", "out", "cache_dir", "lora_out",
-               "save_lora", "state_dir", "device", "lora_format")
+               "save_lora", "state_dir", "device", "lora_format", "gradient_checkpointing")
 
 # How each family samples its own data unless told otherwise: SD's usual 50 DDIM steps at guidance 7.5; SD3 and Flux
 # their own steps and guidance with Euler steps along the flow (``flow_load.FLOW_SAMPLING``).
@@ -330,7 +332,8 @@ def _check_settings(settings: dict) -> None:
         if not settings[key] or not str(settings[key]).strip():
             raise RGDInputError(f"{option_flag(key)} is required (on the command line or in the --config file).")
     choices = {"method": METHODS, "truncation": TRUNCATIONS, "family": CLI_FAMILIES, "lora_format": LORA_FORMATS,
-               "prompt_preset": PROMPT_PRESETS, "format": MODEL_FORMATS, "scope": SCOPES, "sampler": tuple(SAMPLERS)}
+               "prompt_preset": PROMPT_PRESETS, "format": MODEL_FORMATS, "scope": SCOPES, "sampler": tuple(SAMPLERS),
+               "precision": PRECISIONS}
     for key, allowed in choices.items():
         if settings[key] is not None and settings[key] not in allowed:
             raise RGDInputError(f"{option_flag(key)} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
@@ -640,7 +643,7 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     sampler = SamplerSettings(steps=sampling["sample_steps"], guidance_scale=sampling["guidance"],
                               scheduler=sampling["sampler"], height=settings["height"], width=settings["width"],
                               trajectory_points=settings["trajectory_points"],
-                              retain_guidance_scale=settings["retain_guidance"])
+                              retain_guidance_scale=settings["retain_guidance"], precision=settings["precision"])
     if variant is not None:
         _check_flow_settings(settings, sampler)
     elif settings["lora_format"] == "diffusers":
@@ -713,6 +716,7 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
             should_stop=should_stop, lora_rank=settings["lora_rank"], checkpoint_path=plan.resume_state,
             checkpoint_every=settings["checkpoint_every"],
             resume_from=plan.resume_state if settings["resume"] else None, phases=phases, watch=previews.watch,
+            precision=settings["precision"], gradient_checkpointing=settings["gradient_checkpointing"],
         )
         previews.finish(unet)
     except UnlearningCancelled as stopped:

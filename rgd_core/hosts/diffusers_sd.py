@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rgd_core.devices import autocast, check_precision
 from rgd_core.edits.lora import add_lora, lora_parameters_filter
 from rgd_core.edits.scopes import LORA_SCOPE, check_scope, scope_filter
 from rgd_core.errors import RGDInputError
@@ -182,6 +183,8 @@ class SamplerSettings:
     # Guidance of the retain side (None: guidance_scale). 1.0 samples the retain images from the conditional alone,
     # one UNet evaluation per step instead of two; the forget side keeps guidance_scale.
     retain_guidance_scale: float | None = None
+    # "bf16": the UNet's forward under bfloat16 autocast (devices.PRECISIONS); the latents stay float32
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.scheduler not in SAMPLERS:
@@ -194,6 +197,7 @@ class SamplerSettings:
         if self.retain_guidance_scale is not None and not self.retain_guidance_scale >= 0:
             raise RGDInputError(f"the retain side's guidance (--retain-guidance) must be 0 or more, not "
                                 f"{self.retain_guidance_scale}.")
+        check_precision(self.precision)
 
     def for_retain(self) -> "SamplerSettings":
         """These settings as the retain side samples with them."""
@@ -281,7 +285,9 @@ def sample_trajectories(
         noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
         batch_cond = {key: value[index.start : index.stop] for key, value in cond.items()}
         passed: list[tuple[int, Tensor]] | None = [] if settings.trajectory_points else None
-        out.append(_denoise(components, noise, batch_cond, uncond, settings, passed).float().cpu())
+        with autocast(module_device(components.denoiser), settings.precision):
+            x0 = _denoise(components, noise, batch_cond, uncond, settings, passed)
+        out.append(x0.float().cpu())
         if passed is not None:
             steps = torch.stack([kept_steps(s, len(passed), settings.trajectory_points) for s in seeds])
             trajectory = torch.stack([x_t for _, x_t in passed], dim=1)  # (batch, sampler steps, *latent)
@@ -358,10 +364,11 @@ def _denoise(components, noise: Tensor, cond: dict, uncond: dict, settings: Samp
         model_input = scheduler.scale_model_input(latents if conditional_only else torch.cat([latents, latents]), t)
         if passed is not None:  # the scaled input is the DDPM x_t whatever the scheduler's own latent scale
             passed.append((int(t), model_input[:count].float().cpu()))
+        # the prediction in the latents' dtype: under bf16 autocast the UNet answers in bfloat16
         if conditional_only:
-            guided = _unet_call(unet, model_input, t, both)
+            guided = _unet_call(unet, model_input, t, both).to(latents.dtype)
         else:
-            uncond_out, cond_out = _unet_call(unet, model_input, t, both).chunk(2)
+            uncond_out, cond_out = _unet_call(unet, model_input, t, both).to(latents.dtype).chunk(2)
             guided = uncond_out + settings.guidance_scale * (cond_out - uncond_out)
         latents = scheduler.step(guided, t, latents).prev_sample
     return latents
@@ -392,9 +399,9 @@ def _flow_denoise(components, noise: Tensor, both: dict, settings: SamplerSettin
         if passed is not None:
             passed.append((int((table - sigma.cpu()).abs().argmin()), x.float().cpu()))
         if not guided:
-            x = x + (next_sigma - sigma) * call(unet, x, sigma.expand(x.shape[0]), both)
+            x = x + (next_sigma - sigma) * call(unet, x, sigma.expand(x.shape[0]), both).to(x.dtype)
             continue
-        uncond_v, cond_v = call(unet, torch.cat([x, x]), sigma.expand(2 * x.shape[0]), both).chunk(2)
+        uncond_v, cond_v = call(unet, torch.cat([x, x]), sigma.expand(2 * x.shape[0]), both).to(x.dtype).chunk(2)
         x = x + (next_sigma - sigma) * (uncond_v + settings.guidance_scale * (cond_v - uncond_v))
     return x
 
@@ -447,9 +454,9 @@ def _digest(prompts: list[str]) -> str:
 
 
 def _sampler_key(settings: SamplerSettings) -> dict:
-    # trajectory reuse off and the retain side at the forget side's guidance leave the key as it was before those
-    # settings existed, so older caches still hit
-    unset = {"trajectory_points": 0, "retain_guidance_scale": None}
+    # trajectory reuse off, the retain side at the forget side's guidance and float32 leave the key as it was
+    # before those settings existed, so older caches still hit
+    unset = {"trajectory_points": 0, "retain_guidance_scale": None, "precision": "fp32"}
     return {key: value for key, value in asdict(settings).items() if key not in unset or value != unset[key]}
 
 
@@ -728,6 +735,7 @@ def unlearn_sd(
     resume_from: str | Path | None = None,
     phases: dict | None = None,
     watch: Callable[[nn.Module], None] | None = None,
+    precision: str = "fp32",
 ) -> tuple[nn.Module, list[dict]]:
     """RGD on a Stable Diffusion UNet: sample (or load) the paired data, then run the Unlearner on the parameters
     of ``scope``. Returns the edited UNet (a copy; ``components.unet`` is never changed) and the step records.
@@ -745,9 +753,11 @@ def unlearn_sd(
     from (bit-identical to an uninterrupted run). ``phases``, a dict, receives the seconds and UNet evaluations
     of the data and training phases (``hosts.base.phase``). A ``forget_set`` of several concepts (its
     ``pair_concepts``) makes the adaptive stop wait for each of them. ``watch(module)`` is called with the module
-    being trained before the first step (a host's live previews sample from it)."""
+    being trained before the first step (a host's live previews sample from it). ``precision`` "bf16" trains with
+    the forward (and the probe's) under bfloat16 autocast, the weights and their gradients float32; the data
+    follow ``sampler.precision``."""
     config = config or paper_nudity_sd14_config()
-    host = DiffusersHost(components, sampler, cache_dir, forget_images, retain_images)
+    host = DiffusersHost(components, sampler, cache_dir, forget_images, retain_images, precision)
     # the prompts go along with given data too: pairs that data lack are sampled as training goes
     forget, retain = (None, None) if forget_set is None else _prompt_lists(forget_set, retain_set)
     settings = RecipeSettings(config, scope, batch_size, lora_rank, lora_alpha, paired, data_seed)
@@ -778,7 +788,8 @@ def _gradient_checkpointing(unet: nn.Module):
 class DiffusersHost:
     """The recipe's host for diffusers pipeline components (SD1.x, SD2.x, SDXL, and the shapes world's model):
     data sampled by the model itself with ``sampler`` (or the user's images), cached under ``cache_dir``; the UNet
-    trained on a scope (a deep copy: ``components.unet`` is never written) or LoRA-wrapped (``scope="lora"``)."""
+    trained on a scope (a deep copy: ``components.unet`` is never written) or LoRA-wrapped (``scope="lora"``),
+    its forward under ``precision`` (``devices.PRECISIONS``)."""
 
     # sampling uses ``components``' own UNet, which training never writes (it trains a copy): pairs can be sampled
     # on demand while the copy trains
@@ -786,14 +797,15 @@ class DiffusersHost:
 
     def __init__(self, components, sampler: SamplerSettings | None = None, cache_dir: str | Path | None = None,
                  forget_images: Sequence[ImageFile] | str | Path | None = None,
-                 retain_images: Sequence[ImageFile] | str | Path | None = None) -> None:
+                 retain_images: Sequence[ImageFile] | str | Path | None = None, precision: str = "fp32") -> None:
+        check_precision(precision)
         self.components = components
         self.sampler = sampler
         self.cache_dir = cache_dir
         self.forget_images, self.retain_images = forget_images, retain_images
         self.prediction_type = components.prediction_type
         self.noise_schedule = noise_schedule(components)
-        self.call = model_call(components)
+        self.call = _in_precision(model_call(components), precision)
         self.evaluated_module = components.denoiser
 
     def paired_data(self, forget_prompts: Sequence[str], retain_prompts: Sequence[str], seed: int,
@@ -812,3 +824,17 @@ class DiffusersHost:
         else:
             yield Trainee(self.components.denoiser, self.call, scope_filter(scope), in_place=False,
                           place=_place_on_unet)
+
+
+def _in_precision(call, precision: str):
+    """``call(unet, x, t, cond)`` with the forward under ``precision``'s autocast and the prediction back in x's
+    dtype, so the loss and everything after it compute in float32; "fp32" returns ``call`` itself."""
+    if precision == "fp32":
+        return call
+
+    def cast_call(unet: nn.Module, x: Tensor, t: Tensor, cond: Mapping[str, Tensor]) -> Tensor:
+        with autocast(x.device, precision):
+            prediction = call(unet, x, t, cond)
+        return prediction.to(x.dtype)
+
+    return cast_call

@@ -159,7 +159,10 @@ class Unlearner:
     def _make_optimizer(self) -> torch.optim.Optimizer:
         if self.config.optimizer == "sgd":
             return torch.optim.SGD(self.params, lr=self.config.lr)
-        return torch.optim.Adam(self.params, lr=self.config.lr)
+        # On GPUs, Adam's fused kernel updates every parameter in one launch (the default loops over tensors); CPU
+        # runs keep the default, so their results stay bit-for-bit what they were.
+        fused = all(p.is_cuda for p in self.params) or None
+        return torch.optim.Adam(self.params, lr=self.config.lr, fused=fused)
 
     # -- the loop -------------------------------------------------------------------------------------------
 
