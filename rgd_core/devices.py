@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from rgd_core.errors import RGDInputError
 
 AUTO = "auto"
 
 # How the model's forward computes (--precision). The weights, the edit and the optimizer always stay float32;
-# "bf16" runs the forward's matrix products and convolutions in bfloat16 under autocast (GPUs with bf16: about half
-# the time and activation memory; on CPUs autocast's casts usually cost more than they save). float16 is not offered:
-# its gradients would need loss scaling, which RGD's projections between two gradients would then have to undo.
+# "bf16" runs the forward's matrix products and convolutions in bfloat16 under autocast, the arithmetic recent GPUs
+# are fastest at (not measured here: no GPU was lent; on this project's CPUs the casts cost more than they save,
+# README "Time to erase"). float16 is not offered: its gradients would need loss scaling, which RGD's projections
+# between two gradients would then have to undo.
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -56,9 +59,27 @@ def check_precision(precision: str) -> str:
 
 def autocast(device, precision: str):
     """The context a forward runs under for ``precision`` on ``device`` (a torch.device or its name): bfloat16
-    autocast for "bf16", nothing for "fp32"."""
+    autocast for "bf16"; for "fp32" no context at all (a disabled autocast would switch off a caller's own, and
+    older torch refuses to build one for some devices)."""
     import torch
 
-    check_precision(precision)
-    device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    if check_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def check_bf16(device: str, precision: str) -> None:
+    """Refuse ``--precision bf16`` on a device this torch cannot run it on, before the model loads."""
+    import torch
+
+    if check_precision(precision) == "fp32":
+        return
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise RGDInputError(f"--precision bf16: this GPU ({torch.cuda.get_device_name(device)}) has no bfloat16; "
+                            "use --precision fp32.")
+    try:
+        torch.autocast(kind, dtype=torch.bfloat16)
+    except RuntimeError as error:
+        raise RGDInputError(f"--precision bf16 does not run on {device} with torch {torch.__version__} ({error}); "
+                            "use --precision fp32.") from None

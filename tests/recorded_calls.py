@@ -10,7 +10,11 @@ import contextlib
 def recorded_calls(module):
     """Yields a list that gets the batch size of every forward call of ``module`` made inside the block."""
     sizes: list[int] = []
-    handle = module.register_forward_hook(lambda _module, args, _output: sizes.append(args[0].shape[0]))
+    def record(_module, args, kwargs, _output):
+        first = args[0] if args else next(iter(kwargs.values()))  # flow transformers take hidden_states=...
+        sizes.append(first.shape[0])
+
+    handle = module.register_forward_hook(record, with_kwargs=True)
     try:
         yield sizes
     finally:

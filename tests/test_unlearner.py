@@ -1,7 +1,10 @@
+import json
 import math
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from rgd_core.errors import NonFiniteError, RGDInputError, UnlearningCancelled
@@ -202,6 +205,29 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, method, optim
     resumed = Unlearner(model, forget, retain, config).run(resume_from=checkpoint)
     assert_same_weights(snapshot(resumed.model), snapshot(full.model))
     assert [r["forget_loss"] for r in resumed.records] == [r["forget_loss"] for r in full.records]
+
+
+def test_a_run_saved_with_gpu_kernels_resumes_with_this_machines(tmp_path):
+    """Adam's fused kernel is chosen on GPUs and saved with the optimizer's settings; a run stopped on a GPU and
+    resumed on a CPU must run the CPU's kernels, and still end where the uninterrupted run does."""
+    model, forget, retain = make_problem()
+    config = UnlearnConfig(**CONFIG)
+    full = Unlearner(model, forget, retain, config).run()
+    checkpoint = tmp_path / "run.safetensors"
+    seen = []
+    with pytest.raises(UnlearningCancelled):
+        Unlearner(model, forget, retain, config).run(callbacks=[seen.append], should_stop=lambda: len(seen) >= 10,
+                                                     checkpoint_path=checkpoint, checkpoint_every=5)
+    with safe_open(str(checkpoint), framework="pt") as handle:  # as a CUDA run would have written it
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        header = json.loads(handle.metadata()["rgd"])
+    header["param_groups"] = [{**group, "fused": True} for group in header["param_groups"]]
+    save_file(tensors, str(checkpoint), {"rgd": json.dumps(header)})
+    resumed = Unlearner(model, forget, retain, config)
+    resumed.load_checkpoint(checkpoint)
+    assert not resumed.optimizer.param_groups[0]["fused"]
+    resumed.run(resume_from=checkpoint)
+    assert_same_weights(snapshot(resumed.model), snapshot(full.model))
 
 
 def test_resume_refuses_other_settings(tmp_path):

@@ -68,7 +68,7 @@ from rgd_core.checkpoints.load import (
 from rgd_core.edits.lora import lora_modules, merge_lora, save_diffusers_lora, save_kohya_lora
 from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
 from rgd_core.devices import AUTO as AUTO_DEVICE
-from rgd_core.devices import PRECISIONS, move_components, resolve_device
+from rgd_core.devices import PRECISIONS, check_bf16, move_components, resolve_device
 from rgd_core.errors import RGDInputError, UnlearningCancelled
 from rgd_core.files import atomic_write_bytes
 from rgd_core.hosts.base import RecipeSettings, add_phases, phase, run_metadata, training_rows
@@ -637,6 +637,7 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
         raise RGDInputError(f"--checkpoint {checkpoint} does not exist.")
     config = _unlearn_config(settings)
     device = resolve_device(settings["device"])
+    check_bf16(device, settings["precision"])
     variant = _flow_variant_or_none(checkpoint)
     sampling = {key: settings[key] if settings[key] is not None else default
                 for key, default in sampling_defaults(variant).items()}

@@ -409,7 +409,12 @@ class Unlearner:
                 if key.startswith("optim/"):
                     _, index, name = key.split("/", 2)
                     optim_state.setdefault(int(index), {})[name] = handle.get_tensor(key)
-        self.optimizer.load_state_dict({"state": optim_state, "param_groups": header["param_groups"]})
+        # how the kernels run (fused on a GPU, not on a CPU) is this run's, not the saved one's: a run stopped on a
+        # GPU may resume on a CPU
+        kernels = ("fused", "foreach")
+        groups = [{**saved, **{key: current[key] for key in kernels if key in current}}
+                  for saved, current in zip(header["param_groups"], self.optimizer.param_groups)]
+        self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
         self.completed_steps = int(header["completed_steps"])
         self.records = list(header["records"])
 
