@@ -95,7 +95,7 @@ def measure(device: str, latent: int, repeats: int, precision: str = "fp32") -> 
     train_steps = 1 + repeats
     config = UnlearnConfig(method="rgd", steps=train_steps, lr=1e-5, retain_weight=1.6, seed=SEED)
     records: list = []
-    unlearn_sd(components, [], config=config, scope="full", batch_size=BATCH, data=data,
+    unlearn_sd(components, None, config=config, scope="full", batch_size=BATCH, data=data,
                callbacks=[lambda record: records.append(record)], precision=precision)
     step_seconds = sum(r["seconds"] for r in records[1:]) / repeats  # the first step warms up
     return {"sampler_step": per_step, "training_step": step_seconds}
