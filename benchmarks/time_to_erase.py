@@ -50,6 +50,7 @@ SETTINGS = {
     "defaults": dict(),
     "defaults-earlier": dict(EARLIER),  # the "defaults" rows of time_to_erase_v2.json
     "defaults-dpm8": dict(data_sampler="dpm++2m", data_steps=8),  # today's defaults on the DPM++ 8-step data
+    "defaults-dpm8-bf16": dict(data_sampler="dpm++2m", data_steps=8, precision="bf16"),  # that, bfloat16 autocast
     "dpm8": dict(DPM8),
     "dpm8-lr2e-4": dict(DPM8, lr=2e-4),
     "dpm8-lr3e-4": dict(DPM8, lr=3e-4),

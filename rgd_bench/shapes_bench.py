@@ -67,6 +67,7 @@ class ShapesBenchConfig:
     sample_steps: int = 25  # sampler steps of the evaluation and, unless data_steps says otherwise, of the data
     guidance: float = 4.0
     retain_guidance: float | None = None  # the retain side's data guidance (None: guidance; 1: no CFG, half its cost)
+    precision: str = "fp32"  # the forward's precision while sampling the data and training (rgd unlearn --precision)
     data_sampler: str = "ddim"  # how the model samples its own training data (SAMPLERS of the diffusers host)
     data_steps: int | None = None  # that sampler's steps (None: sample_steps)
     trajectory_points: int = 0  # noisy latents kept per data trajectory as extra training points (0: x0 only)
@@ -232,7 +233,7 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
     sampler = SamplerSettings(steps=config.data_steps or config.sample_steps, guidance_scale=config.guidance,
                               batch_size=64, scheduler=config.data_sampler,
                               trajectory_points=config.trajectory_points,
-                              retain_guidance_scale=config.retain_guidance)
+                              retain_guidance_scale=config.retain_guidance, precision=config.precision)
     sampled = {} if sampled is None else sampled
     if narrow not in sampled:
         recipe = RecipeSettings(unlearn_config, config.scope, config.batch_size, data_seed=config.seed)
@@ -244,7 +245,7 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
                                                 rows=rows if config.lazy_data else None)
     return unlearn_sd(components, train, config=unlearn_config, scope=config.scope, batch_size=config.batch_size,
                       data=sampled[narrow], sampler=sampler, data_seed=config.seed, cache_dir=cache_dir,
-                      callbacks=callbacks, phases=phases, watch=watch)
+                      callbacks=callbacks, phases=phases, watch=watch, precision=config.precision)
 
 
 def run_shapes_bench(
