@@ -96,8 +96,9 @@ class ShapesBenchConfig:
             raise RGDInputError("give at least one concept to erase, e.g. striped.")
         if self.rgd_rule not in ("rgd", "rgd-adam"):
             raise RGDInputError(f"the RGD methods' rule must be rgd or rgd-adam, not {self.rgd_rule!r}.")
-        # the stop and neighbour settings are used only after the original model is scored: check them now
+        # the stop, neighbour and data settings are used only after the original model is scored: check them now
         UnlearnConfig(steps=self.steps, stop_ratio=self.stop_ratio, stop_every=self.stop_every)
+        self.data_sampler_settings()
         if not 0.0 <= self.neighbour_share <= 1.0:
             raise RGDInputError(f"the neighbour share must be between 0 and 1, not {self.neighbour_share}.")
         for spec in self.concepts:
@@ -107,6 +108,13 @@ class ShapesBenchConfig:
             if len(parts) > 1 and "ESD" in self.methods:
                 raise RGDInputError(f"{spec!r} erases several concepts in one run, which this ESD does not; leave ESD "
                                     "out of --methods.")
+
+
+    def data_sampler_settings(self) -> SamplerSettings:
+        """How the RGD and GradDiff methods sample their own training data (64 prompts a batch)."""
+        return SamplerSettings(steps=self.data_steps or self.sample_steps, guidance_scale=self.guidance,
+                               batch_size=64, scheduler=self.data_sampler, trajectory_points=self.trajectory_points,
+                               retain_guidance_scale=self.retain_guidance, precision=self.precision)
 
 
 JOINT = "+"  # "striped+triangle": both concepts erased in one run
@@ -230,10 +238,7 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
     unlearn_config = UnlearnConfig(method=rule, steps=config.steps, retain_weight=config.retain_weight, lr=config.lr,
                                    truncation=config.truncation, truncation_threshold=config.truncation_threshold,
                                    seed=config.seed, stop_ratio=config.stop_ratio, stop_every=config.stop_every)
-    sampler = SamplerSettings(steps=config.data_steps or config.sample_steps, guidance_scale=config.guidance,
-                              batch_size=64, scheduler=config.data_sampler,
-                              trajectory_points=config.trajectory_points,
-                              retain_guidance_scale=config.retain_guidance, precision=config.precision)
+    sampler = config.data_sampler_settings()
     sampled = {} if sampled is None else sampled
     if narrow not in sampled:
         recipe = RecipeSettings(unlearn_config, config.scope, config.batch_size, data_seed=config.seed)

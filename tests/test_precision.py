@@ -95,11 +95,14 @@ def test_the_cli_runs_in_bf16_with_gradient_checkpointing(sd1_files, tmp_path, c
     dtypes = set()  # of every convolution's output in the run: only the UNet has any (no VAE decode, no previews)
     handle = torch.nn.modules.module.register_module_forward_hook(
         lambda module, args, output: dtypes.add(output.dtype) if isinstance(module, torch.nn.Conv2d) else None)
-    cli.main(["unlearn", "--checkpoint", str(sd1_files.checkpoint), "--config-folder", str(sd1_files.config_folder),
-              "--concept", "nudity", "--out", str(out), "--steps", "2", "--train-prompts", "4", "--sample-steps", "2",
-              "--batch-size", "2", "--scope", "cross-attn", "--lr", "1e-3", "--cache-dir", str(tmp_path / "cache"),
-              "--precision", "bf16", "--gradient-checkpointing", "--stop-ratio", "0"])
-    handle.remove()
+    try:
+        cli.main(["unlearn", "--checkpoint", str(sd1_files.checkpoint),
+                  "--config-folder", str(sd1_files.config_folder), "--concept", "nudity", "--out", str(out),
+                  "--steps", "2", "--train-prompts", "4", "--sample-steps", "2", "--batch-size", "2",
+                  "--scope", "cross-attn", "--lr", "1e-3", "--cache-dir", str(tmp_path / "cache"),
+                  "--precision", "bf16", "--gradient-checkpointing", "--stop-ratio", "0"])
+    finally:
+        handle.remove()  # a global hook: never leave it to the next test
     assert dtypes == {torch.bfloat16}, "the UNet's convolutions ran in bfloat16, sampling and training"
     report = json.loads((out / "sd1-rgd-nudity.json").read_text())
     assert report["settings"]["precision"] == "bf16" and report["settings"]["gradient_checkpointing"] is True
