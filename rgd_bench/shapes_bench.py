@@ -38,13 +38,20 @@ from rgd_core.hosts.base import RecipeSettings, phase, training_rows
 from rgd_core.hosts.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
 from rgd_core.method.paired_data import steps_to_sample
 from rgd_core.method.unlearner import STOP_RATIO, UnlearnConfig
-from rgd_core.prompts import NEIGHBOUR_SHARE
+from rgd_core.prompts import NEIGHBOUR_SHARE, PromptSet
 from rgd_core.progress import progress_bar
 
 METHODS = ("RGD", "GradDiff", "RGD (narrow retain)", "ESD")
 # The shapes model in either parameterisation: v-prediction (the first one) or rectified flow (the SD3/Flux kind)
 MODELS = {"v_prediction": shapes_model.MODEL_PATH, "flow": shapes_model.FLOW_MODEL_PATH}
 FLOW_METHODS = tuple(m for m in METHODS if m != "ESD")  # this ESD samples DDIM trajectories: epsilon/v models only
+# several concepts in one run, the ablation of the retiring (UnlearnConfig.retire_erased): every concept is ascended
+# until the last has reached the stop's target
+NO_RETIRING = "RGD (no retiring)"
+# RGD whose adaptive stop asks the classifier, on the model's own samples of training prompts, whether the concept is
+# still drawn (UnlearnConfig.stop_share), instead of comparing losses
+JUDGE_STOP = "RGD (judge stop)"
+JUDGE_PROBE = 32  # training forget prompts the judge samples at each probe
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class ShapesBenchConfig:
     esd_negative_guidance: float = 1.0
     stop_ratio: float = STOP_RATIO  # the adaptive stop's target (rgd_core.method.unlearner); 0: fixed steps
     stop_every: int = 5
+    stop_share: float = 0.0  # the judge stop's target (JUDGE_STOP): the share of its probe still showing the concept
     neighbour_share: float = NEIGHBOUR_SHARE  # retain twins naming a neighbour (rgd_core.prompts.neighbours)
     seed: int = 0
 
@@ -89,15 +97,20 @@ class ShapesBenchConfig:
         if self.model == "flow" and "ESD" in self.methods:
             raise RGDInputError(f"ESD runs on the v-prediction model only; with --model flow use some of "
                                 f"{', '.join(FLOW_METHODS)}.")
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in (*METHODS, JUDGE_STOP, NO_RETIRING)]
         if unknown:
-            raise RGDInputError(f"unknown method {unknown[0]!r}; use some of {', '.join(METHODS)}.")
+            raise RGDInputError(f"unknown method {unknown[0]!r}; use some of {', '.join(METHODS)}, {JUDGE_STOP}, "
+                                f"or {NO_RETIRING} with several concepts in one run.")
+        if NO_RETIRING in self.methods and not all(len(joint_parts(spec)) > 1 for spec in self.concepts):
+            raise RGDInputError(f"{NO_RETIRING!r} compares runs of several concepts; give only joint concepts "
+                                "(striped+triangle) with it.")
         if not self.concepts:
             raise RGDInputError("give at least one concept to erase, e.g. striped.")
         if self.rgd_rule not in ("rgd", "rgd-adam"):
             raise RGDInputError(f"the RGD methods' rule must be rgd or rgd-adam, not {self.rgd_rule!r}.")
         # the stop, neighbour and data settings are used only after the original model is scored: check them now
-        UnlearnConfig(steps=self.steps, stop_ratio=self.stop_ratio, stop_every=self.stop_every)
+        UnlearnConfig(steps=self.steps, stop_ratio=self.stop_ratio, stop_every=self.stop_every,
+                      stop_share=self.stop_share)
         self.data_sampler_settings()
         if not 0.0 <= self.neighbour_share <= 1.0:
             raise RGDInputError(f"the neighbour share must be between 0 and 1, not {self.neighbour_share}.")
@@ -112,7 +125,8 @@ class ShapesBenchConfig:
 
     def data_sampler_settings(self) -> SamplerSettings:
         """How the RGD and GradDiff methods sample their own training data (64 prompts a batch)."""
-        return SamplerSettings(steps=self.data_steps or self.sample_steps, guidance_scale=self.guidance,
+        steps = self.sample_steps if self.data_steps is None else self.data_steps  # 0 is refused, not replaced
+        return SamplerSettings(steps=steps, guidance_scale=self.guidance,
                                batch_size=64, scheduler=self.data_sampler, trajectory_points=self.trajectory_points,
                                retain_guidance_scale=self.retain_guidance, precision=self.precision)
 
@@ -214,12 +228,12 @@ def score(components, unet, eval_set: EvalSet, classifier, config: ShapesBenchCo
 
 
 def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, cache_dir, callbacks=(),
-            sampled: dict | None = None, phases: dict | None = None, watch=None):
+            sampled: dict | None = None, phases: dict | None = None, watch=None, classifier=None):
     """(edited UNet, step records) for one method; ``components`` is never changed. ``sampled`` keeps the
     self-sampled paired data between calls, so RGD and GradDiff train on data sampled once (the data phase is
     counted for the method that sampled it). ``phases`` receives the seconds and UNet evaluations of the data
     and training phases (not for ESD, whose data are its own training trajectories). ``watch(module)`` hears the
-    module being trained before the first step."""
+    module being trained before the first step. ``JUDGE_STOP`` needs the ``classifier``."""
     phases = {} if phases is None else phases
 
     narrow = method == "RGD (narrow retain)"
@@ -237,7 +251,9 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
     rule = "graddiff" if method == "GradDiff" else config.rgd_rule
     unlearn_config = UnlearnConfig(method=rule, steps=config.steps, retain_weight=config.retain_weight, lr=config.lr,
                                    truncation=config.truncation, truncation_threshold=config.truncation_threshold,
-                                   seed=config.seed, stop_ratio=config.stop_ratio, stop_every=config.stop_every)
+                                   seed=config.seed, stop_ratio=config.stop_ratio, stop_every=config.stop_every,
+                                   retire_erased=method != NO_RETIRING, stop_share=config.stop_share)
+    judge = classifier_judge(components, classifier, train, config) if method == JUDGE_STOP else None
     sampler = config.data_sampler_settings()
     sampled = {} if sampled is None else sampled
     if narrow not in sampled:
@@ -250,7 +266,28 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
                                                 rows=rows if config.lazy_data else None)
     return unlearn_sd(components, train, config=unlearn_config, scope=config.scope, batch_size=config.batch_size,
                       data=sampled[narrow], sampler=sampler, data_seed=config.seed, cache_dir=cache_dir,
-                      callbacks=callbacks, phases=phases, watch=watch, precision=config.precision)
+                      callbacks=callbacks, phases=phases, watch=watch, precision=config.precision, judge=judge)
+
+
+def classifier_judge(components, classifier, train: PromptSet, config: ShapesBenchConfig):
+    """The Unlearner's judge for the shapes world: the UNet being trained samples the first ``JUDGE_PROBE`` forget
+    prompts of the training set (fixed noise, the evaluation's sampler) and the classifier says which share of each
+    concept's images still show it."""
+    prompts = list(train.forget_prompts[:JUDGE_PROBE])
+    groups = list(train.pair_concepts[:JUDGE_PROBE]) or [train.concept] * len(prompts)
+    wanted = {group: concept_attribute(group) for group in groups}
+
+    def judge(unet) -> dict[str, float]:
+        images = shapes_model.sample_images(components, prompts, seed=config.seed, steps=config.sample_steps,
+                                            guidance_scale=config.guidance, unet=unet)
+        predicted = classifier.predict(images)
+        shares = {}
+        for group, (attribute, value) in wanted.items():
+            rows = [i for i, name in enumerate(groups) if name == group]
+            shares[group] = float(np.mean(predicted[attribute][rows] == shapes.VALUES[attribute].index(value)))
+        return shares
+
+    return judge
 
 
 def run_shapes_bench(
@@ -281,7 +318,8 @@ def run_shapes_bench(
         for method in config.methods:
             callbacks = [progress_bar(config.steps, f"{eval_set.value} {method}")] if progress else []
             phases: dict = {}
-            unet, records = unlearn(components, method, concept, config, cache_dir, callbacks, sampled, phases)
+            unet, records = unlearn(components, method, concept, config, cache_dir, callbacks, sampled, phases,
+                                    classifier=classifier)
             scores, samples[method] = score(components, unet, eval_set, classifier, config)
             rows.append({"concept": eval_set.value, "method": method, **scores,
                          "seconds": float(sum(r["seconds"] for r in records)), "phases": phases,
@@ -311,7 +349,8 @@ def _joint_rows(components, classifier, spec: str, config: ShapesBenchConfig, ca
     records: dict = {}
     for method in config.methods:
         callbacks = [progress_bar(config.steps, f"{spec} {method}")] if progress else []
-        edited[method], records[method] = unlearn(components, method, spec, config, cache_dir, callbacks, {})
+        edited[method], records[method] = unlearn(components, method, spec, config, cache_dir, callbacks, {},
+                                                  classifier=classifier)
     unet, records[SEQUENTIAL] = None, []
     for part in parts:
         base = components if unet is None else replace(components, unet=unet)

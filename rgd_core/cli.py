@@ -149,7 +149,7 @@ def _method_names(text: str, known) -> tuple[str, ...]:
 
 
 def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
-    from rgd_bench.shapes_bench import METHODS, MODELS, ShapesBenchConfig
+    from rgd_bench.shapes_bench import JUDGE_STOP, METHODS, MODELS, NO_RETIRING, ShapesBenchConfig
 
     d = ShapesBenchConfig()
     add = parser.add_argument
@@ -157,7 +157,8 @@ def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
         f"{','.join(d.concepts)}; any shape, colour or non-plain modifier word; 'striped+triangle' erases both in "
         "one run, beside RGD run on each in turn)")
     add("--methods", default="", help=f"comma-separated, from: {', '.join(METHODS)} (default: all the model "
-        "takes; ESD not on the flow model)")
+        f"takes; ESD not on the flow model), {JUDGE_STOP!r} (the classifier decides the stop, --stop-share); with "
+        f"joint concepts also {NO_RETIRING!r}, every concept ascended until the last is erased")
     add("--model", choices=sorted(MODELS), default=d.model, help="the shapes model: v_prediction (default) or flow "
         "(the same world trained with the rectified-flow objective, as SD3 and Flux are)")
     add("--steps", type=int, default=d.steps, help=f"steps per method (default {d.steps})")
@@ -181,6 +182,8 @@ def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
     add("--stop-ratio", type=float, default=d.stop_ratio, help="adaptive stop: finish once the probe's forget loss "
         f"reaches this times its retain loss, --steps being the cap (0: fixed steps; default {d.stop_ratio})")
     add("--stop-every", type=int, default=d.stop_every, help=f"probe every N steps (default {d.stop_every})")
+    add("--stop-share", type=float, default=d.stop_share, help=f"{JUDGE_STOP}: stop once at most this share of the "
+        f"judge's probe shows the concept (default {d.stop_share})")
     add("--neighbour-share", type=float, default=d.neighbour_share, help="share of retain prompts naming one of the "
         f"concept's neighbours instead of dropping it (default {d.neighbour_share})")
     add("--seed", type=int, default=d.seed, help=f"seed for prompts, data, training and samples (default {d.seed})")
@@ -209,7 +212,7 @@ def cmd_bench_shapes(args) -> None:
         truncation_threshold=args.truncation_threshold, batch_size=args.batch_size, scope=args.scope,
         train_pairs=args.train_pairs, test_prompts=args.test_prompts, sample_steps=args.sample_steps, seed=args.seed,
         data_sampler=args.data_sampler, data_steps=args.data_steps, stop_ratio=args.stop_ratio,
-        stop_every=args.stop_every, neighbour_share=args.neighbour_share,
+        stop_every=args.stop_every, stop_share=args.stop_share, neighbour_share=args.neighbour_share,
     )
     _check_outputs(args, [f"shapes_{concept}_{kind}.png" for concept in config.concepts
                           for kind in ("grid", "losses")])

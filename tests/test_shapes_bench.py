@@ -44,6 +44,10 @@ def test_bad_config():
         ShapesBenchConfig(model="flow", methods=("RGD", "ESD"))
     with pytest.raises(RGDInputError, match="samples with euler"):
         ShapesBenchConfig(model="flow", data_sampler="dpm++2m")
+    with pytest.raises(RGDInputError, match="sampler steps"):  # 0 data steps is refused, not read as "the default"
+        ShapesBenchConfig(data_steps=0)
+    with pytest.raises(RGDInputError, match="several concepts"):  # the retiring ablation needs joint concepts
+        ShapesBenchConfig(concepts=("striped",), methods=("RGD", "RGD (no retiring)"))
 
 
 def test_each_model_defaults_to_the_methods_it_takes():
@@ -104,3 +108,22 @@ def test_a_two_concept_run_lowers_both_and_its_prompts_keep_the_other_out():
         assert by[(concept, "original")]["erasure"] >= 0.5
         assert by[(concept, "RGD")]["erasure"] < by[(concept, "original")]["erasure"]
         assert (concept, SEQUENTIAL) in by
+
+
+def test_the_classifier_judge_sees_the_concept_and_ends_the_run_once_it_is_gone():
+    """The judge stop on the committed model: the judge sees striped in the original model's samples of training
+    prompts; a run it decides ends before its cap, at a probe where the judge sees (almost) no stripes."""
+    from rgd_bench.shapes_bench import JUDGE_STOP, MODELS, classifier_judge, unlearn
+    from rgd_bench.shapes_classifier import load_classifier
+    from rgd_bench.worlds import shapes_model
+    from rgd_bench.worlds.shapes_prompts import shape_prompt_sets
+
+    components, classifier = shapes_model.load_model(MODELS["v_prediction"]), load_classifier()
+    config = ShapesBenchConfig(concepts=("striped",), methods=(JUDGE_STOP,), steps=80, train_pairs=32,
+                               sample_steps=10, stop_ratio=0.0, stop_every=10, stop_share=0.1, neighbour_share=0.0)
+    train, _ = shape_prompt_sets("striped", 32, 1, seed=0, neighbour_share=0.0)
+    assert classifier_judge(components, classifier, train, config)(components.unet)["striped"] >= 0.5
+    _, records = unlearn(components, JUDGE_STOP, "striped", config, None, classifier=classifier)
+    probes = [r["judge_shares"]["striped"] for r in records if "judge_shares" in r]
+    assert len(records) < 80 and probes[-1] <= 0.1 < probes[0]  # the reduced run above erases within 40 steps
+    assert "judge sees the concept" in records[-1]["stop_reason"]

@@ -470,15 +470,117 @@ def test_with_several_concepts_the_stop_waits_for_the_slowest():
 
     config = UnlearnConfig(steps=40, lr=1e-3, seed=0, stop_ratio=3.0, stop_every=5)
 
-    def probe_groups(generator):
+    def pair_groups(generator):
         return [groups[i] for i in batch_indices(generator, count, batch).tolist()]
 
     running.append(Unlearner(model, forget_loss, retain_loss, config))
     whole = running[-1].run().records
-    running.append(Unlearner(model, forget_loss, retain_loss, config, probe_groups=probe_groups))
+    running.append(Unlearner(model, forget_loss, retain_loss, config, pair_groups=pair_groups))
     grouped = running[-1].run()
     assert len(whole) == 5  # (10 + 2) / 2 = 6 on the whole probe at the first probe
     assert len(grouped.records) == 10  # B: 1 + 0.2 * 10 = 3 at step 10
     last = grouped.records[-1]
     assert set(last["probe_ratios"]) == {"A", "B"} and last["probe_ratios"]["A"] == pytest.approx(10.0)
     assert last["probe_ratio"] == pytest.approx(3.0) and "lowest: B" in last["stop_reason"]
+
+
+def two_concept_problem(a_falls_back_at: int = 10**9):
+    """Concept A's pairs read weight ``a``, B's weight ``b``; A is at the target from the start (until step
+    ``a_falls_back_at``), B never reaches it. The retain loss is constant, so only the ascent moves a weight."""
+    count, batch = 8, 4
+    groups = ["A" if i % 2 == 0 else "B" for i in range(count)]
+    model = torch.nn.Module()
+    model.a, model.b = torch.nn.Parameter(torch.zeros(())), torch.nn.Parameter(torch.zeros(()))
+    running: list[Unlearner] = []
+
+    def forget_loss(module, generator):
+        index = batch_indices(generator, count, batch).tolist()
+        high = 10.0 if running[-1].completed_steps < a_falls_back_at else 1.0
+        return torch.stack([high + module.a if groups[i] == "A" else 1.0 + module.b for i in index])[:, None]
+
+    def retain_loss(module, generator):
+        return torch.ones(batch, 1) + 0 * (module.a + module.b)
+
+    def pair_groups(generator):
+        return [groups[i] for i in batch_indices(generator, count, batch).tolist()]
+
+    def make(model, **overrides):
+        config = UnlearnConfig(**{**dict(steps=20, lr=1e-2, optimizer="sgd", seed=0, stop_ratio=3.0, stop_every=5),
+                                  **overrides})
+        running.append(Unlearner(model, forget_loss, retain_loss, config, pair_groups=pair_groups))
+        return running[-1]
+
+    return model, make
+
+
+def a_after_each_step(unlearner, **run):
+    values = []
+    unlearner.run(callbacks=[lambda record: values.append(float(unlearner.model.a.detach()))], **run)
+    return values
+
+
+def test_a_concept_at_the_target_leaves_the_ascent_and_the_others_go_on():
+    model, make = two_concept_problem()
+    retiring = make(model)
+    a_values = a_after_each_step(retiring)
+    assert len(a_values) == 20  # B never reaches the target: the cap ends the run
+    assert a_values[4] > 0 and a_values[4:] == [a_values[4]] * 16  # A ascended until the probe at step 5, then not
+    assert float(retiring.model.b.detach()) > 0.1  # B ascended throughout
+    assert retiring.records[4]["retired"] == ["A"] and "retired" not in retiring.records[3]  # probe steps only
+    # every concept ascended to the end: A keeps rising
+    everyone = a_after_each_step(make(model, retire_erased=False))
+    assert everyone[-1] > everyone[4] > 0
+
+
+def test_a_retired_concept_that_falls_back_is_ascended_again():
+    model, make = two_concept_problem(a_falls_back_at=10)
+    a_values = a_after_each_step(make(model))
+    assert a_values[4:10] == [a_values[4]] * 6  # retired at the probe of step 5 (and kept there at step 10's)
+    assert a_values[-1] > a_values[14]  # step 15's probe finds A below the target: it is ascended again
+
+
+def test_resume_keeps_the_retired_concepts(tmp_path):
+    model, make = two_concept_problem()
+    whole = make(model).run().model
+    path, seen = tmp_path / "run.safetensors", []
+    with pytest.raises(UnlearningCancelled):  # stopped at step 7, after A was retired at step 5's probe
+        make(model).run(callbacks=[seen.append], should_stop=lambda: len(seen) >= 7, checkpoint_path=path)
+    resumed = make(model)
+    resumed.run(resume_from=path)
+    assert_same_weights(snapshot(resumed.model), snapshot(whole))
+
+
+def test_a_judge_decides_the_stop_and_leaves_training_bit_identical():
+    """The judge's share falls as steps go by; the run stops at the first probe where it is at most stop_share.
+    The judge draws from the global generator, which must not change what training does."""
+    model, forget, retain = make_problem()
+    seen_at = []
+
+    def judge(module):
+        torch.randn(100)  # a judge that samples: its global draws are undone
+        seen_at.append(len(seen_at))
+        return {"concept": max(0.0, 0.5 - 0.1 * len(seen_at))}
+
+    config = UnlearnConfig(**CONFIG, stop_every=5, stop_share=0.1)
+    judged = Unlearner(model, forget, retain, config, judge=judge)
+    records = judged.run().records
+    assert len(records) == 20 and records[-1]["judge_shares"] == {"concept": pytest.approx(0.1)}
+    assert "judge sees the concept in 10.0%" in records[-1]["stop_reason"]
+    assert [r["judge_shares"]["concept"] for r in records[4:-1:5]] == pytest.approx([0.4, 0.3, 0.2])
+    plain = Unlearner(model, forget, retain, UnlearnConfig(**{**CONFIG, "steps": 20})).run()
+    assert_same_weights(snapshot(judged.model), snapshot(plain.model))
+
+
+def test_a_judge_retires_the_concepts_it_no_longer_sees():
+    model, make = two_concept_problem()
+    unlearner = make(model)
+    unlearner.judge = lambda module: {"A": 0.0, "B": 0.5}  # A gone from the first probe, B never
+    a_values = a_after_each_step(unlearner)
+    assert len(a_values) == 20 and a_values[4:] == [a_values[4]] * 16
+    assert unlearner.records[4]["retired"] == ["A"] and unlearner.records[-1]["stop_reason"] == "step cap: 20 steps"
+
+
+@pytest.mark.parametrize("share", [-0.1, 1.0])
+def test_a_stop_share_outside_zero_to_one_is_refused(share):
+    with pytest.raises(RGDInputError, match="stop_share"):
+        UnlearnConfig(stop_share=share)

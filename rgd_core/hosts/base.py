@@ -162,6 +162,7 @@ def run_unlearning(
     resume_from: str | Path | None = None,
     on_training: Callable[[nn.Module], ContextManager | None] | None = None,
     pair_concepts: Sequence[str] = (),
+    judge: Callable[[nn.Module], Mapping[str, float]] | None = None,
 ) -> RecipeResult:
     """RGD (or GradDiff) on ``host``'s model: the paired data (``data`` when given, else the host makes it), the
     scope's trainable weights, the paired losses in the model's own parameterisation, the Unlearner.
@@ -169,12 +170,13 @@ def run_unlearning(
     ``on_training(module)`` gets the module being trained and may return a context manager entered around the
     loop (gradient checkpointing, say); checkpointing and resume are the Unlearner's (bit-identical resume).
     ``pair_concepts`` (several concepts in one run: the concept pair i erases, ``PromptSet.pair_concepts``) makes the
-    adaptive stop wait for every concept.
+    adaptive stop wait for every concept (and retire each one that is gone). ``judge`` (the Unlearner's: the share
+    of a probe of the model's own samples that still shows each concept) decides the stop instead of the loss ratio.
     """
     phases: dict = {}
     config = settings.config
     # checked before any sampling: a mismatch is a caller's bug, and minutes of data should not precede it
-    probe_groups = _probe_groups(pair_concepts, len(forget_prompts) if forget_prompts is not None else len(data),
+    pair_groups = _pair_groups(pair_concepts, len(forget_prompts) if forget_prompts is not None else len(data),
                                  settings)
     on_demand = (getattr(host, "samples_while_training", False) and forget_prompts is not None
                  and (data is None or len(data) == len(forget_prompts)))
@@ -187,7 +189,7 @@ def run_unlearning(
         forget_loss, retain_loss = batched_losses(trainee.predict, data, host.noise_schedule, host.prediction_type,
                                                   settings.batch_size, settings.paired, place=trainee.place)
         unlearner = Unlearner(trainee.module, forget_loss, retain_loss, config, trainee.trainable,
-                              in_place=trainee.in_place, probe_groups=probe_groups)
+                              in_place=trainee.in_place, pair_groups=pair_groups, judge=judge)
         training_module = trainee.evaluated or unlearner.model
         sample_ahead = (_sampler_ahead(host, forget_prompts, retain_prompts, settings, data, phases, training_module)
                         if on_demand and data.sampled is not None else None)
@@ -200,8 +202,8 @@ def run_unlearning(
     return RecipeResult(result.model, result.records, data, phases)
 
 
-def _probe_groups(pair_concepts: Sequence[str], count: int, settings: RecipeSettings):
-    """The Unlearner's ``probe_groups`` for several concepts: the concept of each pair a step generator draws (the
+def _pair_groups(pair_concepts: Sequence[str], count: int, settings: RecipeSettings):
+    """The Unlearner's ``pair_groups`` for several concepts: the concept of each pair a step generator draws (the
     paired batches' own indices). None for one concept, or when the retain batch is drawn on its own."""
     if len(set(pair_concepts)) < 2 or not settings.paired:
         return None

@@ -736,6 +736,7 @@ def unlearn_sd(
     phases: dict | None = None,
     watch: Callable[[nn.Module], None] | None = None,
     precision: str = "fp32",
+    judge: Callable[[nn.Module], Mapping[str, float]] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """RGD on a Stable Diffusion UNet: sample (or load) the paired data, then run the Unlearner on the parameters
     of ``scope``. Returns the edited UNet (a copy; ``components.unet`` is never changed) and the step records.
@@ -755,7 +756,7 @@ def unlearn_sd(
     ``pair_concepts``) makes the adaptive stop wait for each of them. ``watch(module)`` is called with the module
     being trained before the first step (a host's live previews sample from it). ``precision`` "bf16" trains with
     the forward (and the probe's) under bfloat16 autocast, the weights and their gradients float32; the data
-    follow ``sampler.precision``."""
+    follow ``sampler.precision``. ``judge`` (the Unlearner's) decides the adaptive stop from the UNet's own samples."""
     config = config or paper_nudity_sd14_config()
     host = DiffusersHost(components, sampler, cache_dir, forget_images, retain_images, precision)
     # the prompts go along with given data too: pairs that data lack are sampled as training goes
@@ -769,7 +770,8 @@ def unlearn_sd(
 
     pair_concepts = forget_set.pair_concepts if isinstance(forget_set, PromptSet) and retain_set is None else ()
     result = run_unlearning(host, forget, retain, settings, callbacks, should_stop, data, checkpoint_path,
-                            checkpoint_every, resume_from, on_training=on_training, pair_concepts=pair_concepts)
+                            checkpoint_every, resume_from, on_training=on_training, pair_concepts=pair_concepts,
+                            judge=judge)
     result.module.eval()
     if phases is not None:
         add_phases(phases, result.phases)

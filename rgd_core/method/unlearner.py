@@ -13,7 +13,16 @@ probe (the same pairs, noise and timesteps every time, no gradient), and the run
 risen to ``stop_ratio`` times the retain loss. The model's own samples of the concept start out as easy to denoise
 as their concept-free twins (ratio about 1); the ratio climbs as the concept is unlearned, while the retain loss is
 held. ``steps`` is then the cap. The last record says why the run ended (``stop_reason``). With several concepts in
-one run (``probe_groups``), the ratio is taken per concept and the run ends once the lowest has reached the target.
+one run (``pair_groups``), the ratio is taken per concept and the run ends once the lowest has reached the target.
+Until then a concept already at the target is *retired* (``retire_erased``): its pairs leave the forget objective, so
+the ascent goes on only for the concepts still there and the erased ones are not pushed further, at the cost of
+the retain set, while the slowest catches up. Each probe decides afresh: a retired concept whose ratio has fallen
+back below the target is ascended again.
+
+A judge (``judge``: the shapes classifier in the benchmark world, a detector for SD) may decide instead of the loss
+ratio: on the same probe steps it reports which share of a fixed probe of the model's own samples still shows each
+concept, and a concept is gone once that share is at most ``stop_share``. It asks what the user asks (is the concept
+still drawn?) in any parameterisation, at the cost of sampling the probe.
 
 All randomness of step k (batches, noise, timesteps, dropout) comes from a generator seeded by (seed, k), so a
 run resumed from a checkpoint at step k repeats the uninterrupted run bit for bit.
@@ -65,6 +74,11 @@ class UnlearnConfig:
     seed: int = 0
     stop_ratio: float = 0.0  # adaptive stop: finish once probe forget loss >= stop_ratio x retain loss (0: off)
     stop_every: int = 5  # probe every this many steps
+    # several concepts with the adaptive stop: a concept at the target leaves the ascent until a probe finds it below
+    # again (False: every concept is ascended to the end). Measured in docs/results/ (README: Several concepts).
+    retire_erased: bool = True
+    # with a judge (Unlearner's ``judge``): a concept is gone once at most this share of the judge's probe shows it
+    stop_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.method not in UPDATE_RULES:
@@ -75,6 +89,9 @@ class UnlearnConfig:
             raise RGDInputError("method 'rgd-adam' projects in Adam's metric; use optimizer 'adam' or method 'rgd'")
         if self.steps < 0 or self.lr <= 0 or self.retain_weight < 0:
             raise RGDInputError("steps must be >= 0, lr > 0 and retain_weight >= 0")
+        if not 0 <= self.stop_share < 1:
+            raise RGDInputError(f"stop_share must be at least 0 and below 1 (a share of the judge's probe), not "
+                                f"{self.stop_share}")
         if not (self.stop_ratio == 0 or 1 < self.stop_ratio < math.inf) or self.stop_every < 1:
             raise RGDInputError(f"stop_ratio must be 0 (off) or a finite number above 1, not {self.stop_ratio}, and "
                                 "stop_every at least 1")
@@ -124,8 +141,13 @@ class Unlearner:
 
     ``trainable(name, parameter) -> bool`` picks the parameters to edit (default: all of them). Unless
     ``in_place`` is set, the model passed in is deep-copied first and never changed, whatever happens.
-    ``probe_groups(generator) -> names`` (several concepts in one run) names the group of each pair that the loss
-    callables draw with ``generator``; the adaptive stop then waits until every group has reached the target.
+    ``pair_groups(generator) -> names`` (several concepts in one run) names the group of each pair that the loss
+    callables draw with ``generator``; the adaptive stop then waits until every group has reached the target, and
+    retires the groups that have (``UnlearnConfig.retire_erased``).
+    ``judge(model) -> {concept: share}`` (optional) decides the adaptive stop instead of the loss ratio: the share of
+    a fixed probe of the model's own samples that still shows each concept (names as ``pair_groups``'), which must
+    come to at most ``UnlearnConfig.stop_share``. It is called every ``stop_every`` steps without gradients, its
+    global random draws undone, so it leaves the training bit-identical; its own samples should be seeded.
     """
 
     def __init__(
@@ -136,10 +158,13 @@ class Unlearner:
         config: UnlearnConfig | None = None,
         trainable: Callable[[str, nn.Parameter], bool] | None = None,
         in_place: bool = False,
-        probe_groups: Callable[[torch.Generator], list[str]] | None = None,
+        pair_groups: Callable[[torch.Generator], list[str]] | None = None,
+        judge: Callable[[nn.Module], Mapping[str, float]] | None = None,
     ) -> None:
         self.config = config or UnlearnConfig()
-        self.probe_groups = probe_groups
+        self.pair_groups = pair_groups
+        self.judge = judge
+        self.retired: set[str] = set()  # the groups the last probe found at the target: out of the forget objective
         self.model = model if in_place else copy.deepcopy(model)
         self.forget_loss = forget_loss
         self.retain_loss = retain_loss
@@ -219,9 +244,10 @@ class Unlearner:
             torch.manual_seed(step_seed(self.config.seed + 1, step))  # dropout and any other global draws
             # 1. forget gradient: backward of -objective, so .grad holds g_f = grad(-denoising loss).
             self._clear_grads()
-            forget_loss, objective, ascent_active = self.truncation.forget_objective(
-                self.forget_loss(self.model, generator)
-            )
+            errors = self.forget_loss(self.model, generator)
+            forget_loss, objective, ascent_active = self.truncation.forget_objective(errors)
+            if self.retired:
+                objective, ascent_active = self._ascended_objective(errors, step, objective, ascent_active)
             (-objective).backward()
             forget_grads = self._take_grads()
             # 2. retain gradient, into fresh .grad tensors (g_f is the one extra parameter-sized buffer).
@@ -264,30 +290,62 @@ class Unlearner:
             "seconds": time.perf_counter() - start,
         }
 
+    def _ascended_objective(self, errors: Tensor, step: int, objective: Tensor,
+                            ascent_active: Tensor) -> tuple[Tensor, Tensor]:
+        """The forget objective over the pairs of the concepts not retired (the reported loss stays the whole
+        batch's). With none left in the batch, the objective is a zero that still has a graph: g_f = 0."""
+        groups = self.pair_groups(torch.Generator().manual_seed(step_seed(self.config.seed, step)))
+        kept = [i for i, group in enumerate(groups) if group not in self.retired]
+        if len(kept) == len(groups):
+            return objective, ascent_active
+        if not kept:
+            return errors.sum() * 0, torch.zeros((), dtype=torch.bool, device=errors.device)
+        _, objective, ascent_active = self.truncation.forget_objective(errors[torch.tensor(kept, device=errors.device)])
+        return objective, ascent_active
+
     def _check_stop(self, record: dict) -> bool:
-        """The adaptive stop, on the probe steps: adds the probe's losses to ``record`` and, when the forget loss has
-        risen far enough (for every concept, when the probe is grouped by concept), the reason to finish."""
+        """The adaptive stop, on the probe steps: adds the probe's verdict to ``record`` (the loss ratio, or the
+        judge's shares) and, once every concept is gone by it, the reason to finish; retires the concepts that are."""
         config = self.config
-        if not config.stop_ratio or self.completed_steps % config.stop_every:
+        if not (config.stop_ratio or self.judge) or self.completed_steps % config.stop_every:
             return False
-        lowest = ""
-        if self.probe_groups is None:
+        gone, reason = self._judge_verdict(record) if self.judge else self._ratio_verdict(record)
+        if config.retire_erased and len(gone) > 1:
+            self.retired = {name for name, done in gone.items() if done}
+            record["retired"] = sorted(self.retired)
+        if not all(gone.values()):
+            return False
+        record["stop_reason"] = f"{reason} after {self.completed_steps} steps"
+        return True
+
+    def _ratio_verdict(self, record: dict) -> tuple[dict[str, bool], str]:
+        """Per concept (one entry for a single concept), whether the forget loss has risen to ``stop_ratio`` times
+        the retain loss on the probe; and what the stop reason would say."""
+        target = self.config.stop_ratio
+        if self.pair_groups is None:
             forget, retain = self.probe_losses()
-            ratio = _ratio(forget, retain)
+            ratios = {"": _ratio(forget, retain)}
         else:  # one pass over the probe gives the whole means and each group's
             forget_pairs, retain_pairs, groups = self._probe_samples(with_groups=True)
             forget, retain = float(forget_pairs.mean()), float(retain_pairs.mean())
-            means = _group_means(forget_pairs, retain_pairs, groups)
-            ratios = {name: _ratio(*losses) for name, losses in means.items()}
+            ratios = {name: _ratio(*losses) for name, losses in _group_means(forget_pairs, retain_pairs, groups).items()}
             record["probe_ratios"] = ratios
-            lowest, ratio = min(ratios.items(), key=lambda item: item[1])
+        lowest, ratio = min(ratios.items(), key=lambda item: item[1])
         record.update(probe_forget_loss=forget, probe_retain_loss=retain, probe_ratio=ratio)
-        if ratio < config.stop_ratio:
-            return False
         which = f" for every concept (lowest: {lowest})" if lowest else ""
-        record["stop_reason"] = (f"forget loss {ratio:.2f}x the retain loss on the probe{which} (target "
-                                 f"{config.stop_ratio:g}x) after {self.completed_steps} steps")
-        return True
+        return ({name: value >= target for name, value in ratios.items()},
+                f"forget loss {ratio:.2f}x the retain loss on the probe{which} (target {target:g}x)")
+
+    def _judge_verdict(self, record: dict) -> tuple[dict[str, bool], str]:
+        """Per concept, whether at most ``stop_share`` of the judge's probe images still show it."""
+        with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices):
+            shares = {name: float(share) for name, share in self.judge(self.model).items()}
+        record["judge_shares"] = shares
+        highest, share = max(shares.items(), key=lambda item: item[1])
+        which = f" for every concept (highest: {highest})" if len(shares) > 1 else ""
+        return ({name: value <= self.config.stop_share for name, value in shares.items()},
+                f"the judge sees the concept in {share:.1%} of its probe{which} (target at most "
+                f"{self.config.stop_share:.1%})")
 
     @torch.no_grad()
     def probe_losses(self) -> tuple[float, float]:
@@ -311,7 +369,7 @@ class Unlearner:
                 forget.append(_per_pair(self.forget_loss(self.model, torch.Generator().manual_seed(seed))))
                 retain.append(_per_pair(self.retain_loss(self.model, torch.Generator().manual_seed(seed))))
                 if with_groups:
-                    groups += self.probe_groups(torch.Generator().manual_seed(seed))
+                    groups += self.pair_groups(torch.Generator().manual_seed(seed))
         return torch.cat(forget).double().cpu(), torch.cat(retain).double().cpu(), groups
 
     def _adam_metric(self):
@@ -387,8 +445,10 @@ class Unlearner:
                 raise RGDInputError(f"{path} is not an rgd unlearner checkpoint")
             saved = header["config"]
             # every setting that changes what a step computes; steps may differ (a run can be extended)
-            for key in ("method", "seed", "retain_weight", "lr", "optimizer", "truncation", "truncation_threshold"):
-                if saved[key] != getattr(self.config, key):
+            keys = ("method", "seed", "retain_weight", "lr", "optimizer", "truncation", "truncation_threshold",
+                    "retire_erased", "stop_share")
+            for key in keys:
+                if key in saved and saved[key] != getattr(self.config, key):  # older files lack the newer keys
                     raise RGDInputError(
                         f"checkpoint {path} was made with {key}={saved[key]!r}, this run has "
                         f"{getattr(self.config, key)!r}; resume with the same settings"
@@ -417,6 +477,8 @@ class Unlearner:
         self.optimizer.load_state_dict({"state": optim_state, "param_groups": groups})
         self.completed_steps = int(header["completed_steps"])
         self.records = list(header["records"])
+        # the retired groups are the last probe's verdict, which the records keep
+        self.retired = set(next((r["retired"] for r in reversed(self.records) if "retired" in r), ()))
 
 
 def summarize(records: list[Mapping]) -> dict:
