@@ -328,7 +328,8 @@ class Unlearner:
         else:  # one pass over the probe gives the whole means and each group's
             forget_pairs, retain_pairs, groups = self._probe_samples(with_groups=True)
             forget, retain = float(forget_pairs.mean()), float(retain_pairs.mean())
-            ratios = {name: _ratio(*losses) for name, losses in _group_means(forget_pairs, retain_pairs, groups).items()}
+            means = _group_means(forget_pairs, retain_pairs, groups)
+            ratios = {name: _ratio(*losses) for name, losses in means.items()}
             record["probe_ratios"] = ratios
         lowest, ratio = min(ratios.items(), key=lambda item: item[1])
         record.update(probe_forget_loss=forget, probe_retain_loss=retain, probe_ratio=ratio)
