@@ -45,9 +45,11 @@ METHODS = ("RGD", "GradDiff", "RGD (narrow retain)", "ESD")
 # The shapes model in either parameterisation: v-prediction (the first one) or rectified flow (the SD3/Flux kind)
 MODELS = {"v_prediction": shapes_model.MODEL_PATH, "flow": shapes_model.FLOW_MODEL_PATH}
 FLOW_METHODS = tuple(m for m in METHODS if m != "ESD")  # this ESD samples DDIM trajectories: epsilon/v models only
-# several concepts in one run, the ablation of the retiring (UnlearnConfig.retire_erased): every concept is ascended
-# until the last has reached the stop's target
+# several concepts in one run, the ablations: every concept ascended until the last has reached the stop's target
+# (UnlearnConfig.retire_erased off), and one forget mean over the batch (forget_per_concept off)
 NO_RETIRING = "RGD (no retiring)"
+ONE_FORGET_MEAN = "RGD (one forget mean)"
+JOINT_ABLATIONS = {NO_RETIRING: dict(retire_erased=False), ONE_FORGET_MEAN: dict(forget_per_concept=False)}
 # RGD whose adaptive stop asks the classifier, on the model's own samples of training prompts, whether the concept is
 # still drawn (UnlearnConfig.stop_share), instead of comparing losses
 JUDGE_STOP = "RGD (judge stop)"
@@ -97,12 +99,13 @@ class ShapesBenchConfig:
         if self.model == "flow" and "ESD" in self.methods:
             raise RGDInputError(f"ESD runs on the v-prediction model only; with --model flow use some of "
                                 f"{', '.join(FLOW_METHODS)}.")
-        unknown = [m for m in self.methods if m not in (*METHODS, JUDGE_STOP, NO_RETIRING)]
+        unknown = [m for m in self.methods if m not in (*METHODS, JUDGE_STOP, *JOINT_ABLATIONS)]
         if unknown:
             raise RGDInputError(f"unknown method {unknown[0]!r}; use some of {', '.join(METHODS)}, {JUDGE_STOP}, "
-                                f"or {NO_RETIRING} with several concepts in one run.")
-        if NO_RETIRING in self.methods and not all(len(joint_parts(spec)) > 1 for spec in self.concepts):
-            raise RGDInputError(f"{NO_RETIRING!r} compares runs of several concepts; give only joint concepts "
+                                f"or with several concepts in one run {', '.join(JOINT_ABLATIONS)}.")
+        ablations = [m for m in self.methods if m in JOINT_ABLATIONS]
+        if ablations and not all(len(joint_parts(spec)) > 1 for spec in self.concepts):
+            raise RGDInputError(f"{ablations[0]!r} compares runs of several concepts; give only joint concepts "
                                 "(striped+triangle) with it.")
         if not self.concepts:
             raise RGDInputError("give at least one concept to erase, e.g. striped.")
@@ -252,7 +255,7 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
     unlearn_config = UnlearnConfig(method=rule, steps=config.steps, retain_weight=config.retain_weight, lr=config.lr,
                                    truncation=config.truncation, truncation_threshold=config.truncation_threshold,
                                    seed=config.seed, stop_ratio=config.stop_ratio, stop_every=config.stop_every,
-                                   retire_erased=method != NO_RETIRING, stop_share=config.stop_share)
+                                   stop_share=config.stop_share, **JOINT_ABLATIONS.get(method, {}))
     judge = classifier_judge(components, classifier, train, config) if method == JUDGE_STOP else None
     sampler = config.data_sampler_settings()
     sampled = {} if sampled is None else sampled

@@ -149,7 +149,7 @@ def _method_names(text: str, known) -> tuple[str, ...]:
 
 
 def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
-    from rgd_bench.shapes_bench import JUDGE_STOP, METHODS, MODELS, NO_RETIRING, ShapesBenchConfig
+    from rgd_bench.shapes_bench import JOINT_ABLATIONS, JUDGE_STOP, METHODS, MODELS, ShapesBenchConfig
 
     d = ShapesBenchConfig()
     add = parser.add_argument
@@ -158,7 +158,7 @@ def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
         "one run, beside RGD run on each in turn)")
     add("--methods", default="", help=f"comma-separated, from: {', '.join(METHODS)} (default: all the model "
         f"takes; ESD not on the flow model), {JUDGE_STOP!r} (the classifier decides the stop, --stop-share); with "
-        f"joint concepts also {NO_RETIRING!r}, every concept ascended until the last is erased")
+        f"joint concepts also the ablations {', '.join(map(repr, JOINT_ABLATIONS))}")
     add("--model", choices=sorted(MODELS), default=d.model, help="the shapes model: v_prediction (default) or flow "
         "(the same world trained with the rectified-flow objective, as SD3 and Flux are)")
     add("--steps", type=int, default=d.steps, help=f"steps per method (default {d.steps})")

@@ -9,7 +9,7 @@ from torch import nn
 
 from rgd_core.errors import NonFiniteError, RGDInputError, UnlearningCancelled
 from rgd_core.method.paired_data import batch_indices
-from rgd_core.method.unlearner import UnlearnConfig, Unlearner, summarize
+from rgd_core.method.unlearner import UnlearnConfig, Unlearner, step_seed, summarize
 
 
 class TinyDenoiser(nn.Module):
@@ -584,3 +584,16 @@ def test_a_judge_retires_the_concepts_it_no_longer_sees():
 def test_a_stop_share_outside_zero_to_one_is_refused(share):
     with pytest.raises(RGDInputError, match="stop_share"):
         UnlearnConfig(stop_share=share)
+
+
+@pytest.mark.parametrize("per_concept", [True, False])
+def test_each_concept_is_ascended_as_hard_as_in_a_run_of_its_own(per_concept):
+    """Before any probe: with the per-concept sum, weight a (read only by A's pairs) moves by lr x 1 on the first
+    step whatever A's share of the batch; with one mean over the batch, by lr x A's share."""
+    model, make = two_concept_problem()
+    unlearner = make(model, steps=1, forget_per_concept=per_concept)
+    groups = unlearner.pair_groups(torch.Generator().manual_seed(step_seed(0, 0)))
+    unlearner.run()
+    share = groups.count("A") / len(groups)
+    assert 0 < share < 1
+    assert float(unlearner.model.a.detach()) == pytest.approx(1e-2 * (1.0 if per_concept else share))

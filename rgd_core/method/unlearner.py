@@ -13,8 +13,9 @@ probe (the same pairs, noise and timesteps every time, no gradient), and the run
 risen to ``stop_ratio`` times the retain loss. The model's own samples of the concept start out as easy to denoise
 as their concept-free twins (ratio about 1); the ratio climbs as the concept is unlearned, while the retain loss is
 held. ``steps`` is then the cap. The last record says why the run ended (``stop_reason``). With several concepts in
-one run (``pair_groups``), the ratio is taken per concept and the run ends once the lowest has reached the target.
-Until then a concept already at the target is *retired* (``retire_erased``): its pairs leave the forget objective, so
+one run (``pair_groups``), the forget objective is the sum of each concept's mean loss (``forget_per_concept``:
+with one mean over the batch each concept would get 1/K of the ascent against the whole retain pull), the ratio is
+taken per concept and the run ends once the lowest has reached the target. Until then a concept already at the target is *retired* (``retire_erased``): its pairs leave the forget objective, so
 the ascent goes on only for the concepts still there and the erased ones are not pushed further, at the cost of
 the retain set, while the slowest catches up. Each probe decides afresh: a retired concept whose ratio has fallen
 back below the target is ascended again.
@@ -77,6 +78,9 @@ class UnlearnConfig:
     # several concepts with the adaptive stop: a concept at the target leaves the ascent until a probe finds it below
     # again (False: every concept is ascended to the end). Measured in docs/results/ (README: Several concepts).
     retire_erased: bool = True
+    # several concepts: the forget objective is the sum of each concept's own mean, so each is ascended as hard as in
+    # a run of its own against the same retain pull (False: one mean over the batch, each concept 1/K of it)
+    forget_per_concept: bool = True
     # with a judge (Unlearner's ``judge``): a concept is gone once at most this share of the judge's probe shows it
     stop_share: float = 0.0
 
@@ -246,8 +250,8 @@ class Unlearner:
             self._clear_grads()
             errors = self.forget_loss(self.model, generator)
             forget_loss, objective, ascent_active = self.truncation.forget_objective(errors)
-            if self.retired:
-                objective, ascent_active = self._ascended_objective(errors, step, objective, ascent_active)
+            if self.pair_groups is not None and (self.retired or self.config.forget_per_concept):
+                objective, ascent_active = self._concepts_objective(errors, step, objective, ascent_active)
             (-objective).backward()
             forget_grads = self._take_grads()
             # 2. retain gradient, into fresh .grad tensors (g_f is the one extra parameter-sized buffer).
@@ -290,18 +294,25 @@ class Unlearner:
             "seconds": time.perf_counter() - start,
         }
 
-    def _ascended_objective(self, errors: Tensor, step: int, objective: Tensor,
+    def _concepts_objective(self, errors: Tensor, step: int, objective: Tensor,
                             ascent_active: Tensor) -> tuple[Tensor, Tensor]:
-        """The forget objective over the pairs of the concepts not retired (the reported loss stays the whole
-        batch's). With none left in the batch, the objective is a zero that still has a graph: g_f = 0."""
+        """The forget objective of a batch of several concepts: the sum of each ascended concept's own objective
+        (``forget_per_concept``), or one over the pairs of the concepts not retired. The reported loss stays the
+        whole batch's. With no ascended concept in the batch, it is a zero that still has a graph: g_f = 0."""
         groups = self.pair_groups(torch.Generator().manual_seed(step_seed(self.config.seed, step)))
-        kept = [i for i, group in enumerate(groups) if group not in self.retired]
-        if len(kept) == len(groups):
-            return objective, ascent_active
-        if not kept:
+        rows = {}
+        for i, group in enumerate(groups):
+            if group not in self.retired:
+                rows.setdefault(group, []).append(i)
+        if not self.config.forget_per_concept:
+            if len(rows) == len(set(groups)):  # nothing retired in this batch: the objective as it is
+                return objective, ascent_active
+            rows = {"kept": sorted(i for chosen in rows.values() for i in chosen)} if rows else {}
+        if not rows:
             return errors.sum() * 0, torch.zeros((), dtype=torch.bool, device=errors.device)
-        _, objective, ascent_active = self.truncation.forget_objective(errors[torch.tensor(kept, device=errors.device)])
-        return objective, ascent_active
+        parts = [self.truncation.forget_objective(errors[torch.tensor(chosen, device=errors.device)])
+                 for chosen in rows.values()]
+        return torch.stack([part[1] for part in parts]).sum(), torch.stack([part[2] for part in parts]).any()
 
     def _check_stop(self, record: dict) -> bool:
         """The adaptive stop, on the probe steps: adds the probe's verdict to ``record`` (the loss ratio, or the
@@ -447,7 +458,7 @@ class Unlearner:
             saved = header["config"]
             # every setting that changes what a step computes; steps may differ (a run can be extended)
             keys = ("method", "seed", "retain_weight", "lr", "optimizer", "truncation", "truncation_threshold",
-                    "retire_erased", "stop_share")
+                    "retire_erased", "forget_per_concept", "stop_share")
             for key in keys:
                 if key in saved and saved[key] != getattr(self.config, key):  # older files lack the newer keys
                     raise RGDInputError(
