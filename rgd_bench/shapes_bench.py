@@ -82,7 +82,8 @@ class ShapesBenchConfig:
     trajectory_points: int = 0  # noisy latents kept per data trajectory as extra training points (0: x0 only)
     lazy_data: bool = True  # sample only the pairs training draws, as it goes (False: all first, as rgd once did)
     esd_negative_guidance: float = 1.0
-    stop_ratio: float = STOP_RATIO  # the adaptive stop's target (rgd_core.method.unlearner); 0: fixed steps
+    stop_ratio: float = STOP_RATIO  # the adaptive stop's target (rgd_core.method.unlearner); 0: fixed steps (but for
+    # the judge stop, whose target is stop_share)
     stop_every: int = 5
     stop_share: float = 0.0  # the judge stop's target (JUDGE_STOP): the share of its probe still showing the concept
     neighbour_share: float = NEIGHBOUR_SHARE  # retain twins naming a neighbour (rgd_core.prompts.neighbours)
@@ -278,6 +279,8 @@ def classifier_judge(components, classifier, train: PromptSet, config: ShapesBen
     concept's images still show it."""
     prompts = list(train.forget_prompts[:JUDGE_PROBE])
     groups = list(train.pair_concepts[:JUDGE_PROBE]) or [train.concept] * len(prompts)
+    if set(groups) != set(train.pair_concepts or [train.concept]):  # the pairs are interleaved: each is among them
+        raise RGDInputError(f"the judge's {JUDGE_PROBE} probe prompts miss a concept of {train.concept!r}")
     wanted = {group: concept_attribute(group) for group in groups}
 
     def judge(unet) -> dict[str, float]:

@@ -519,9 +519,10 @@ def a_after_each_step(unlearner, **run):
     return values
 
 
-def test_a_concept_at_the_target_leaves_the_ascent_and_the_others_go_on():
+@pytest.mark.parametrize("per_concept", [True, False])
+def test_a_concept_at_the_target_leaves_the_ascent_and_the_others_go_on(per_concept):
     model, make = two_concept_problem()
-    retiring = make(model)
+    retiring = make(model, forget_per_concept=per_concept)
     a_values = a_after_each_step(retiring)
     assert len(a_values) == 20  # B never reaches the target: the cap ends the run
     assert a_values[4] > 0 and a_values[4:] == [a_values[4]] * 16  # A ascended until the probe at step 5, then not
@@ -558,12 +559,15 @@ def test_a_judge_decides_the_stop_and_leaves_training_bit_identical():
 
     def judge(module):
         torch.randn(100)  # a judge that samples: its global draws are undone
+        module.eval()  # as samplers do: the modes are put back, or dropout would be off for the steps after
         seen_at.append(len(seen_at))
         return {"concept": max(0.0, 0.5 - 0.1 * len(seen_at))}
 
     config = UnlearnConfig(**CONFIG, stop_every=5, stop_share=0.1)
     judged = Unlearner(model, forget, retain, config, judge=judge)
+    rng_state = torch.get_rng_state()
     records = judged.run().records
+    assert torch.equal(torch.get_rng_state(), rng_state) and judged.model.training
     assert len(records) == 20 and records[-1]["judge_shares"] == {"concept": pytest.approx(0.1)}
     assert "judge sees the concept in 10.0%" in records[-1]["stop_reason"]
     assert [r["judge_shares"]["concept"] for r in records[4:-1:5]] == pytest.approx([0.4, 0.3, 0.2])
@@ -597,3 +601,51 @@ def test_each_concept_is_ascended_as_hard_as_in_a_run_of_its_own(per_concept):
     share = groups.count("A") / len(groups)
     assert 0 < share < 1
     assert float(unlearner.model.a.detach()) == pytest.approx(1e-2 * (1.0 if per_concept else share))
+
+
+def test_a_batch_of_retired_concepts_only_has_no_ascent():
+    model, make = two_concept_problem()
+    unlearner = make(model)
+    unlearner.retired = {"A", "B"}
+    errors = torch.stack([1.0 + unlearner.model.a, 2.0 + unlearner.model.b])[:, None]
+    for per_concept in (True, False):
+        unlearner.config.forget_per_concept = per_concept
+        objective, active = unlearner._concepts_objective(errors, 0, errors.mean(), torch.tensor(True))
+        assert float(objective.detach()) == 0.0 and not bool(active) and objective.requires_grad
+
+
+def test_a_judge_that_leaves_out_a_concept_is_refused():
+    model, make = two_concept_problem()
+    unlearner = make(model)
+    unlearner.judge = lambda module: {"A": 0.0}
+    with pytest.raises(RGDInputError, match="every concept of the run.*B"):
+        unlearner.run()
+
+
+def _without_config_keys(path, *keys):
+    """The checkpoint as an rgd older than ``keys`` wrote it."""
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        header = json.loads(handle.metadata()["rgd"])
+    for key in keys:
+        del header["config"][key]
+    save_file(tensors, str(path), {"rgd": json.dumps(header)})
+
+
+def test_a_checkpoint_older_than_the_several_concept_settings_resumes_only_as_it_ran(tmp_path):
+    model, make = two_concept_problem()
+    path, seen = tmp_path / "run.safetensors", []
+    old = dict(forget_per_concept=False, retire_erased=False)
+    with pytest.raises(UnlearningCancelled):
+        make(model, **old).run(callbacks=[seen.append], should_stop=lambda: len(seen) >= 3, checkpoint_path=path)
+    _without_config_keys(path, "forget_per_concept", "retire_erased")
+    with pytest.raises(RGDInputError, match="older rgd.*forget_per_concept=False"):
+        make(model).run(resume_from=path)
+    assert len(make(model, **old).run(resume_from=path).records) == 20
+    # one concept: the new settings change nothing, so an older file resumes with the defaults
+    single, forget, retain = make_problem()
+    with pytest.raises(UnlearningCancelled):
+        Unlearner(single, forget, retain, UnlearnConfig(**CONFIG)).run(
+            callbacks=[seen.append], should_stop=lambda: len(seen) >= 6, checkpoint_path=path)
+    _without_config_keys(path, "forget_per_concept", "retire_erased")
+    assert len(Unlearner(single, forget, retain, UnlearnConfig(**CONFIG)).run(resume_from=path).records) == 30

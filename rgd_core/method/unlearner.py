@@ -15,10 +15,11 @@ as their concept-free twins (ratio about 1); the ratio climbs as the concept is 
 held. ``steps`` is then the cap. The last record says why the run ended (``stop_reason``). With several concepts in
 one run (``pair_groups``), the forget objective is the sum of each concept's mean loss (``forget_per_concept``:
 with one mean over the batch each concept would get 1/K of the ascent against the whole retain pull), the ratio is
-taken per concept and the run ends once the lowest has reached the target. Until then a concept already at the target is *retired* (``retire_erased``): its pairs leave the forget objective, so
-the ascent goes on only for the concepts still there and the erased ones are not pushed further, at the cost of
-the retain set, while the slowest catches up. Each probe decides afresh: a retired concept whose ratio has fallen
-back below the target is ascended again.
+taken per concept and the run ends once the lowest has reached the target. Until then a concept already at the
+target is *retired* (``retire_erased``): its pairs leave the forget objective, so the ascent goes on only for the
+concepts still there and the erased ones are not pushed further at the retain set's expense while the slowest
+catches up. Each probe decides afresh: a retired concept whose ratio has fallen back below the target is ascended
+again.
 
 A judge (``judge``: the shapes classifier in the benchmark world, a detector for SD) may decide instead of the loss
 ratio: on the same probe steps it reports which share of a fixed probe of the model's own samples still shows each
@@ -76,7 +77,7 @@ class UnlearnConfig:
     stop_ratio: float = 0.0  # adaptive stop: finish once probe forget loss >= stop_ratio x retain loss (0: off)
     stop_every: int = 5  # probe every this many steps
     # several concepts with the adaptive stop: a concept at the target leaves the ascent until a probe finds it below
-    # again (False: every concept is ascended to the end). Measured in docs/results/ (README: Several concepts).
+    # again (False: every concept is ascended to the end). Measured: README, "Several concepts in one run".
     retire_erased: bool = True
     # several concepts: the forget objective is the sum of each concept's own mean, so each is ascended as hard as in
     # a run of its own against the same retain pull (False: one mean over the batch, each concept 1/K of it)
@@ -146,8 +147,9 @@ class Unlearner:
     ``trainable(name, parameter) -> bool`` picks the parameters to edit (default: all of them). Unless
     ``in_place`` is set, the model passed in is deep-copied first and never changed, whatever happens.
     ``pair_groups(generator) -> names`` (several concepts in one run) names the group of each pair that the loss
-    callables draw with ``generator``; the adaptive stop then waits until every group has reached the target, and
-    retires the groups that have (``UnlearnConfig.retire_erased``).
+    callables draw with ``generator``: the forget objective is then the sum of each group's own
+    (``UnlearnConfig.forget_per_concept``), and the adaptive stop waits until every group has reached the target,
+    retiring the groups that have (``UnlearnConfig.retire_erased``).
     ``judge(model) -> {concept: share}`` (optional) decides the adaptive stop instead of the loss ratio: the share of
     a fixed probe of the model's own samples that still shows each concept (names as ``pair_groups``'), which must
     come to at most ``UnlearnConfig.stop_share``. It is called every ``stop_every`` steps without gradients, its
@@ -232,7 +234,7 @@ class Unlearner:
                 if checkpoint_path and checkpoint_every and self.completed_steps % checkpoint_every == 0:
                     self.save_checkpoint(checkpoint_path)
             if self.records and "stop_reason" not in self.records[-1]:
-                cap = "step cap" if self.config.stop_ratio else "fixed steps"
+                cap = "step cap" if self.config.stop_ratio or self.judge else "fixed steps"
                 self.records[-1]["stop_reason"] = f"{cap}: {self.config.steps} steps"
         finally:
             for p in self.params:
@@ -320,7 +322,11 @@ class Unlearner:
         config = self.config
         if not (config.stop_ratio or self.judge) or self.completed_steps % config.stop_every:
             return False
+        start = time.perf_counter()
         gone, reason = self._judge_verdict(record) if self.judge else self._ratio_verdict(record)
+        # the probe's time (a judge samples images) is its step's: a run's seconds are what the user waited for
+        record["probe_seconds"] = time.perf_counter() - start
+        record["seconds"] += record["probe_seconds"]
         if config.retire_erased and len(gone) > 1:
             self.retired = {name for name, done in gone.items() if done}
             record["retired"] = sorted(self.retired)
@@ -349,15 +355,34 @@ class Unlearner:
                 f"forget loss {ratio:.2f}x the retain loss on the probe{which} (target {target:g}x)")
 
     def _judge_verdict(self, record: dict) -> tuple[dict[str, bool], str]:
-        """Per concept, whether at most ``stop_share`` of the judge's probe images still show it."""
+        """Per concept, whether at most ``stop_share`` of the judge's probe images still show it. The judge runs
+        without gradients, its global random draws undone and every module's train/eval mode put back."""
+        modes = [module.training for module in self.model.modules()]
         with torch.no_grad(), torch.random.fork_rng(devices=self._rng_devices):
             shares = {name: float(share) for name, share in self.judge(self.model).items()}
+        for module, mode in zip(self.model.modules(), modes):
+            module.training = mode
+        missing = sorted(self._group_names() - set(shares))
+        if not shares or missing:
+            raise RGDInputError(f"the judge must give a share for every concept of the run; it gave none for "
+                                f"{', '.join(missing) or 'any'}")
         record["judge_shares"] = shares
         highest, share = max(shares.items(), key=lambda item: item[1])
-        which = f" for every concept (highest: {highest})" if len(shares) > 1 else ""
-        return ({name: value <= self.config.stop_share for name, value in shares.items()},
-                f"the judge sees the concept in {share:.1%} of its probe{which} (target at most "
+        if len(shares) > 1:
+            return ({name: value <= self.config.stop_share for name, value in shares.items()},
+                    f"the judge sees each concept in at most {share:.1%} of its probe ({highest} highest; target "
+                    f"at most {self.config.stop_share:.1%})")
+        return ({highest: share <= self.config.stop_share},
+                f"the judge sees the concept in {share:.1%} of its probe (target at most "
                 f"{self.config.stop_share:.1%})")
+
+    def _group_names(self) -> set[str]:
+        """The concepts of the probe's pairs (none without ``pair_groups``): what a judge must report on."""
+        if self.pair_groups is None:
+            return set()
+        batches = max(1, min(PROBE_BATCHES, self.config.steps))
+        return {name for step in range(batches)
+                for name in self.pair_groups(torch.Generator().manual_seed(step_seed(self.config.seed, step)))}
 
     @torch.no_grad()
     def probe_losses(self) -> tuple[float, float]:
@@ -440,6 +465,19 @@ class Unlearner:
         }
         return save_safetensors_atomic(tensors, path, {"rgd": json.dumps(header)})
 
+    def _resume_keys(self) -> dict[str, object]:
+        """Every setting that changes what this run's steps compute, each with the value a checkpoint older than the
+        setting ran with (compared when the file lacks it); ``steps`` may differ (a run can be extended)."""
+        keys: dict[str, object] = dict.fromkeys(("method", "seed", "retain_weight", "lr", "optimizer", "truncation",
+                                                 "truncation_threshold"))
+        if self.pair_groups is not None:  # several concepts: the objective, and which concepts the probes retire
+            keys.update(forget_per_concept=False, retire_erased=False)
+            if self.config.retire_erased:
+                keys.update(stop_ratio=None, stop_every=None)
+                if self.judge is not None:
+                    keys.update(stop_share=0.0)
+        return keys
+
     def load_checkpoint(self, path: str | Path) -> None:
         from safetensors import safe_open
 
@@ -456,15 +494,16 @@ class Unlearner:
             if header.get("format") != CHECKPOINT_FORMAT:
                 raise RGDInputError(f"{path} is not an rgd unlearner checkpoint")
             saved = header["config"]
-            # every setting that changes what a step computes; steps may differ (a run can be extended)
-            keys = ("method", "seed", "retain_weight", "lr", "optimizer", "truncation", "truncation_threshold",
-                    "retire_erased", "forget_per_concept", "stop_share")
-            for key in keys:
-                if key in saved and saved[key] != getattr(self.config, key):  # older files lack the newer keys
-                    raise RGDInputError(
-                        f"checkpoint {path} was made with {key}={saved[key]!r}, this run has "
-                        f"{getattr(self.config, key)!r}; resume with the same settings"
-                    )
+            for key, before in self._resume_keys().items():
+                made_with, now = saved.get(key, before), getattr(self.config, key)
+                if made_with == now:
+                    continue
+                if key not in saved:  # a setting newer than the file, which a host may not expose
+                    raise RGDInputError(f"checkpoint {path} was made by an older rgd, whose runs had {key}="
+                                        f"{made_with!r}; start the run again, or resume through the library with "
+                                        f"UnlearnConfig({key}={made_with!r})")
+                raise RGDInputError(f"checkpoint {path} was made with {key}={made_with!r}, this run has {now!r}; "
+                                    "resume with the same settings")
             if header["param_names"] != self.param_names:
                 raise RGDInputError(f"checkpoint {path} holds other trainable parameters than this run")
             # all shapes are checked before any parameter is written, so a refused file changes nothing
