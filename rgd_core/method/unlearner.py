@@ -153,7 +153,8 @@ class Unlearner:
     ``judge(model) -> {concept: share}`` (optional) decides the adaptive stop instead of the loss ratio: the share of
     a fixed probe of the model's own samples that still shows each concept (names as ``pair_groups``'), which must
     come to at most ``UnlearnConfig.stop_share``. It is called every ``stop_every`` steps without gradients, its
-    global random draws undone, so it leaves the training bit-identical; its own samples should be seeded.
+    global random draws undone and the modules' train/eval modes put back, so it leaves the training bit-identical;
+    its own samples should be seeded.
     """
 
     def __init__(
@@ -301,7 +302,7 @@ class Unlearner:
         """The forget objective of a batch of several concepts: the sum of each ascended concept's own objective
         (``forget_per_concept``), or one over the pairs of the concepts not retired. The reported loss stays the
         whole batch's. With no ascended concept in the batch, it is a zero that still has a graph: g_f = 0."""
-        groups = self.pair_groups(torch.Generator().manual_seed(step_seed(self.config.seed, step)))
+        groups = self._groups_of(step)
         rows = {}
         for i, group in enumerate(groups):
             if group not in self.retired:
@@ -381,8 +382,11 @@ class Unlearner:
         if self.pair_groups is None:
             return set()
         batches = max(1, min(PROBE_BATCHES, self.config.steps))
-        return {name for step in range(batches)
-                for name in self.pair_groups(torch.Generator().manual_seed(step_seed(self.config.seed, step)))}
+        return {name for step in range(batches) for name in self._groups_of(step)}
+
+    def _groups_of(self, step: int) -> list[str]:
+        """The group of each pair step ``step`` draws: ``pair_groups`` with a fresh copy of the step's generator."""
+        return self.pair_groups(torch.Generator().manual_seed(step_seed(self.config.seed, step)))
 
     @torch.no_grad()
     def probe_losses(self) -> tuple[float, float]:
@@ -406,7 +410,7 @@ class Unlearner:
                 forget.append(_per_pair(self.forget_loss(self.model, torch.Generator().manual_seed(seed))))
                 retain.append(_per_pair(self.retain_loss(self.model, torch.Generator().manual_seed(seed))))
                 if with_groups:
-                    groups += self.pair_groups(torch.Generator().manual_seed(seed))
+                    groups += self._groups_of(step)
         return torch.cat(forget).double().cpu(), torch.cat(retain).double().cpu(), groups
 
     def _adam_metric(self):
