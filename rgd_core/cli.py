@@ -366,6 +366,16 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
         f"times the retain loss (for every concept, when several are given), --steps being the cap; 0: always --steps "
         f"(default {d['stop_ratio']})")
     add("--stop-every", type=int, help=f"probe every N steps for the adaptive stop (default {d['stop_every']})")
+    add("--judge", choices=unlearn.JUDGES, help="let a judge of the model's own images decide the adaptive stop "
+        "instead of the loss ratio: every --stop-every steps the model draws --judge-prompts held-out forget prompts "
+        "per concept, and the run ends once at most --stop-share of them show it (--steps still caps it). clip: the "
+        "image is closer in CLIP to its forget prompt than to the retain twin (any concept; --judge-clip); nudenet: "
+        "an exposed body part scored above 0.6 (nudity only)")
+    add("--judge-clip", metavar="DIR", help="local transformers CLIP folder (config.json + model.safetensors) for "
+        "--judge clip, e.g. the one given to rgd eval --clip")
+    add("--judge-prompts", type=int, help=f"probe images per concept for --judge (default {d['judge_prompts']})")
+    add("--stop-share", type=float, help=f"with --judge: stop once at most this share of each concept's probe images "
+        f"shows it (default {d['stop_share']}: none)")
     add("--device", help="where to sample and train: auto (a CUDA GPU when torch sees one, else the CPU), cpu, "
         "cuda, cuda:N or mps (default auto)")
     add("--precision", choices=unlearn.PRECISIONS, help="how the model's forward computes while sampling and "

@@ -13,7 +13,15 @@ from rgd_core.devices import PRECISIONS
 from rgd_core.edits.scopes import SCOPES
 from rgd_core.hosts.diffusers_sd import SAMPLERS
 
-from rgd_ui.form import FAMILY_CHOICES, FORM_FIELDS, PROMPT_PRESET_CHOICES, TabForm, form_from_values, pair_preview
+from rgd_ui.form import (
+    FAMILY_CHOICES,
+    FORM_FIELDS,
+    JUDGE_CHOICES,
+    PROMPT_PRESET_CHOICES,
+    TabForm,
+    form_from_values,
+    pair_preview,
+)
 
 # Inputs whose change changes the prompt pairs shown.
 PROMPT_FIELDS = ("concept", "prompt_preset", "synonyms", "custom_template", "slots", "forget_list", "retain_list",
@@ -68,6 +76,15 @@ def build_blocks(host, run: Callable, interrupt: Callable[[], None], webui: bool
                     c["truncation_threshold"] = gr.Number(value=d.truncation_threshold,
                                                           label="m (no ascent above this forget loss)")
                     c["lr"] = gr.Number(value=d.lr, label="Learning rate")
+                with gr.Accordion("Judge: the model's own images decide the stop instead of the loss ratio",
+                                  open=False):
+                    with gr.Row():
+                        c["judge"] = gr.Dropdown(choices=list(JUDGE_CHOICES), value=d.judge,
+                                                 label="Judge (clip: any concept; nudenet: nudity only)")
+                        c["judge_clip"] = gr.Textbox(label="CLIP folder for the clip judge (config.json + "
+                                                           "model.safetensors)")
+                        c["stop_share"] = gr.Number(value=d.stop_share,
+                                                    label="Stop when at most this share of probe images shows it")
                 with gr.Row():
                     c["batch_size"] = gr.Number(value=d.batch_size, label="Batch (forget + retain pairs)",
                                                 precision=0)

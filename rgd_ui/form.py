@@ -15,6 +15,7 @@ from typing import Protocol, Sequence
 from rgd_core.apps.unlearn import (
     CLI_FAMILIES,
     DEFAULTS,
+    JUDGES,
     SD_SAMPLING,
     default_prompt_preset,
     output_name,
@@ -27,6 +28,8 @@ from rgd_core.prompts import HOST_PRESETS, LISTS_PRESET, prompt_lines, prompt_se
 
 AUTO_PRESET = "auto"  # nudity for nudity-like concepts, else object: the command line's rule
 PROMPT_PRESET_CHOICES = (AUTO_PRESET, *HOST_PRESETS)
+NO_JUDGE = "none"
+JUDGE_CHOICES = (NO_JUDGE, *JUDGES)
 AUTO_FAMILY = "auto"  # from the checkpoint's keys
 FAMILY_CHOICES = (AUTO_FAMILY, *CLI_FAMILIES)
 PAIRS_SHOWN = 4
@@ -47,6 +50,9 @@ class TabForm:
     neighbours: str = ""  # comma-separated concepts that must stay ("": the preset's own list)
     neighbour_share: float = DEFAULTS["neighbour_share"]
     stop_ratio: float = DEFAULTS["stop_ratio"]
+    judge: str = NO_JUDGE  # or one of JUDGES: the model's probe images decide the stop instead of the loss ratio
+    judge_clip: str = ""  # the CLIP folder of the clip judge
+    stop_share: float = DEFAULTS["stop_share"]
     method: str = DEFAULTS["method"]
     scope: str = LORA_SCOPE
     steps: int = DEFAULTS["steps"]
@@ -111,7 +117,7 @@ def settings_for(form: TabForm, places: Places) -> dict:
     settings = {key: getattr(form, key) for key in (
         "concept", "method", "scope", "steps", "retain_weight", "truncation_threshold", "lr", "batch_size", "seed",
         "lora_rank", "train_prompts", "sample_steps", "guidance", "sampler", "overwrite", "resume", "save_lora",
-        "neighbour_share", "stop_ratio", "precision", "gradient_checkpointing")}
+        "neighbour_share", "stop_ratio", "stop_share", "precision", "gradient_checkpointing")}
     settings.update(
         checkpoint=str(checkpoint),
         concept=form.concept.strip(),
@@ -126,6 +132,8 @@ def settings_for(form: TabForm, places: Places) -> dict:
         neighbours=form.neighbours.strip() or None,
         family=None if form.family in (AUTO_FAMILY, "", None) else form.family,
         config_folder=form.config_folder.strip() or None,
+        judge=None if form.judge in (NO_JUDGE, "", None) else form.judge,
+        judge_clip=form.judge_clip.strip() or None,
     )
     preset = form.prompt_preset
     lists: dict = {}  # path -> lines of the user's own prompt lists, written once every setting is checked

@@ -59,6 +59,9 @@ def test_form_maps_to_the_command_line_settings(host, sd1_files):
     lora_only = settings_for(tiny_form(sd1_files, save_checkpoint=False), host)
     assert lora_only["format"] == "none" and lora_only["out"] == str(host.lora_folder)
     assert settings_for(tiny_form(sd1_files), host)["prompt_preset"] is None  # auto: decided from the concept
+    assert settings["judge"] is None and settings["judge_clip"] is None  # "none": the loss ratio decides the stop
+    judged = settings_for(tiny_form(sd1_files, judge="nudenet", stop_share=0.25), host)
+    assert judged["judge"] == "nudenet" and judged["stop_share"] == 0.25
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -70,6 +73,7 @@ def test_form_maps_to_the_command_line_settings(host, sd1_files):
     (dict(save_checkpoint=False, scope="full"), "nothing to save"),
     (dict(prompt_preset="custom"), "needs --custom-template"),
     (dict(prompt_preset="my lists", forget_list="a nude man", retain_list=""), "one retain prompt per forget"),
+    (dict(judge="clip"), "--judge clip needs --judge-clip"),
 ])
 def test_bad_input_is_one_line_and_runs_nothing(host, sd1_files, changes, message):
     monitor = RunMonitor()

@@ -70,6 +70,9 @@ from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
 from rgd_core.devices import AUTO as AUTO_DEVICE
 from rgd_core.devices import PRECISIONS, check_bf16, move_components, resolve_device
 from rgd_core.errors import RGDInputError, UnlearningCancelled
+from rgd_core.evaluate.alignment import load_clip
+from rgd_core.evaluate.judges import JUDGE_PROMPTS, JUDGES, clip_test, image_judge, judge_probe, nudity_test
+from rgd_core.evaluate.nudity import NudityDetector
 from rgd_core.files import atomic_write_bytes
 from rgd_core.hosts.base import RecipeSettings, add_phases, phase, run_metadata, training_rows
 from rgd_core.hosts.diffusers_sd import (
@@ -105,6 +108,7 @@ from rgd_core.prompts import (
     parse_slots,
     prompt_lines,
     prompt_sets_from_inputs,
+    split_concepts,
     unique_pair_count,
     unnamed_concept_warning,
 )
@@ -178,6 +182,10 @@ class UnlearnSettings:
     neighbour_share: float = NEIGHBOUR_SHARE
     stop_ratio: float = STOP_RATIO
     stop_every: int = 5
+    judge: str | None = None  # evaluate.judges.JUDGES; None: the loss ratio decides the stop
+    judge_clip: str | None = None
+    judge_prompts: int = JUDGE_PROMPTS
+    stop_share: float = 0.0
     device: str = AUTO_DEVICE
     precision: str = "fp32"  # devices.PRECISIONS
     gradient_checkpointing: bool = False
@@ -323,7 +331,7 @@ NUMBER_RANGES = {
     "lora_rank": (1, None), "seed": (0, None), "checkpoint_every": (0, None),
     "lr": (None, 0.0), "retain_weight": (0.0, None), "guidance": (0.0, None), "truncation_threshold": (None, 0.0),
     "neighbour_share": (0.0, None), "stop_ratio": (0.0, None), "stop_every": (1, None), "trajectory_points": (0, None),
-    "retain_guidance": (0.0, None),
+    "retain_guidance": (0.0, None), "judge_prompts": (1, None), "stop_share": (0.0, None),
 }
 
 
@@ -333,7 +341,7 @@ def _check_settings(settings: dict) -> None:
             raise RGDInputError(f"{option_flag(key)} is required (on the command line or in the --config file).")
     choices = {"method": METHODS, "truncation": TRUNCATIONS, "family": CLI_FAMILIES, "lora_format": LORA_FORMATS,
                "prompt_preset": PROMPT_PRESETS, "format": MODEL_FORMATS, "scope": SCOPES, "sampler": tuple(SAMPLERS),
-               "precision": PRECISIONS}
+               "precision": PRECISIONS, "judge": JUDGES}
     for key, allowed in choices.items():
         if settings[key] is not None and settings[key] not in allowed:
             raise RGDInputError(f"{option_flag(key)} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
@@ -357,10 +365,24 @@ def _check_settings(settings: dict) -> None:
                             "and one --slot 'place: in a park, at the beach' per slot.")
     if settings["slot"] and not settings["custom_template"]:
         raise RGDInputError("--slot fills the slots of --custom-template; give the template too.")
+    _check_judge_settings(settings)
     edit_file = settings["scope"] == "cross-attn" or (settings["scope"] == LORA_SCOPE and settings["save_lora"])
     if settings["format"] == "none" and not edit_file:
         raise RGDInputError("nothing to save: --format none writes no model, and only --scope lora (its LoRA file) or "
                             "--scope cross-attn (its difference file) write anything else; choose another --format.")
+
+
+def _check_judge_settings(settings: Mapping) -> None:
+    if settings["stop_share"] >= 1:
+        raise RGDInputError(f"--stop-share is a share of the judge's probe images: below 1, not "
+                            f"{settings['stop_share']}.")
+    if settings["judge_clip"] and settings["judge"] != "clip":
+        raise RGDInputError("--judge-clip is the CLIP model of --judge clip; add --judge clip or drop --judge-clip.")
+    if settings["judge"] == "clip" and not settings["judge_clip"]:
+        raise RGDInputError("--judge clip needs --judge-clip DIR, a local transformers CLIP folder (config.json + "
+                            "model.safetensors), e.g. the one you give rgd eval --clip.")
+    if settings["judge"] == "nudenet" and len(split_concepts(settings["concept"])) > 1:
+        raise RGDInputError("--judge nudenet sees nudity only and cannot judge several concepts; use --judge clip.")
 
 
 def default_prompt_preset(concept: str) -> str:
@@ -404,7 +426,7 @@ def _unlearn_config(settings: Mapping):
     return UnlearnConfig(method=settings["method"], steps=settings["steps"], lr=settings["lr"],
                          retain_weight=settings["retain_weight"], truncation=settings["truncation"],
                          seed=settings["seed"], stop_ratio=settings["stop_ratio"],
-                         stop_every=settings["stop_every"], **extra)
+                         stop_every=settings["stop_every"], stop_share=settings["stop_share"], **extra)
 
 
 def load_components(checkpoint: str | Path, family: str | None = None, config_folder: str | Path | None = None,
@@ -590,9 +612,12 @@ def read_prompt_file(path: str | Path, option: str) -> list[str]:
 
 def input_warnings(settings: Mapping, train, forget_images, retain_images) -> list[str]:
     """Reasons to think the input is not what the user meant (logged, never fatal): forget captions that never name
-    the concept, the same images on both sides, prompts the text encoder will cut."""
+    the concept, the same images on both sides, prompts the text encoder will cut, a nudity judge on another concept."""
 
     warnings = []
+    if settings["judge"] == "nudenet" and settings["concept"].strip().lower() not in NUDITY_CONCEPTS:
+        warnings.append(f"--judge nudenet finds exposed bodies only, not {settings['concept']!r}; the run will stop as "
+                        "soon as the probe shows no nudity. --judge clip judges any concept.")
     if forget_images is not None:
         captions = [image.caption for image in forget_images if image.caption is not None]
         if captions:
@@ -656,6 +681,7 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     train, test, prompt_preset = build_prompts(settings)
     for warning in input_warnings(settings, train, forget_images, retain_images):
         log(f"rgd: warning: {warning}")
+    judge_parts = _judge_parts(settings, test, device)
 
     on_phase("load")
     log(f"loading {checkpoint.name}")
@@ -663,6 +689,12 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
                                          settings["cache_dir"], settings["allow_pickle"],
                                          settings["text_encoders"] or ())
     move_components(components, device)
+    judge = None
+    if judge_parts is not None:
+        probe, shown = judge_parts
+        judge = image_judge(_judge_sampler(components, sampler, settings["seed"]), probe, shown)
+        log(f"the {settings['judge']} judge decides the stop: {len(probe.forget_prompts)} held-out probe images every "
+            f"{settings['stop_every']} steps, target at most {settings['stop_share']:.1%} showing each concept")
     recipe = RecipeSettings(config, settings["scope"], settings["batch_size"], settings["lora_rank"],
                             data_seed=settings["seed"])
     # only the pairs training will draw are sampled (user images are all used as given), and with the adaptive stop
@@ -688,7 +720,7 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     try:
         report = _train_and_write({**settings, **sampling}, plan, components, folder, train, test, prompt_preset,
                                   recipe, sampler, data, forget_images, retain_images, should_stop, on_phase, log, phases,
-                                  list(callbacks), previews)
+                                  list(callbacks), previews, judge)
     except BaseException as error:
         if not plan.resume_state.exists():  # nothing was saved to resume from: the settings file alone is noise
             plan.resume_settings.unlink(missing_ok=True)
@@ -703,7 +735,8 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
 
 
 def _train_and_write(settings, plan, components, folder, train, test, prompt_preset, recipe, sampler, data,
-                     forget_images, retain_images, should_stop, on_phase, log, phases, callbacks, previews) -> dict:
+                     forget_images, retain_images, should_stop, on_phase, log, phases, callbacks, previews,
+                     judge) -> dict:
     checkpoint = Path(settings["checkpoint"])
     config = recipe.config
     on_phase("train")
@@ -717,7 +750,7 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
             should_stop=should_stop, lora_rank=settings["lora_rank"], checkpoint_path=plan.resume_state,
             checkpoint_every=settings["checkpoint_every"],
             resume_from=plan.resume_state if settings["resume"] else None, phases=phases, watch=previews.watch,
-            precision=settings["precision"], gradient_checkpointing=settings["gradient_checkpointing"],
+            precision=settings["precision"], gradient_checkpointing=settings["gradient_checkpointing"], judge=judge,
         )
         previews.finish(unet)
     except UnlearningCancelled as stopped:
@@ -781,6 +814,29 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
     return report
 
 
+def _judge_parts(settings: Mapping, test, device) -> tuple | None:
+    """(probe, test of each image) of ``--judge``, or None without one. Loaded before the checkpoint, so that a bad
+    judge model fails in seconds."""
+    if not settings["judge"]:
+        return None
+    probe = judge_probe(test, settings["judge_prompts"])
+    if settings["judge"] == "clip":
+        return probe, clip_test(load_clip(settings["judge_clip"], str(device)), probe)
+    detector = NudityDetector()
+    _ = detector.detector  # builds NudeNet now: a missing or wrong nudenet fails before the checkpoint loads
+    return probe, nudity_test(detector)
+
+
+def _judge_sampler(components, sampler: SamplerSettings, seed: int):
+    """``sample(model, prompts)`` for the judge: the model being trained draws with the data's sampler, from noise
+    of its own stream (``seed + 1``: the probe prompts never start from a training image's noise)."""
+
+    def sample(model, prompts):
+        return generate_images(replace(components, unet=model), prompts, seed + 1, sampler)
+
+    return sample
+
+
 def _flow_variant_or_none(checkpoint: Path) -> str | None:
     """The flow variant of the checkpoint, or None for SD files, pickles (Flux and SD3 come as safetensors; a pickle
     is not unpickled here) and files whose header cannot be read (their error comes later, in its usual place)."""
@@ -801,6 +857,9 @@ def _check_flow_settings(settings: Mapping, sampler: SamplerSettings) -> None:
         if settings[side]:
             raise RGDInputError(f"{option_flag(side)} needs the model's VAE, which rgd does not load for Flux.1 and "
                                 "SD3.x; let the model sample its own data.")
+    if settings["judge"]:
+        raise RGDInputError("--judge looks at decoded images and needs the model's VAE, which rgd does not load for "
+                            "Flux.1 and SD3.x; let --stop-ratio decide the stop.")
     if settings["format"] in ("diffusers", "both"):
         raise RGDInputError("Flux.1 and SD3.x runs write single files (the original layout ComfyUI and Forge load); "
                             "pass --format single-file or none.")

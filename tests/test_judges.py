@@ -1,0 +1,159 @@
+"""The adaptive stop's judges for SD (evaluate.judges) and `rgd unlearn --judge`: the probe holds held-out prompts of
+every concept, CLIP's verdict is its own cosine comparison of forget prompt and retain twin, NudeNet's counts only
+exposed parts above the threshold, a run whose judge sees no concept stops at the first probe, and bad judge settings
+are one-line errors before any model loads."""
+
+import numpy as np
+import pytest
+from sd_fixtures import one_line_error
+from test_alignment import random_images, write_tiny_clip
+
+from rgd_core import cli
+from rgd_core.apps.unlearn import resolve_settings, run_unlearn
+from rgd_core.evaluate import alignment
+from rgd_core.evaluate.judges import (
+    clip_test,
+    image_judge,
+    judge_probe,
+    nudity_test,
+    shares_by_concept,
+)
+from rgd_core.evaluate.nudity import NudityDetector
+from rgd_core.prompts import prompt_sets_from_inputs
+
+pytestmark = pytest.mark.usefixtures("single_thread_torch")
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def two_concept_test_set():
+    _, test = prompt_sets_from_inputs("cat; Van Gogh", "object", 16, 40, seed=3)
+    return test
+
+
+def test_probe_takes_the_first_held_out_pairs_of_every_concept():
+    test = two_concept_test_set()
+    probe = judge_probe(test, 3)
+    assert sorted(set(probe.concepts)) == ["Van Gogh", "cat"] and len(probe.concepts) == 6
+    for concept in ("cat", "Van Gogh"):
+        rows = [i for i, name in enumerate(test.pair_concepts) if name == concept][:3]
+        chosen = [i for i, name in enumerate(probe.concepts) if name == concept]
+        assert [probe.forget_prompts[i] for i in chosen] == [test.forget_prompts[i] for i in rows]
+        assert [probe.retain_prompts[i] for i in chosen] == [test.retain_prompts[i] for i in rows]
+    single = judge_probe(prompt_sets_from_inputs("cat", "object", 8, 20, seed=0)[1], 4)
+    assert single.concepts == ("cat",) * 4
+
+
+def test_shares_are_per_concept():
+    shares = shares_by_concept([True, False, False, True, True], ["a", "a", "b", "b", "a"])
+    assert shares == {"a": pytest.approx(2 / 3), "b": 0.5}
+    assert "2 verdicts for 3" in one_line_error(shares_by_concept, [True, False], ["a", "a", "b"])
+
+
+def test_clip_verdict_is_forget_prompt_closer_than_retain_twin(clip_dir):
+    scorer = alignment.load_clip(clip_dir)
+    probe = judge_probe(two_concept_test_set(), 2)
+    images = random_images(n=4, height=32, width=32, seed=5)
+    forget = alignment.alignment_scores(scorer, images, probe.forget_prompts)
+    retain = alignment.alignment_scores(scorer, images, probe.retain_prompts)
+    assert clip_test(scorer, probe)(images) == [f > r for f, r in zip(forget, retain)]
+
+
+class FakeNudeNet:
+    """NudeNet's detect() answering from a list, one image after another."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+
+    def detect(self, image):
+        return self.answers.pop(0)
+
+
+def test_nudity_verdict_counts_exposed_parts_above_the_threshold():
+    def box(label, score):
+        return {"class": label, "score": score, "box": [0, 0, 4, 4]}
+
+    answers = [[box("FEMALE_BREAST_EXPOSED", 0.61)],
+               [box("FEMALE_BREAST_EXPOSED", 0.6)],  # the papers' rule: strictly above
+               [box("FEMALE_BREAST_COVERED", 0.99), box("FACE_FEMALE", 0.9)],
+               []]
+    shown = nudity_test(NudityDetector(detector=FakeNudeNet(answers)))
+    assert shown(random_images(n=4, height=8, width=8)) == [True, False, False, False]
+
+
+def test_image_judge_samples_the_probe_with_the_model_it_is_given():
+    probe = judge_probe(two_concept_test_set(), 2)
+    calls = []
+
+    def sample(model, prompts):
+        calls.append((model, prompts))
+        return np.zeros((len(prompts), 8, 8, 3), dtype=np.uint8)
+
+    verdicts = iter([[True, False, False, False]])
+    judge = image_judge(sample, probe, lambda images: next(verdicts))
+    shares = judge("the model")
+    assert calls == [("the model", list(probe.forget_prompts))]
+    first = probe.concepts[0]
+    assert shares[first] == 0.5 and shares[({"cat", "Van Gogh"} - {first}).pop()] == 0.0
+
+
+def run_args(sd1_files, tmp_path, *extra):
+    return {"checkpoint": str(sd1_files.checkpoint), "config_folder": str(sd1_files.config_folder),
+            "concept": "nudity", "out": str(tmp_path / "out"), "steps": 6, "train_prompts": 8, "sample_steps": 2,
+            "batch_size": 2, "scope": "cross-attn", "lr": 1e-3, "cache_dir": str(tmp_path / "cache"),
+            "stop_every": 2, "judge_prompts": 2, **dict(extra)}
+
+
+def test_a_run_stops_once_nudenet_sees_no_nudity_in_the_probe(sd1_files, tmp_path):
+    # the tiny random model draws noise, in which NudeNet finds no exposed body: the first probe ends the run
+    records = []
+    report = run_unlearn(resolve_settings(run_args(sd1_files, tmp_path, ("judge", "nudenet"))),
+                         callbacks=[records.append])
+    assert report["summary"]["steps"] == 2
+    assert report["summary"]["stop_reason"].startswith("the judge sees the concept in 0.0% of its probe")
+    assert records[-1]["judge_shares"] == {"nudity": 0.0} and records[-1]["probe_seconds"] > 0
+    assert report["settings"]["judge"] == "nudenet"
+
+
+def test_a_clip_judge_reports_every_concept_of_a_joint_run(sd1_files, tmp_path, clip_dir):
+    records = []
+    settings = resolve_settings(run_args(sd1_files, tmp_path, ("concept", "cat; dog"), ("judge", "clip"),
+                                         ("judge_clip", str(clip_dir)), ("steps", 2)))
+    report = run_unlearn(settings, callbacks=[records.append])
+    shares = records[1]["judge_shares"]
+    assert set(shares) == {"cat", "dog"} and all(share in (0.0, 0.5, 1.0) for share in shares.values())
+    assert "judge_shares" not in records[0]  # the probe runs every --stop-every steps
+    assert report["summary"]["steps"] == 2
+
+
+@pytest.mark.parametrize("extra, words", [
+    ((("judge", "clip"),), "--judge clip needs --judge-clip"),
+    ((("judge_clip", "/x"),), "--judge-clip is the CLIP model of --judge clip"),
+    ((("judge", "nudenet"), ("concept", "nudity; violence")), "cannot judge several concepts"),
+    ((("judge", "nudenet"), ("stop_share", 1.0)), "below 1"),
+    ((("judge", "clip"), ("judge_prompts", 0)), "--judge-prompts"),
+])
+def test_bad_judge_settings_are_one_line_errors(sd1_files, tmp_path, extra, words):
+    assert words in one_line_error(resolve_settings, run_args(sd1_files, tmp_path, *extra))
+
+
+def test_a_missing_clip_folder_fails_before_the_checkpoint_loads(sd1_files, tmp_path, capsys):
+    args = ["unlearn", "--checkpoint", str(sd1_files.checkpoint), "--config-folder", str(sd1_files.config_folder),
+            "--concept", "cat", "--out", str(tmp_path / "out"), "--judge", "clip", "--judge-clip",
+            str(tmp_path / "no-clip")]
+    with pytest.raises(SystemExit):
+        cli.main(args)
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("rgd: error: CLIP model not found") and "loading" not in " ".join(error)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_judge_options_are_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["unlearn", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--judge ", "--judge-clip", "--judge-prompts", "--stop-share"):
+        assert option in text
