@@ -14,12 +14,14 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from rgd_core.hosts.denoiser import alphas_cumprod_from_sigmas, predict_from_denoiser
 from rgd_core.edits.deltas import EditSet, kohya_tensors, make_edit
 from rgd_core.errors import RGDInputError, UnlearningCancelled
+from rgd_core.evaluate.judges import JudgeProbe, image_judge
 from rgd_core.hosts.base import RecipeSettings, Trainee, add_phases, run_unlearning
 from rgd_core.method.losses import FLOW
 from rgd_core.method.paired_data import PairedData, prompt_seed, rows_mask, scatter_rows
@@ -165,6 +167,14 @@ def sample_latents(model, entries: list[list], negative: list, seed: int, settin
     return torch.cat(out)
 
 
+def decoded_images(model, vae, latents: Tensor) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB images of x0 latents as ``sample_latents`` returns them."""
+    with torch.no_grad():
+        images = vae.decode(model.model.process_latent_out(latents))
+    images = images.reshape(-1, *images.shape[-3:])  # video VAEs add a frame axis
+    return images.clamp(0, 1).mul(255).round().byte().cpu().numpy()
+
+
 def preview_image(model, vae, entries: list[list], negative: list, seed: int, settings: SamplerSettings):
     """One image per entry from ``model`` as it is now (edit included), all from the same starting noise, side by
     side in one PIL image: the forget prompt's and the retain prompt's sample during training."""
@@ -172,10 +182,7 @@ def preview_image(model, vae, entries: list[list], negative: list, seed: int, se
 
     with torch.no_grad():
         latents = torch.cat([sample_latents(model, [entry], negative, seed, settings) for entry in entries])
-        images = vae.decode(model.model.process_latent_out(latents))
-    images = images.reshape(-1, *images.shape[-3:])  # video VAEs add a frame axis
-    row = torch.cat(list(images), dim=1).clamp(0, 1).mul(255).round().byte().cpu().numpy()
-    return Image.fromarray(row)
+    return Image.fromarray(np.concatenate(list(decoded_images(model, vae, latents)), axis=1))
 
 
 def model_conds(model, entries: list[list], shape: tuple[int, int, int]) -> dict[str, Tensor]:
@@ -459,7 +466,8 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
             batch_size: int, lora_rank: int, settings: SamplerSettings, on_prompt=lambda: None,
             on_step=lambda record: None, should_stop=None, vae=None, preview_every: int = 0,
             on_preview=lambda step, image: None, phases: dict | None = None,
-            gradient_checkpointing: bool = False, pair_concepts: Sequence[str] = ()):
+            gradient_checkpointing: bool = False, pair_concepts: Sequence[str] = (),
+            judge: tuple[JudgeProbe, Callable[[np.ndarray], list[bool]]] | None = None):
     """RGD on ComfyUI's MODEL through the one recipe (``run_unlearning``) and return (edit, records). The MODEL
     passed in is never written: the edit lives in weight wrappers of a clone.
 
@@ -469,10 +477,26 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
     ``gradient_checkpointing`` recomputes SD3/Flux blocks' activations in backward instead of keeping them.
     ``pair_concepts`` (a Prompt Set of several concepts) gives each concept its own forget mean and makes the
     adaptive stop wait for (and retire) each of them.
+    ``judge`` (a probe and its test of each image, ``rgd_core.evaluate.judges``; needs the ``vae``) decides the
+    adaptive stop instead of the loss ratio: the model as trained so far draws the probe's forget prompts from noise
+    of its own stream (seed + 1) and the run ends once at most ``config.stop_share`` of each concept's show it.
     """
     import comfy.model_management
 
     host = ComfyHost(model, clip, settings, on_prompt, gradient_checkpointing)
+    judged = None
+    if judge is not None:
+        if vae is None:
+            raise RGDInputError("the judge looks at decoded images: connect the model's VAE to the vae input.")
+        probe, shown = judge
+        probe_entries, empty = encode(clip, list(probe.forget_prompts)), encode(clip, [""])[0]
+
+        def sample(_edit, _prompts):
+            # the trained edit acts through the wrappers of ``host.patcher``; the probe's prompts are encoded once
+            latents = sample_latents(host.patcher, probe_entries, empty, config.seed + 1, settings)
+            return decoded_images(host.patcher, vae, latents)
+
+        judged = image_judge(sample, probe, shown)
     callbacks = [on_step]
     if vae is not None and preview_every > 0:
         shown = encode(clip, [forget[0], retain[0]])
@@ -489,7 +513,7 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
     with torch.inference_mode(False):
         try:
             result = run_unlearning(host, forget, retain, recipe, callbacks, should_stop=stop,
-                                    pair_concepts=pair_concepts)
+                                    pair_concepts=pair_concepts, judge=judged)
         except UnlearningCancelled:
             comfy.model_management.throw_exception_if_processing_interrupted()
             raise

@@ -16,6 +16,7 @@ from comfy_api.latest import io
 
 from rgd_core.edits.scopes import SCOPES, check_scope
 from rgd_core.errors import RGDInputError
+from rgd_core.evaluate.judges import JUDGE_PROMPTS, JUDGES, judge_test, probe_from_pairs
 from rgd_core.hosts.base import RecipeSettings, run_metadata, training_rows
 from rgd_core.method.unlearner import STOP_RATIO, UnlearnConfig
 
@@ -23,22 +24,24 @@ from .common import CATEGORY, PromptSetType
 
 METHODS = ("rgd", "graddiff", "rgd-adam")
 SAMPLING_CHOICES = ("auto", "widgets")
+NO_JUDGE = "none"
+JUDGE_CHOICES = (NO_JUDGE, *JUDGES)
 
 
 def unlearn_config(method: str, steps: int, retain_weight: float, truncation_m: float, lr: float,
-                   seed: int, stop_ratio: float = STOP_RATIO) -> UnlearnConfig:
+                   seed: int, stop_ratio: float = STOP_RATIO, stop_share: float = 0.0) -> UnlearnConfig:
     """The node's widgets as rgd_core's config: Adam, the paper's skip-ascent truncation at m (0 turns it off), and
-    the adaptive stop at ``stop_ratio`` (0: always ``steps``)."""
+    the adaptive stop at ``stop_ratio`` (0: always ``steps``), or with a judge at ``stop_share``."""
     if truncation_m < 0:
         raise RGDInputError(f"truncation m must be >= 0 (0 = no truncation), not {truncation_m}.")
     truncation = ("skip", truncation_m) if truncation_m > 0 else ("none", math.inf)
     return UnlearnConfig(method=method, steps=steps, retain_weight=retain_weight, lr=lr, optimizer="adam",
                          truncation=truncation[0], truncation_threshold=truncation[1], seed=seed,
-                         stop_ratio=stop_ratio)
+                         stop_ratio=stop_ratio, stop_share=stop_share)
 
 
 def check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank, pairs,
-                   width, height, stop_ratio=STOP_RATIO) -> UnlearnConfig:
+                   width, height, stop_ratio=STOP_RATIO, stop_share=0.0) -> UnlearnConfig:
     """The widgets checked when the node runs, one message per problem naming the widget. In the editor ComfyUI
     checks each widget's own range first (so the node declares no validate_inputs: ComfyUI would repeat one
     message under every input it declares); this catches what a hand-written API prompt can still send."""
@@ -47,7 +50,23 @@ def check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, 
                                  ("pairs", pairs, 0), ("width", width, 8), ("height", height, 8)):
         if value < minimum:
             raise RGDInputError(f"{name} must be at least {minimum}, not {value}.")
-    return unlearn_config(method, steps, retain_weight, truncation_m, lr, seed, stop_ratio)
+    return unlearn_config(method, steps, retain_weight, truncation_m, lr, seed, stop_ratio, stop_share)
+
+
+def check_judge(judge: str, judge_clip: str, vae, concepts: set[str]) -> None:
+    """The judge widgets checked before any sampling, one message naming the widget."""
+    if judge not in JUDGE_CHOICES:
+        raise RGDInputError(f"judge must be one of {', '.join(JUDGE_CHOICES)}, not {judge!r}.")
+    if judge == NO_JUDGE:
+        return
+    if vae is None:
+        raise RGDInputError("the judge looks at decoded images: connect the model's VAE to the vae input.")
+    if judge == "clip" and not judge_clip.strip():
+        raise RGDInputError("judge clip needs judge_clip, the path of a local transformers CLIP folder (config.json "
+                            "+ model.safetensors).")
+    if judge == "nudenet" and len(concepts) > 1:
+        raise RGDInputError("judge nudenet sees nudity only and cannot judge a prompt set of several concepts; use "
+                            "judge clip.")
 
 
 def latent_size(width: int, height: int) -> tuple[int, int]:
@@ -112,7 +131,7 @@ class RGDUnlearn(io.ComfyNode):
                 io.Int.Input("preview_every", default=25, min=0, max=100000,
                              tooltip="with a VAE connected: every N steps, a sample of the first forget and retain "
                                      "prompt (same noise) as the node's preview; 0 = none"),
-                io.Vae.Input("vae", optional=True, tooltip="only for the previews"),
+                io.Vae.Input("vae", optional=True, tooltip="for the previews and the judge"),
                 io.Boolean.Input("gradient_checkpointing", default=False, optional=True,
                                  tooltip="SD3/Flux: recompute each transformer block's activations in backward "
                                          "instead of keeping them (less memory, about a third more time; exact "
@@ -126,6 +145,19 @@ class RGDUnlearn(io.ComfyNode):
                                        "widgets above; flow models (SD3, Flux) their family's settings (SD3: 28 "
                                        "steps, cfg 4.5; Flux dev: 20 steps, cfg 1, guidance 3.5; Flux schnell: 4 "
                                        "steps, cfg 1; euler, simple). widgets: always the widgets above"),
+                io.Combo.Input("judge", options=list(JUDGE_CHOICES), default=NO_JUDGE, optional=True,
+                               tooltip="let the model's own images decide the adaptive stop instead of the loss "
+                                       f"ratio (needs the vae): every {UnlearnConfig.stop_every} steps the model draws {JUDGE_PROMPTS} forget "
+                                       "prompts per concept from fresh noise, and the run ends once at most "
+                                       "stop_share of them show it. clip: the image is closer in CLIP to its forget "
+                                       "prompt than to the retain twin (any concept, judge_clip); nudenet: an exposed "
+                                       "body part scored above 0.6 (nudity only)"),
+                io.String.Input("judge_clip", default="", optional=True,
+                                tooltip="for judge clip: the path of a local transformers CLIP folder (config.json + "
+                                        "model.safetensors)"),
+                io.Float.Input("stop_share", default=0.0, min=0.0, max=0.99, step=0.05, optional=True,
+                               tooltip="with a judge: stop once at most this share of each concept's probe images "
+                                       "shows it (0: none)"),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL"),
@@ -138,16 +170,22 @@ class RGDUnlearn(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, prompt_set, method, scope, steps, retain_weight, truncation_m, lr, batch_size,
                 seed, lora_rank, pairs, sample_steps, cfg, sampler_name, scheduler, width, height, preview_every=0,
-                vae=None, sampling="auto", gradient_checkpointing=False, stop_ratio=STOP_RATIO) -> io.NodeOutput:
+                vae=None, sampling="auto", gradient_checkpointing=False, stop_ratio=STOP_RATIO, judge=NO_JUDGE,
+                judge_clip="", stop_share=0.0) -> io.NodeOutput:
         from . import glue
 
         config = check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank,
-                                pairs, width, height, stop_ratio)
+                                pairs, width, height, stop_ratio, stop_share)
         if sampling not in SAMPLING_CHOICES:
             raise RGDInputError(f"sampling must be one of {', '.join(SAMPLING_CHOICES)}, not {sampling!r}.")
         width, height = latent_size(width, height)
         chosen = prompt_set.pairs[:pairs] if pairs else prompt_set.pairs
         forget, retain = [f for f, _ in chosen], [r for _, r in chosen]
+        concepts = list(prompt_set.pair_concepts[:len(chosen)]) or [prompt_set.concept] * len(chosen)
+        check_judge(judge, judge_clip, vae, set(concepts))
+        # the node has the training pairs only: the probe takes their first prompts, drawn from other noise
+        probe = probe_from_pairs(forget, retain, concepts) if judge != NO_JUDGE else None
+        judged = (probe, judge_test(judge, probe, judge_clip.strip())) if probe is not None else None
         settings = glue.SamplerSettings(sample_steps, cfg, sampler_name, scheduler, width, height,
                                         batch_size=min(batch_size, 8))
         if sampling == "auto":
@@ -160,7 +198,7 @@ class RGDUnlearn(io.ComfyNode):
                                      on_prompt=report.prompt_done, on_step=report.step_done, vae=vae,
                                      preview_every=preview_every, on_preview=report.preview, phases=phases,
                                      pair_concepts=prompt_set.pair_concepts[:len(chosen)],
-                                     gradient_checkpointing=gradient_checkpointing)
+                                     gradient_checkpointing=gradient_checkpointing, judge=judged)
         report.done(phases, records)
         metadata = run_metadata(prompt_set.concept, prompt_set.preset, prompt_set.digest(), forget, retain,
                                 recipe,

@@ -814,6 +814,52 @@ def test_an_error_in_the_graph_leaves_the_input_model_untouched(comfy_runtime, s
     _assert_untouched(runtime, before)
 
 
+class PixelVAE:
+    """A VAE whose decode spreads each latent's first channel over an 8x bigger image, values in [0, 1]."""
+
+    def __init__(self):
+        self.decoded = 0
+
+    def decode(self, latents):
+        self.decoded += len(latents)
+        image = torch.sigmoid(latents[:, :1]).repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
+        return image.repeat(1, 3, 1, 1).permute(0, 2, 3, 1)  # ComfyUI's (B, H, W, C)
+
+
+def test_unlearn_node_judge_draws_the_probe_and_stops_once_nudenet_sees_no_nudity(comfy_runtime,
+                                                                                    small_prompt_set):
+    """The fake model draws blurry grey squares: NudeNet finds nothing, so the first probe (step 5) ends the run."""
+    runtime = comfy_runtime
+    node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDUnlearn"]
+    vae = PixelVAE()
+    out = node.execute(runtime.model, runtime.clip, small_prompt_set,
+                       **_unlearn_node_args(small_prompt_set, steps=8, vae=vae, judge="nudenet"))
+    records = out.args[2]["records"]
+    assert len(records) == 5 and records[-1]["judge_shares"] == {"nudity": 0.0}
+    assert records[-1]["stop_reason"].startswith("the judge sees the concept in 0.0% of its probe")
+    assert vae.decoded == 2  # the probe: the prompt set's 2 pairs (up to 8 per concept), once
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(judge="clip", vae=PixelVAE()), "judge clip needs judge_clip"),
+    (dict(judge="nudenet"), "connect the model's VAE"),
+    (dict(judge="llava", vae=PixelVAE()), "judge must be one of"),
+    (dict(judge="clip", vae=PixelVAE(), judge_clip="/no/such/clip"), "CLIP model not found"),
+])
+def test_unlearn_node_refuses_a_bad_judge_before_sampling(comfy_runtime, small_prompt_set, changes, message):
+    runtime = comfy_runtime
+    node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDUnlearn"]
+    with pytest.raises(RGDInputError, match=message):
+        node.execute(runtime.model, runtime.clip, small_prompt_set, **_unlearn_node_args(small_prompt_set, **changes))
+    assert runtime.comfy.model_management.loads == []  # nothing was sampled or trained
+
+
+def test_unlearn_node_judge_nudenet_refuses_several_concepts(pack):
+    module = sys.modules["rgd_pack_under_test.nodes.unlearn"]
+    with pytest.raises(RGDInputError, match="cannot judge a prompt set of several concepts"):
+        module.check_judge("nudenet", "", PixelVAE(), {"nudity", "violence"})
+
+
 def _all_files(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 

@@ -70,9 +70,7 @@ from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
 from rgd_core.devices import AUTO as AUTO_DEVICE
 from rgd_core.devices import PRECISIONS, check_bf16, move_components, resolve_device
 from rgd_core.errors import RGDInputError, UnlearningCancelled
-from rgd_core.evaluate.alignment import load_clip
-from rgd_core.evaluate.judges import JUDGE_PROMPTS, JUDGES, clip_test, image_judge, judge_probe, nudity_test
-from rgd_core.evaluate.nudity import NudityDetector
+from rgd_core.evaluate.judges import JUDGE_PROMPTS, JUDGES, image_judge, judge_probe, judge_test
 from rgd_core.files import atomic_write_bytes
 from rgd_core.hosts.base import RecipeSettings, add_phases, phase, run_metadata, training_rows
 from rgd_core.hosts.diffusers_sd import (
@@ -820,11 +818,7 @@ def _judge_parts(settings: Mapping, test, device) -> tuple | None:
     if not settings["judge"]:
         return None
     probe = judge_probe(test, settings["judge_prompts"])
-    if settings["judge"] == "clip":
-        return probe, clip_test(load_clip(settings["judge_clip"], str(device)), probe)
-    detector = NudityDetector()
-    _ = detector.detector  # builds NudeNet now: a missing or wrong nudenet fails before the checkpoint loads
-    return probe, nudity_test(detector)
+    return probe, judge_test(settings["judge"], probe, settings["judge_clip"], str(device))
 
 
 def _judge_sampler(components, sampler: SamplerSettings, seed: int):

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from rgd_core.errors import RGDInputError
-from rgd_core.evaluate.alignment import ClipScorer, image_embeddings, text_embeddings
+from rgd_core.evaluate.alignment import ClipScorer, image_embeddings, load_clip, text_embeddings
 from rgd_core.evaluate.nudity import DEFAULT_THRESHOLD, EXPOSED_CLASSES, NudityDetector
 from rgd_core.prompts.sets import PromptSet
 
@@ -38,16 +38,25 @@ class JudgeProbe:
 
 
 def judge_probe(prompts: PromptSet, per_concept: int = JUDGE_PROMPTS) -> JudgeProbe:
-    """The first ``per_concept`` pairs of each concept of ``prompts`` (a held-out test set, so that the judge asks
-    about prompts training never saw)."""
+    """The first ``per_concept`` pairs of each concept of ``prompts`` (best a held-out test set, so that the judge
+    asks about prompts training never saw)."""
+    concepts = list(prompts.pair_concepts) or [prompts.concept] * len(prompts)
+    return probe_from_pairs(prompts.forget_prompts, prompts.retain_prompts, concepts, per_concept)
+
+
+def probe_from_pairs(forget_prompts: Sequence[str], retain_prompts: Sequence[str], concepts: Sequence[str],
+                     per_concept: int = JUDGE_PROMPTS) -> JudgeProbe:
+    """The first ``per_concept`` pairs of each concept, pair i naming ``concepts[i]``."""
     if per_concept < 1:
         raise RGDInputError(f"the judge needs at least one probe prompt per concept, not {per_concept}.")
-    concepts = list(prompts.pair_concepts) or [prompts.concept] * len(prompts)
+    if not len(forget_prompts) == len(retain_prompts) == len(concepts):
+        raise RGDInputError(f"{len(forget_prompts)} forget prompts, {len(retain_prompts)} retain prompts and "
+                            f"{len(concepts)} concepts; the judge's probe needs one of each per pair.")
     chosen: list[int] = []
     for name in dict.fromkeys(concepts):
         chosen += [i for i, concept in enumerate(concepts) if concept == name][:per_concept]
-    return JudgeProbe(tuple(prompts.forget_prompts[i] for i in chosen),
-                      tuple(prompts.retain_prompts[i] for i in chosen), tuple(concepts[i] for i in chosen))
+    return JudgeProbe(tuple(forget_prompts[i] for i in chosen), tuple(retain_prompts[i] for i in chosen),
+                      tuple(concepts[i] for i in chosen))
 
 
 def shares_by_concept(shown: Sequence[bool], concepts: Sequence[str]) -> dict[str, float]:
@@ -80,6 +89,22 @@ def nudity_test(detector: NudityDetector, threshold: float = DEFAULT_THRESHOLD) 
                 for found in detector.detect(images)]
 
     return shown
+
+
+def judge_test(name: str, probe: JudgeProbe, clip: str | None = None,
+               device: str = "cpu") -> Callable[[np.ndarray], list[bool]]:
+    """The test of judge ``name`` (one of ``JUDGES``), its model loaded now: hosts call this before they load the
+    checkpoint, so that a bad CLIP folder or a missing nudenet fails in seconds."""
+    if name == "clip":
+        if not clip:
+            raise RGDInputError("the clip judge needs a local transformers CLIP folder (config.json + "
+                                "model.safetensors).")
+        return clip_test(load_clip(clip, device), probe)
+    if name == "nudenet":
+        detector = NudityDetector()
+        _ = detector.detector  # builds NudeNet now, so that a missing or wrong nudenet fails at once
+        return nudity_test(detector)
+    raise RGDInputError(f"the judge must be one of {', '.join(JUDGES)}, not {name!r}.")
 
 
 def image_judge(sample: Callable[[Any, Sequence[str]], np.ndarray], probe: JudgeProbe,

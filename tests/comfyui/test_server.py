@@ -256,6 +256,19 @@ def test_the_other_example_workflows_run(server, unlearned, example):
     print(f"before/after and LoRA examples: {time.monotonic() - start:.1f} s")
 
 
+def test_a_nudenet_judge_stops_the_run_once_the_probe_shows_no_nudity(server, unlearned, example):
+    """The tiny model draws noise through the example's VAE: NudeNet finds no exposed body, so the first probe
+    (step 5 of 8) ends the run, and the saved checkpoint's summary says why."""
+    workflow = fast(example("rgd_unlearn_and_save.json"), steps=8, prefix="rgd/judged")
+    workflow[node_of(workflow, "RGDUnlearn")]["inputs"].update(judge="nudenet", stop_share=0.0)
+    server.run(workflow)
+    checkpoint = server.base / "models" / "checkpoints" / "rgd" / "judged_00001_.safetensors"
+    with safe_open(str(checkpoint), "pt") as handle:
+        summary = json.loads(handle.metadata()["rgd_summary"])
+    assert summary["steps"] == 5
+    assert summary["stop_reason"].startswith("the judge sees the concept in 0.0% of its probe"), summary
+
+
 def test_cancel_stops_within_a_step_and_leaves_the_loaded_model_unchanged(server, unlearned, example):
     digest = {"loader": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
               "digest": {"class_type": "RGDTestModelDigest", "inputs": {"model": ["loader", 0]}}}
