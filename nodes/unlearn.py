@@ -147,8 +147,9 @@ class RGDUnlearn(io.ComfyNode):
                                        "steps, cfg 1; euler, simple). widgets: always the widgets above"),
                 io.Combo.Input("judge", options=list(JUDGE_CHOICES), default=NO_JUDGE, optional=True,
                                tooltip="let the model's own images decide the adaptive stop instead of the loss "
-                                       f"ratio (needs the vae): every {UnlearnConfig.stop_every} steps the model draws {JUDGE_PROMPTS} forget "
-                                       "prompts per concept from fresh noise, and the run ends once at most "
+                                       f"ratio (needs the vae): every {UnlearnConfig.stop_every} steps the model "
+                                       f"draws {JUDGE_PROMPTS} forget prompts per concept from fresh noise, and the "
+                                       "run ends once at most "
                                        "stop_share of them show it. clip: the image is closer in CLIP to its forget "
                                        "prompt than to the retain twin (any concept, judge_clip); nudenet: an exposed "
                                        "body part scored above 0.6 (nudity only)"),
