@@ -227,6 +227,7 @@ def test_cli_sd3_cross_attn_run_reloads_and_writes_a_difference_file(models, loa
     (["--format", "diffusers"], "single files"),
     (["--width", "40"], "multiples of 16"),
     (["--family", "sdxl"], "drop --family"),
+    (["--judge", "nudenet"], "--judge looks at decoded images"),
 ])
 def test_cli_refuses_what_flow_runs_cannot_do(models, tmp_path, capsys, extra, words):
     root, paths = models
