@@ -282,6 +282,8 @@ def cmd_unlearn(args) -> None:
           f"forget loss {summary.get('final_forget_loss', float('nan')):.4f}, "
           f"retain loss {summary.get('final_retain_loss', float('nan')):.4f}, "
           f"conflict rate {summary.get('conflict_rate', float('nan')):.2f}")
+    if summary.get("stop_reason"):
+        print(f"ended: {summary['stop_reason']}")
     print("time: " + ", ".join(f"{name} {values['seconds']:.1f} s ({values['evaluations']} UNet evaluations)"
                                for name, values in report.get("phases", {}).items()))
 

@@ -118,6 +118,17 @@ def test_a_run_stops_once_nudenet_sees_no_nudity_in_the_probe(sd1_files, tmp_pat
     assert report["settings"]["judge"] == "nudenet"
 
 
+def test_the_command_line_says_why_the_run_ended(sd1_files, tmp_path, capsys):
+    args = run_args(sd1_files, tmp_path)
+    argv = ["unlearn", "--judge", "nudenet"]
+    for key in ("checkpoint", "config_folder", "concept", "out", "steps", "train_prompts", "sample_steps",
+                "batch_size", "scope", "lr", "cache_dir", "stop_every", "judge_prompts"):
+        argv += ["--" + key.replace("_", "-"), str(args[key])]
+    cli.main(argv)
+    out = capsys.readouterr().out
+    assert "\nended: the judge sees the concept in 0.0% of its probe (target at most 0.0%) after 2 steps\n" in out
+
+
 def test_a_clip_judge_reports_every_concept_of_a_joint_run(sd1_files, tmp_path, clip_dir):
     records = []
     settings = resolve_settings(run_args(sd1_files, tmp_path, ("concept", "cat; dog"), ("judge", "clip"),
