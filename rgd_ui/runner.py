@@ -214,6 +214,7 @@ def run_tab(form: TabForm, host: UiHost, monitor: RunMonitor) -> Outcome:
     saved = [report[key] for key in ("output", "lora") if report.get(key)]
     saved = list(dict.fromkeys(saved))
     summary = report["summary"]
+    ended = f"; ended: {summary['stop_reason']}" if summary.get("stop_reason") else ""
     return Outcome(True, f"Saved {' and '.join(saved)} ({summary.get('steps', 0)} steps, forget loss "
                          f"{summary.get('final_forget_loss', float('nan')):.4f}, retain loss "
-                         f"{summary.get('final_retain_loss', float('nan')):.4f}).", report)
+                         f"{summary.get('final_retain_loss', float('nan')):.4f}{ended}).", report)

@@ -118,6 +118,14 @@ def test_a_tab_run_saves_into_the_hosts_folders_with_progress_and_previews(host,
     assert chart.width == 640 and chart.height > 300  # the plot and the preview row under it
 
 
+def test_a_judged_tab_run_says_why_it_ended(host, sd1_files):
+    # the tiny model draws noise: NudeNet finds no nudity in the probe, so the first probe (step 5) ends the run
+    outcome = run_tab(tiny_form(sd1_files, steps=8, judge="nudenet"), host, RunMonitor())
+    assert outcome.ok and "(5 steps" in outcome.message, outcome.message
+    assert outcome.message.endswith("; ended: the judge sees the concept in 0.0% of its probe (target at most 0.0%) "
+                                    "after 5 steps).")
+
+
 def test_interrupt_writes_no_model_and_resume_finishes_the_run(host, sd1_files):
     host.should_stop = lambda: len(monitor.records) >= 1
     monitor = RunMonitor()

@@ -82,6 +82,17 @@ def test_run_reports_progress_saves_into_forges_lists_and_the_lora_works(forge):
     assert txt2img(forge, "a photo of a cat", override_settings={"sd_model_checkpoint": "cleaned"})
 
 
+def test_a_judged_run_stops_once_nudenet_sees_no_nudity(forge):
+    """The tab's judge inside Forge's Python: the tiny model draws noise, NudeNet finds no exposed body in the
+    probe, so the first probe (step 5 of 8) ends the run, and the page says why."""
+    client = forge.drive("task(rgd-judged)", form_values(forge, name="judged", steps=8, judge="nudenet"))
+    out, err = client.communicate(timeout=600)
+    assert client.returncode == 0, err[-3000:]
+    status = json.loads(out)["status"]
+    assert "rgd-ok" in status and "(5 steps" in status, status
+    assert "ended: the judge sees the concept in 0.0% of its probe" in status, status
+
+
 def test_interrupt_mid_run_leaves_no_file(forge):
     task = "task(rgd-interrupted)"
     client = forge.drive(task, form_values(forge, name="interrupted", steps=500))
