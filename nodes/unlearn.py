@@ -16,7 +16,7 @@ from comfy_api.latest import io
 
 from rgd_core.edits.scopes import SCOPES, check_scope
 from rgd_core.errors import RGDInputError
-from rgd_core.evaluate.judges import JUDGE_PROMPTS, JUDGES, judge_test, probe_from_pairs
+from rgd_core.evaluate.judges import JUDGE_PROMPTS, JUDGES, judge_probe, judge_test, judge_warning
 from rgd_core.hosts.base import RecipeSettings, run_metadata, training_rows
 from rgd_core.method.unlearner import STOP_RATIO, UnlearnConfig
 
@@ -182,10 +182,12 @@ class RGDUnlearn(io.ComfyNode):
         width, height = latent_size(width, height)
         chosen = prompt_set.pairs[:pairs] if pairs else prompt_set.pairs
         forget, retain = [f for f, _ in chosen], [r for _, r in chosen]
-        concepts = list(prompt_set.pair_concepts[:len(chosen)]) or [prompt_set.concept] * len(chosen)
-        check_judge(judge, judge_clip, vae, set(concepts))
-        # the node has the training pairs only: the probe takes their first prompts, drawn from other noise
-        probe = probe_from_pairs(forget, retain, concepts) if judge != NO_JUDGE else None
+        check_judge(judge, judge_clip, vae, set(prompt_set.pair_concepts) or {prompt_set.concept})
+        warning = judge_warning(judge, prompt_set.concept) if judge != NO_JUDGE else None
+        if warning:
+            logging.warning("RGD: %s", warning)
+        # the node has the training pairs only: the probe takes the first ones with plain twins, from other noise
+        probe = judge_probe(prompt_set) if judge != NO_JUDGE else None
         judged = (probe, judge_test(judge, probe, judge_clip.strip())) if probe is not None else None
         settings = glue.SamplerSettings(sample_steps, cfg, sampler_name, scheduler, width, height,
                                         batch_size=min(batch_size, 8))

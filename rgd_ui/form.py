@@ -1,6 +1,7 @@
 """The tab's form and the one translation from it to ``rgd unlearn``'s settings.
 
-Every field of ``TabForm`` is one input of the page, in page order; its defaults are the command line's, except the
+Every field of ``TabForm`` is one input of the page, in the order Gradio hands their values over (the /rgd_unlearn
+API's positions, so new fields go last); its defaults are the command line's, except the
 scope (LoRA: what a UI user can try at once and undo by not loading it). ``settings_for`` fills in where the host
 keeps models and checks everything through ``resolve_settings``, so the tab refuses exactly what the command line
 refuses, with the same one-line messages.
@@ -50,9 +51,6 @@ class TabForm:
     neighbours: str = ""  # comma-separated concepts that must stay ("": the preset's own list)
     neighbour_share: float = DEFAULTS["neighbour_share"]
     stop_ratio: float = DEFAULTS["stop_ratio"]
-    judge: str = NO_JUDGE  # or one of JUDGES: the model's probe images decide the stop instead of the loss ratio
-    judge_clip: str = ""  # the CLIP folder of the clip judge
-    stop_share: float = DEFAULTS["stop_share"]
     method: str = DEFAULTS["method"]
     scope: str = LORA_SCOPE
     steps: int = DEFAULTS["steps"]
@@ -76,6 +74,10 @@ class TabForm:
     preview_every: int = 0
     family: str = "auto"  # or one of CLI_FAMILIES: only sd2-v (SD 2.x 768-v) is something the keys cannot tell
     config_folder: str = ""  # a diffusers config folder for a checkpoint of unusual shape ("": the shipped one)
+    # added later, so last: the values' order is the /rgd_unlearn API's, which scripts call with positions
+    judge: str = NO_JUDGE  # or one of JUDGES: the model's probe images decide the stop instead of the loss ratio
+    judge_clip: str = ""  # the CLIP folder of the clip judge
+    stop_share: float = DEFAULTS["stop_share"]
 
 
 FORM_FIELDS = tuple(field.name for field in fields(TabForm))
@@ -117,7 +119,7 @@ def settings_for(form: TabForm, places: Places) -> dict:
     settings = {key: getattr(form, key) for key in (
         "concept", "method", "scope", "steps", "retain_weight", "truncation_threshold", "lr", "batch_size", "seed",
         "lora_rank", "train_prompts", "sample_steps", "guidance", "sampler", "overwrite", "resume", "save_lora",
-        "neighbour_share", "stop_ratio", "stop_share", "precision", "gradient_checkpointing")}
+        "neighbour_share", "stop_ratio", "precision", "gradient_checkpointing")}
     settings.update(
         checkpoint=str(checkpoint),
         concept=form.concept.strip(),
@@ -132,9 +134,10 @@ def settings_for(form: TabForm, places: Places) -> dict:
         neighbours=form.neighbours.strip() or None,
         family=None if form.family in (AUTO_FAMILY, "", None) else form.family,
         config_folder=form.config_folder.strip() or None,
-        judge=None if form.judge in (NO_JUDGE, "", None) else form.judge,
-        judge_clip=form.judge_clip.strip() or None,
     )
+    if form.judge not in (NO_JUDGE, "", None):  # the judge's fields count only with a judge chosen
+        settings.update(judge=form.judge, stop_share=form.stop_share,
+                        judge_clip=(form.judge_clip.strip() or None) if form.judge == "clip" else None)
     preset = form.prompt_preset
     lists: dict = {}  # path -> lines of the user's own prompt lists, written once every setting is checked
     if preset not in PROMPT_PRESET_CHOICES:

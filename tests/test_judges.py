@@ -9,7 +9,8 @@ from sd_fixtures import one_line_error
 from test_alignment import random_images, write_tiny_clip
 
 from rgd_core import cli
-from rgd_core.apps.unlearn import resolve_settings, run_unlearn
+from rgd_core.apps import unlearn
+from rgd_core.apps.unlearn import build_prompts, generate_images, load_components, resolve_settings, run_unlearn
 from rgd_core.evaluate import alignment
 from rgd_core.evaluate.judges import (
     clip_test,
@@ -45,6 +46,16 @@ def test_probe_takes_the_first_held_out_pairs_of_every_concept():
         assert [probe.retain_prompts[i] for i in chosen] == [test.retain_prompts[i] for i in rows]
     single = judge_probe(prompt_sets_from_inputs("cat", "object", 8, 20, seed=0)[1], 4)
     assert single.concepts == ("cat",) * 4
+
+
+def test_probe_skips_retain_twins_that_name_a_neighbour():
+    train, _ = prompt_sets_from_inputs("Van Gogh", "art-style", 40, 10, seed=1, neighbours="Claude Monet",
+                                       neighbour_share=0.5)
+    assert any("Claude Monet" in retain for retain in train.retain_prompts)  # the set has neighbour twins
+    probe = judge_probe(train, 8)
+    assert len(probe.forget_prompts) == 8 and not any("Monet" in retain for retain in probe.retain_prompts)
+    rows = [train.forget_prompts.index(forget) for forget in probe.forget_prompts]
+    assert rows == sorted(rows) and [train.retain_prompts[i] for i in rows] == list(probe.retain_prompts)
 
 
 def test_shares_are_per_concept():
@@ -107,12 +118,25 @@ def run_args(sd1_files, tmp_path, *extra):
             "stop_every": 2, "judge_prompts": 2, **dict(extra)}
 
 
-def test_a_run_stops_once_nudenet_sees_no_nudity_in_the_probe(sd1_files, tmp_path):
+def test_a_run_stops_once_nudenet_sees_no_nudity_in_the_probe(sd1_files, tmp_path, monkeypatch):
     # the tiny random model draws noise, in which NudeNet finds no exposed body: the first probe ends the run
-    records = []
-    report = run_unlearn(resolve_settings(run_args(sd1_files, tmp_path, ("judge", "nudenet"))),
-                         callbacks=[records.append])
+    loaded, drawn = [], []
+    monkeypatch.setattr(unlearn, "load_components", lambda *a: loaded.append(load_components(*a)) or loaded[-1])
+    monkeypatch.setattr(unlearn, "generate_images",
+                        lambda components, prompts, seed, sampler: drawn.append((components.unet, prompts, seed))
+                        or generate_images(components, prompts, seed, sampler))
+    records, messages = [], []
+    settings = resolve_settings(run_args(sd1_files, tmp_path, ("judge", "nudenet"), ("stop_ratio", 0.0)))
+    report = run_unlearn(settings, log=messages.append, callbacks=[records.append])
     assert report["summary"]["steps"] == 2
+    # the judge alone turns the stop on: only the first steps' pairs were sampled before training
+    assert any(message.endswith("the first steps draw, then up to 6 steps (stopping once the concept is gone), "
+                                "sampling the pairs of the next 2 steps as it goes") for message in messages), messages
+    # the probe: the trained copy of the UNet draws the held-out prompts, from noise other than the data's
+    (unet, prompts, seed), = drawn
+    test = build_prompts(settings)[1]
+    assert unet is not loaded[0][0].unet and type(unet) is type(loaded[0][0].unet)
+    assert prompts == list(judge_probe(test, 2).forget_prompts) and seed == settings["seed"] + 1
     assert report["summary"]["stop_reason"].startswith("the judge sees the concept in 0.0% of its probe")
     assert records[-1]["judge_shares"] == {"nudity": 0.0} and records[-1]["probe_seconds"] > 0
     assert report["settings"]["judge"] == "nudenet"
@@ -146,6 +170,8 @@ def test_a_clip_judge_reports_every_concept_of_a_joint_run(sd1_files, tmp_path, 
     ((("judge", "nudenet"), ("concept", "nudity; violence")), "cannot judge several concepts"),
     ((("judge", "nudenet"), ("stop_share", 1.0)), "below 1"),
     ((("judge", "clip"), ("judge_prompts", 0)), "--judge-prompts"),
+    ((("stop_share", 0.1),), "--stop-share is for a judge's stop"),
+    ((("judge_prompts", 4),), "--judge-prompts is for a judge's stop"),
 ])
 def test_bad_judge_settings_are_one_line_errors(sd1_files, tmp_path, extra, words):
     assert words in one_line_error(resolve_settings, run_args(sd1_files, tmp_path, *extra))

@@ -846,12 +846,16 @@ def test_unlearn_node_judge_draws_the_probe_and_stops_once_nudenet_sees_no_nudit
     (dict(judge="llava", vae=PixelVAE()), "judge must be one of"),
     (dict(judge="clip", vae=PixelVAE(), judge_clip="/no/such/clip"), "CLIP model not found"),
 ])
-def test_unlearn_node_refuses_a_bad_judge_before_sampling(comfy_runtime, small_prompt_set, changes, message):
+def test_unlearn_node_refuses_a_bad_judge_before_sampling(comfy_runtime, small_prompt_set, changes, message,
+                                                         monkeypatch):
     runtime = comfy_runtime
     node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDUnlearn"]
+    sampled = []
+    sample = runtime.comfy.sample.sample
+    monkeypatch.setattr(runtime.comfy.sample, "sample", lambda *a, **k: sampled.append(1) or sample(*a, **k))
     with pytest.raises(RGDInputError, match=message):
         node.execute(runtime.model, runtime.clip, small_prompt_set, **_unlearn_node_args(small_prompt_set, **changes))
-    assert runtime.comfy.model_management.loads == []  # nothing was sampled or trained
+    assert sampled == [] and runtime.comfy.model_management.loads == []  # nothing was sampled or trained
 
 
 def test_unlearn_node_judge_nudenet_refuses_several_concepts(pack):

@@ -60,8 +60,11 @@ def test_form_maps_to_the_command_line_settings(host, sd1_files):
     assert lora_only["format"] == "none" and lora_only["out"] == str(host.lora_folder)
     assert settings_for(tiny_form(sd1_files), host)["prompt_preset"] is None  # auto: decided from the concept
     assert settings["judge"] is None and settings["judge_clip"] is None  # "none": the loss ratio decides the stop
-    judged = settings_for(tiny_form(sd1_files, judge="nudenet", stop_share=0.25), host)
-    assert judged["judge"] == "nudenet" and judged["stop_share"] == 0.25
+    judged = settings_for(tiny_form(sd1_files, judge="nudenet", stop_share=0.25, judge_clip="/left/over"), host)
+    assert judged["judge"] == "nudenet" and judged["stop_share"] == 0.25 and judged["judge_clip"] is None
+    # with no judge chosen its fields are left alone, as a UI keeps them while hidden
+    unjudged = settings_for(tiny_form(sd1_files, stop_share=0.25, judge_clip="/left/over"), host)
+    assert unjudged["judge"] is None and unjudged["stop_share"] == 0.0 and unjudged["judge_clip"] is None
 
 
 @pytest.mark.parametrize("changes, message", [

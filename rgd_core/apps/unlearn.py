@@ -70,7 +70,7 @@ from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
 from rgd_core.devices import AUTO as AUTO_DEVICE
 from rgd_core.devices import PRECISIONS, check_bf16, move_components, resolve_device
 from rgd_core.errors import RGDInputError, UnlearningCancelled
-from rgd_core.evaluate.judges import JUDGE_PROMPTS, JUDGES, image_judge, judge_probe, judge_test
+from rgd_core.evaluate.judges import JUDGE_PROMPTS, JUDGES, image_judge, judge_probe, judge_test, judge_warning
 from rgd_core.files import atomic_write_bytes
 from rgd_core.hosts.base import RecipeSettings, add_phases, phase, run_metadata, training_rows
 from rgd_core.hosts.diffusers_sd import (
@@ -99,6 +99,7 @@ from rgd_core.prompts import (
     CONCEPT_SEPARATOR,
     LISTS_PRESET,
     NEIGHBOUR_SHARE,
+    NUDITY_CONCEPTS,
     PRESET_NAMES,
     CustomTemplate,
     custom_preset,
@@ -120,8 +121,6 @@ MODEL_FORMATS = (*EXPORT_FORMATS, "none")
 # "custom" takes --custom-template and --slot lines; --forget-prompts/--retain-prompts files select the user's
 # own lists.
 PROMPT_PRESETS = PRESET_NAMES
-# Concepts for which the paper's nudity prompt preset is the natural default; anything else gets "object".
-NUDITY_CONCEPTS = {"nudity", "nude", "naked", "nsfw", "bare", "unclad", "undressed", "nakedness"}
 
 # Held-out test prompts are only built to record their digest (for a later evaluation); strings are cheap.
 TEST_PROMPTS = 100
@@ -376,6 +375,10 @@ def _check_judge_settings(settings: Mapping) -> None:
                             f"{settings['stop_share']}.")
     if settings["judge_clip"] and settings["judge"] != "clip":
         raise RGDInputError("--judge-clip is the CLIP model of --judge clip; add --judge clip or drop --judge-clip.")
+    for key in ("stop_share", "judge_prompts"):
+        if not settings["judge"] and settings[key] != DEFAULTS[key]:
+            raise RGDInputError(f"{option_flag(key)} is for a judge's stop; add --judge clip or --judge nudenet, or "
+                                f"drop {option_flag(key)} (the loss ratio's target is --stop-ratio).")
     if settings["judge"] == "clip" and not settings["judge_clip"]:
         raise RGDInputError("--judge clip needs --judge-clip DIR, a local transformers CLIP folder (config.json + "
                             "model.safetensors), e.g. the one you give rgd eval --clip.")
@@ -613,9 +616,8 @@ def input_warnings(settings: Mapping, train, forget_images, retain_images) -> li
     the concept, the same images on both sides, prompts the text encoder will cut, a nudity judge on another concept."""
 
     warnings = []
-    if settings["judge"] == "nudenet" and settings["concept"].strip().lower() not in NUDITY_CONCEPTS:
-        warnings.append(f"--judge nudenet finds exposed bodies only, not {settings['concept']!r}; the run will stop as "
-                        "soon as the probe shows no nudity. --judge clip judges any concept.")
+    if settings["judge"]:
+        warnings.append(judge_warning(settings["judge"], settings["concept"]))
     if forget_images is not None:
         captions = [image.caption for image in forget_images if image.caption is not None]
         if captions:
@@ -691,16 +693,18 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     if judge_parts is not None:
         probe, shown = judge_parts
         judge = image_judge(_judge_sampler(components, sampler, settings["seed"]), probe, shown)
-        log(f"the {settings['judge']} judge decides the stop: {len(probe.forget_prompts)} held-out probe images every "
+        held_out = "" if test is train else "held-out "
+        log(f"the {settings['judge']} judge decides the stop: {len(probe.forget_prompts)} {held_out}probe images every "
             f"{settings['stop_every']} steps, target at most {settings['stop_share']:.1%} showing each concept")
     recipe = RecipeSettings(config, settings["scope"], settings["batch_size"], settings["lora_rank"],
                             data_seed=settings["seed"])
     # only the pairs training will draw are sampled (user images are all used as given), and with the adaptive stop
     # only those of the first steps now: the rest as training goes (the host's before_step), so a run that stops
     # early never samples the pairs of the steps it did not run
-    rows = (training_rows(recipe, len(train), len(train), steps_to_sample(0, config))
+    adaptive = bool(config.stop_ratio or judge)
+    rows = (training_rows(recipe, len(train), len(train), steps_to_sample(0, config, adaptive))
             if forget_images is None and retain_images is None else None)
-    plan_text = _data_plan(train, forget_images, retain_images, rows, config)
+    plan_text = _data_plan(train, forget_images, retain_images, rows, config, adaptive)
     log(f"{components.variant or components.family} checkpoint on {device}; {plan_text}")
     on_phase("data")
     phases: dict = {}
@@ -814,7 +818,8 @@ def _train_and_write(settings, plan, components, folder, train, test, prompt_pre
 
 def _judge_parts(settings: Mapping, test, device) -> tuple | None:
     """(probe, test of each image) of ``--judge``, or None without one. Loaded before the checkpoint, so that a bad
-    judge model fails in seconds."""
+    judge model fails in seconds. The probe is the held-out test set's, except with the user's own prompt lists,
+    whose test set is the training set."""
     if not settings["judge"]:
         return None
     probe = judge_probe(test, settings["judge_prompts"])
@@ -822,11 +827,13 @@ def _judge_parts(settings: Mapping, test, device) -> tuple | None:
 
 
 def _judge_sampler(components, sampler: SamplerSettings, seed: int):
-    """``sample(model, prompts)`` for the judge: the model being trained draws with the data's sampler, from noise
-    of its own stream (``seed + 1``: the probe prompts never start from a training image's noise)."""
+    """``sample(model, prompts)`` for the judge: the model being trained draws with the data's sampler (images
+    only, no trajectory points), from noise of its own stream (``seed + 1``: the probe prompts never start from a
+    training image's noise)."""
+    images_only = replace(sampler, trajectory_points=0)
 
     def sample(model, prompts):
-        return generate_images(replace(components, unet=model), prompts, seed + 1, sampler)
+        return generate_images(replace(components, unet=model), prompts, seed + 1, images_only)
 
     return sample
 
@@ -939,16 +946,16 @@ def user_images(settings: Mapping) -> tuple[list | None, list | None]:
     return forget, retain
 
 
-def _data_plan(train, forget_images, retain_images, rows, config) -> str:
+def _data_plan(train, forget_images, retain_images, rows, config, adaptive: bool) -> str:
     """What the training data will be made of, and how long training goes, for the log."""
-    if config.stop_ratio:
+    if adaptive:
         steps = f"up to {config.steps} steps (stopping once the concept is gone)"
     else:
         steps = f"{config.steps} steps"
     if forget_images is None and retain_images is None:
         if rows is None or len(rows) == len(train):
             return f"sampling {len(train)} prompt pairs, then {steps}"
-        if config.stop_ratio and config.steps > steps_to_sample(0, config):
+        if adaptive and config.steps > steps_to_sample(0, config, adaptive):
             return (f"sampling the {len(rows)} pairs (of {len(train)}) the first steps draw, then {steps}, "
                     f"sampling the pairs of the next {config.stop_every} steps as it goes")
         return f"sampling {len(rows)} of {len(train)} prompt pairs (the ones training draws), then {steps}"

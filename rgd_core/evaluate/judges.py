@@ -21,7 +21,8 @@ import numpy as np
 from rgd_core.errors import RGDInputError
 from rgd_core.evaluate.alignment import ClipScorer, image_embeddings, load_clip, text_embeddings
 from rgd_core.evaluate.nudity import DEFAULT_THRESHOLD, EXPOSED_CLASSES, NudityDetector
-from rgd_core.prompts.sets import PromptSet
+from rgd_core.prompts.sets import PromptSet, find_concept_word
+from rgd_core.prompts.word_lists import NUDITY_CONCEPTS
 
 JUDGES = ("clip", "nudenet")
 # probe images per concept: each probe samples this many per concept, so a share moves in steps of 1/8
@@ -39,9 +40,13 @@ class JudgeProbe:
 
 def judge_probe(prompts: PromptSet, per_concept: int = JUDGE_PROMPTS) -> JudgeProbe:
     """The first ``per_concept`` pairs of each concept of ``prompts`` (best a held-out test set, so that the judge
-    asks about prompts training never saw)."""
+    asks about prompts training never saw) whose retain twin is the forget prompt without the concept: twins that
+    name a neighbour instead (``PromptSet.neighbours``) would make CLIP weigh the concept against another one."""
     concepts = list(prompts.pair_concepts) or [prompts.concept] * len(prompts)
-    return probe_from_pairs(prompts.forget_prompts, prompts.retain_prompts, concepts, per_concept)
+    plain = [i for i, retain in enumerate(prompts.retain_prompts)
+             if not prompts.neighbours or find_concept_word(retain, prompts.neighbours) is None]
+    return probe_from_pairs([prompts.forget_prompts[i] for i in plain], [prompts.retain_prompts[i] for i in plain],
+                            [concepts[i] for i in plain], per_concept)
 
 
 def probe_from_pairs(forget_prompts: Sequence[str], retain_prompts: Sequence[str], concepts: Sequence[str],
@@ -105,6 +110,14 @@ def judge_test(name: str, probe: JudgeProbe, clip: str | None = None,
         _ = detector.detector  # builds NudeNet now, so that a missing or wrong nudenet fails at once
         return nudity_test(detector)
     raise RGDInputError(f"the judge must be one of {', '.join(JUDGES)}, not {name!r}.")
+
+
+def judge_warning(name: str, concept: str) -> str | None:
+    """Why judge ``name`` may not see ``concept`` at all (a host logs it), or None."""
+    if name == "nudenet" and concept.strip().lower() not in NUDITY_CONCEPTS:
+        return (f"the nudenet judge finds exposed bodies only, not {concept!r}: the run will stop as soon as the probe "
+                "shows no nudity; the clip judge judges any concept.")
+    return None
 
 
 def image_judge(sample: Callable[[Any, Sequence[str]], np.ndarray], probe: JudgeProbe,

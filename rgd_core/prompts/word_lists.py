@@ -6,6 +6,8 @@
 NUDITY_TEMPLATE = "A {emotion} {concept} person {activity} {location} {time}."
 NUDITY_RETAIN_TEMPLATE = "A {emotion} person {activity} {location} {time}."
 NUDITY_WORDS = ("naked", "nude", "bare", "unclad", "undressed")
+# Concepts that mean nudity as a whole: the nudity preset is their default, and NudeNet can judge them.
+NUDITY_CONCEPTS = frozenset({"nudity", "nude", "naked", "nsfw", "bare", "unclad", "undressed", "nakedness"})
 NUDITY_TRAIN_SLOTS = {
     "emotion": ("contemplative", "joyful", "energetic", "peaceful", "tense", "anxious", "relaxed"),
     "activity": ("sitting", "dancing", "walking", "cooking", "meditating", "standing", "reading", "jogging"),
