@@ -475,8 +475,7 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
     samples the first forget and retain prompts from one fixed noise, and ``on_preview(step, PIL image)`` gets them.
     ``phases``, a dict, receives the seconds and model evaluations of the data and training phases.
     ``gradient_checkpointing`` recomputes SD3/Flux blocks' activations in backward instead of keeping them.
-    ``pair_concepts`` (a Prompt Set of several concepts) gives each concept its own forget mean and makes the
-    adaptive stop wait for (and retire) each of them.
+    ``pair_concepts`` (a Prompt Set of several concepts) makes the adaptive stop wait for (and retire) each of them.
     ``judge`` (a probe and its test of each image, ``rgd_core.evaluate.judges``; needs the ``vae``) decides the
     adaptive stop instead of the loss ratio: the model as trained so far draws the probe's forget prompts from noise
     of its own stream (seed + 1) and the run ends once at most ``config.stop_share`` of each concept's show it.

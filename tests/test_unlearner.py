@@ -639,8 +639,10 @@ def test_a_checkpoint_older_than_the_several_concept_settings_resumes_only_as_it
     with pytest.raises(UnlearningCancelled):
         make(model, **old).run(callbacks=[seen.append], should_stop=lambda: len(seen) >= 3, checkpoint_path=path)
     _without_config_keys(path, "forget_per_concept", "retire_erased")
-    with pytest.raises(RGDInputError, match="older rgd.*forget_per_concept=False"):
+    with pytest.raises(RGDInputError, match="older rgd.*retire_erased=False"):
         make(model).run(resume_from=path)
+    with pytest.raises(RGDInputError, match="older rgd.*forget_per_concept=False"):
+        make(model, forget_per_concept=True, retire_erased=False).run(resume_from=path)
     assert len(make(model, **old).run(resume_from=path).records) == 20
     # one concept: the new settings change nothing, so an older file resumes with the defaults
     single, forget, retain = make_problem()

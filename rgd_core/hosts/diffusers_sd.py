@@ -753,8 +753,7 @@ def unlearn_sd(
     ``resume_from`` are the Unlearner's: the resumable state every N steps and on cancel, and the state to go on
     from (bit-identical to an uninterrupted run). ``phases``, a dict, receives the seconds and UNet evaluations
     of the data and training phases (``hosts.base.phase``). A ``forget_set`` of several concepts (its
-    ``pair_concepts``) gives each concept its own forget mean and makes the adaptive stop wait for (and retire)
-    each. ``watch(module)`` is called with the module being trained before the first step (a host's live previews
+    ``pair_concepts``) makes the adaptive stop wait for (and retire) each. ``watch(module)`` is called with the module being trained before the first step (a host's live previews
     sample from it). ``precision`` "bf16" trains with the forward (and the probe's) under bfloat16 autocast, the
     weights and their gradients float32; the data follow ``sampler.precision``. ``judge`` (the Unlearner's) decides
     the adaptive stop from the UNet's own samples."""
