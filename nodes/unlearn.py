@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from comfy_api.latest import io
 
@@ -18,7 +18,7 @@ from rgd_core.edits.scopes import SCOPES, check_scope
 from rgd_core.errors import RGDInputError
 from rgd_core.evaluate.judges import JUDGE_PROMPTS, JUDGES, judge_probe, judge_test, judge_warning
 from rgd_core.hosts.base import RecipeSettings, run_metadata, training_rows
-from rgd_core.method.unlearner import STOP_RATIO, UnlearnConfig
+from rgd_core.method.unlearner import FLOW_STOP_RATIO, STOP_RATIO, UnlearnConfig
 
 from .common import CATEGORY, PromptSetType
 
@@ -67,6 +67,12 @@ def check_judge(judge: str, judge_clip: str, vae, concepts: set[str]) -> None:
     if judge == "nudenet" and len(concepts) > 1:
         raise RGDInputError("judge nudenet sees nudity only and cannot judge a prompt set of several concepts; use "
                             "judge clip.")
+
+
+def family_stop_ratio(stop_ratio: float, sampling: str, flow: bool) -> float:
+    """The stop target a run uses: with ``sampling`` auto, a flow model whose widget is left at the SD default takes
+    the flow default (``FLOW_STOP_RATIO``), as it takes its family's sampler settings; any other value is the user's."""
+    return FLOW_STOP_RATIO if sampling == "auto" and flow and stop_ratio == STOP_RATIO else stop_ratio
 
 
 def latent_size(width: int, height: int) -> tuple[int, int]:
@@ -139,7 +145,9 @@ class RGDUnlearn(io.ComfyNode):
                 io.Float.Input("stop_ratio", default=STOP_RATIO, min=0.0, max=100.0, step=0.1, optional=True,
                                tooltip="adaptive stop: finish once the forget loss on a fixed probe reaches this "
                                        "times the retain loss, for every concept of the prompt set (steps is then "
-                                       "the cap); 0: always run every step"),
+                                       f"the cap); 0: always run every step. With sampling auto, flow models (SD3, "
+                                       f"Flux) left at {STOP_RATIO:g} stop at {FLOW_STOP_RATIO:g}, their measured "
+                                       "target"),
                 io.Combo.Input("sampling", options=list(SAMPLING_CHOICES), default="auto", optional=True,
                                tooltip="how the model samples its own data. auto: SD1/SD2/SDXL use the sampler "
                                        "widgets above; flow models (SD3, Flux) their family's settings (SD3: 28 "
@@ -193,6 +201,11 @@ class RGDUnlearn(io.ComfyNode):
                                         batch_size=min(batch_size, 8))
         if sampling == "auto":
             settings = glue.family_sampler_settings(model, settings)
+            target = family_stop_ratio(stop_ratio, sampling, glue.prediction_type(model) == glue.FLOW)
+            if target != config.stop_ratio:
+                config = replace(config, stop_ratio=target)
+                logging.info("RGD: flow model: adaptive stop at %g (the stop_ratio widget's %g is SD's)", target,
+                             stop_ratio)
         recipe = RecipeSettings(config, scope, batch_size, lora_rank, data_seed=config.seed)
         drawn = training_rows(recipe, len(chosen), len(chosen))  # the pairs the run samples
         report = Report(cls.hidden.unique_id if cls.hidden else None, steps, 2 * len(drawn))

@@ -37,7 +37,7 @@ from rgd_core.evaluate.plots import loss_curves, sample_grid
 from rgd_core.hosts.base import RecipeSettings, phase, training_rows
 from rgd_core.hosts.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
 from rgd_core.method.paired_data import steps_to_sample
-from rgd_core.method.unlearner import STOP_RATIO, UnlearnConfig
+from rgd_core.method.unlearner import UnlearnConfig, default_stop_ratio
 from rgd_core.prompts import NEIGHBOUR_SHARE, PromptSet
 from rgd_core.progress import progress_bar
 
@@ -84,8 +84,9 @@ class ShapesBenchConfig:
     trajectory_points: int = 0  # noisy latents kept per data trajectory as extra training points (0: x0 only)
     lazy_data: bool = True  # sample only the pairs training draws, as it goes (False: all first, as rgd once did)
     esd_negative_guidance: float = 1.0
-    stop_ratio: float = STOP_RATIO  # the adaptive stop's target (rgd_core.method.unlearner); 0: fixed steps (but for
-    # the judge stop, whose target is stop_share)
+    # the adaptive stop's target (None: the model's, default_stop_ratio: 5, or 7 for the flow model); 0: fixed steps
+    # (but for the judge stop, whose target is stop_share)
+    stop_ratio: float | None = None
     stop_every: int = 5
     stop_share: float = 0.0  # the judge stop's target (JUDGE_STOP): the share of its probe still showing the concept
     neighbour_share: float = NEIGHBOUR_SHARE  # retain twins naming a neighbour (rgd_core.prompts.neighbours)
@@ -96,6 +97,8 @@ class ShapesBenchConfig:
             raise RGDInputError(f"model must be one of {', '.join(MODELS)}, not {self.model!r}.")
         if not self.methods:
             object.__setattr__(self, "methods", FLOW_METHODS if self.model == "flow" else METHODS)
+        if self.stop_ratio is None:
+            object.__setattr__(self, "stop_ratio", default_stop_ratio(flow=self.model == "flow"))
         if self.model == "flow" and self.data_sampler not in ("ddim", "euler"):
             raise RGDInputError(f"the flow model samples with euler (or ddim, the same step), not "
                                 f"{self.data_sampler!r}; pass --data-sampler euler.")

@@ -24,6 +24,7 @@ from rgd_core.edits.scopes import SCOPES
 from rgd_core.errors import NonFiniteError, RGDError, RGDInputError, UnlearningCancelled
 from rgd_core.files import atomic_write_bytes
 from rgd_core.hosts.diffusers_sd import SAMPLERS
+from rgd_core.method.unlearner import FLOW_STOP_RATIO, STOP_RATIO
 from rgd_core.preflight import check_not_existing, check_numbers, check_output_folder
 
 EXIT_INPUT, EXIT_FAILURE, EXIT_INTERRUPT = 2, 1, 130
@@ -179,8 +180,9 @@ def _add_shapes_bench_options(parser: argparse.ArgumentParser) -> None:
     add("--data-sampler", choices=sorted(SAMPLERS), default=d.data_sampler,
         help=f"sampler of the self-sampled training data (default {d.data_sampler})")
     add("--data-steps", type=int, default=None, help="that sampler's steps (default: --sample-steps)")
-    add("--stop-ratio", type=float, default=d.stop_ratio, help="adaptive stop: finish once the probe's forget loss "
-        f"reaches this times its retain loss, --steps being the cap (0: fixed steps; default {d.stop_ratio})")
+    add("--stop-ratio", type=float, default=None, help="adaptive stop: finish once the probe's forget loss "
+        f"reaches this times its retain loss, --steps being the cap (0: fixed steps; default {STOP_RATIO:g}, "
+        f"{FLOW_STOP_RATIO:g} for the flow model)")
     add("--stop-every", type=int, default=d.stop_every, help=f"probe every N steps (default {d.stop_every})")
     add("--stop-share", type=float, default=d.stop_share, help=f"{JUDGE_STOP}: stop once at most this share of the "
         f"judge's probe shows the concept (default {d.stop_share})")
@@ -366,7 +368,7 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
         f"concept; 0: none (default {d['neighbour_share']})")
     add("--stop-ratio", type=float, help=f"adaptive stop: finish once the forget loss on a fixed probe reaches this "
         f"times the retain loss (for every concept, when several are given), --steps being the cap; 0: always --steps "
-        f"(default {d['stop_ratio']})")
+        f"(default {STOP_RATIO:g}; {FLOW_STOP_RATIO:g} for Flux.1 and SD3.x)")
     add("--stop-every", type=int, help=f"probe every N steps for the adaptive stop (default {d['stop_every']})")
     add("--judge", choices=unlearn.JUDGES, help="let a judge of the model's own images decide the adaptive stop "
         "instead of the loss ratio: every --stop-every steps the model draws --judge-prompts held-out forget prompts "

@@ -25,6 +25,7 @@ from rgd_core.apps.unlearn import (
 from rgd_core.edits.scopes import LORA_SCOPE
 from rgd_core.errors import RGDInputError
 from rgd_core.files import atomic_write_bytes
+from rgd_core.method.unlearner import STOP_RATIO
 from rgd_core.prompts import HOST_PRESETS, LISTS_PRESET, prompt_lines, prompt_sets_from_inputs
 
 AUTO_PRESET = "auto"  # nudity for nudity-like concepts, else object: the command line's rule
@@ -50,7 +51,7 @@ class TabForm:
     retain_list: str = ""  # and its retain twin on the same line number
     neighbours: str = ""  # comma-separated concepts that must stay ("": the preset's own list)
     neighbour_share: float = DEFAULTS["neighbour_share"]
-    stop_ratio: float = DEFAULTS["stop_ratio"]
+    stop_ratio: float = STOP_RATIO  # the SD families' target: the tab edits SD checkpoints
     method: str = DEFAULTS["method"]
     scope: str = LORA_SCOPE
     steps: int = DEFAULTS["steps"]

@@ -48,6 +48,7 @@ def test_unlearn_writes_checkpoint_and_report(sd1_files, tmp_path, capsys):
     assert json.loads((out / "sd1-rgd-nudity.json").read_text()) == report
     assert report["summary"]["steps"] == 2
     assert report["settings"]["prompt_preset"] == "nudity" and report["settings"]["scope"] == "cross-attn"
+    assert report["settings"]["stop_ratio"] == 5.0  # the SD families' stop target
 
     before, after = load_file(str(sd1_files.checkpoint)), load_file(str(written))
     assert before.keys() == after.keys()

@@ -188,6 +188,7 @@ def test_cli_flux_lora_run_writes_original_layout_model_and_lora(models, tmp_pat
     report = json.loads(capsys.readouterr().out)
     assert report["settings"]["family"] == "flux-dev"
     assert (report["settings"]["sampler"], report["settings"]["guidance"]) == ("euler", 1.0)  # Flux's, not SD's
+    assert report["settings"]["stop_ratio"] == 7.0  # the flow models' stop target, not SD's 5
     base, edited = load_file(str(paths["flux-dev"]["transformer"])), load_file(report["output"])
     lora = load_file(report["lora"])
     assert edited.keys() == base.keys()  # BFL's own layout, bare keys: Load Diffusion Model reads it

@@ -195,6 +195,15 @@ def test_unlearn_leaves_widget_ranges_to_comfyui_and_rounds_sizes_like_empty_lat
     module.check_settings(**unlearn_widgets())  # the defaults pass
 
 
+def test_flow_models_left_at_the_sd_stop_target_take_theirs_under_auto_sampling(pack):
+    module = sys.modules["rgd_pack_under_test.nodes.unlearn"]
+    assert module.family_stop_ratio(5.0, "auto", flow=True) == 7.0
+    assert module.family_stop_ratio(5.0, "auto", flow=False) == 5.0
+    assert module.family_stop_ratio(5.0, "widgets", flow=True) == 5.0  # the widgets as they are
+    assert module.family_stop_ratio(3.0, "auto", flow=True) == 3.0  # a target the user set
+    assert module.family_stop_ratio(0.0, "auto", flow=True) == 0.0  # fixed steps
+
+
 def test_the_truncation_widget_maps_to_skip_ascent_and_zero_turns_it_off(pack):
     module = sys.modules["rgd_pack_under_test.nodes.unlearn"]
     config = module.unlearn_config("rgd", 100, 1.6, 1.1, 1e-5, 3)

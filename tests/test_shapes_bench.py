@@ -55,6 +55,11 @@ def test_each_model_defaults_to_the_methods_it_takes():
     assert ShapesBenchConfig(model="flow").methods == ("RGD", "GradDiff", "RGD (narrow retain)")
 
 
+def test_each_model_defaults_to_its_stop_target_and_a_given_one_wins():
+    assert (ShapesBenchConfig().stop_ratio, ShapesBenchConfig(model="flow").stop_ratio) == (5.0, 7.0)
+    assert ShapesBenchConfig(model="flow", stop_ratio=0.0).stop_ratio == 0.0
+
+
 def test_reduced_run_on_the_flow_model_lowers_striped(tmp_path):
     """The flow shapes model through the bench: RGD lowers striped on held-out prompts (a mechanism check; the
     numbers are the README's)."""

@@ -84,7 +84,7 @@ from rgd_core.hosts.diffusers_sd import (
 from rgd_core.image_data import find_images, images_digest
 from rgd_core.method.losses import TRUNCATION_MODES as TRUNCATIONS
 from rgd_core.method.paired_data import steps_to_sample
-from rgd_core.method.unlearner import STOP_RATIO, UnlearnConfig, summarize
+from rgd_core.method.unlearner import UnlearnConfig, default_stop_ratio, summarize
 from rgd_core.method.update_rules import UPDATE_RULES
 from rgd_core.preflight import (
     check_free_space,
@@ -177,7 +177,7 @@ class UnlearnSettings:
     resume: bool = False
     neighbours: str | None = None
     neighbour_share: float = NEIGHBOUR_SHARE
-    stop_ratio: float = STOP_RATIO
+    stop_ratio: float | None = None  # None: the family's, default_stop_ratio (5; 7 for Flux.1 and SD3.x)
     stop_every: int = 5
     judge: str | None = None  # evaluate.judges.JUDGES; None: the loss ratio decides the stop
     judge_clip: str | None = None
@@ -660,10 +660,12 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
                             "(.safetensors).")
     if not checkpoint.is_file():
         raise RGDInputError(f"--checkpoint {checkpoint} does not exist.")
-    config = _unlearn_config(settings)
     device = resolve_device(settings["device"])
     check_bf16(device, settings["precision"])
     variant = _flow_variant_or_none(checkpoint)
+    if settings["stop_ratio"] is None:  # the family's target, resolved once: the resume file and report hold it
+        settings = {**settings, "stop_ratio": default_stop_ratio(flow=variant is not None)}
+    config = _unlearn_config(settings)
     sampling = {key: settings[key] if settings[key] is not None else default
                 for key, default in sampling_defaults(variant).items()}
     sampler = SamplerSettings(steps=sampling["sample_steps"], guidance_scale=sampling["guidance"],

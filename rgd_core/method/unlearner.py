@@ -60,6 +60,15 @@ PROBE_BATCHES = 2  # batches of the fixed probe of the adaptive stop (forget and
 # from 4.8, a shape from 3.9 (3.5, the earlier target, left up to 30% of a colour's images in it). The library's
 # own default is 0 (fixed steps).
 STOP_RATIO = 5.0
+# The same for flow-matching models (SD3, Flux): on the flow shapes model the ratio passes 5 while a concept is still
+# drawn (triangle 14%, red 7.8% left); at 7 they are erased (2.1%, 1.6%; striped 0 at both) with retain within 2
+# points of the original (README, "The flow shapes model"; docs/results/bench_shapes_flow_*stop7.json).
+FLOW_STOP_RATIO = 7.0
+
+
+def default_stop_ratio(flow: bool) -> float:
+    """The hosts' adaptive-stop target for a model: ``FLOW_STOP_RATIO`` for flow matching, else ``STOP_RATIO``."""
+    return FLOW_STOP_RATIO if flow else STOP_RATIO
 
 
 @dataclass
