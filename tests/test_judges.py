@@ -5,12 +5,15 @@ are one-line errors before any model loads."""
 
 import numpy as np
 import pytest
+from safetensors.torch import load_file
 from sd_fixtures import one_line_error
 from test_alignment import random_images, write_tiny_clip
+from test_cli_resume import stop_after
 
 from rgd_core import cli
 from rgd_core.apps import unlearn
 from rgd_core.apps.unlearn import build_prompts, generate_images, load_components, resolve_settings, run_unlearn
+from rgd_core.errors import UnlearningCancelled
 from rgd_core.evaluate import alignment
 from rgd_core.evaluate.judges import (
     clip_test,
@@ -194,3 +197,20 @@ def test_judge_options_are_in_the_help(capsys):
     text = capsys.readouterr().out
     for option in ("--judge ", "--judge-clip", "--judge-prompts", "--stop-share"):
         assert option in text
+
+
+def test_a_judged_lora_run_interrupted_and_resumed_ends_where_the_uninterrupted_one_does(sd1_files, tmp_path):
+    """The judge samples the LoRA-wrapped copy, and a resumed run probes at the same steps: it stops at step 2 on
+    the uninterrupted run's weights, bit for bit."""
+    def settings(out):
+        return resolve_settings(run_args(sd1_files, tmp_path, ("judge", "nudenet"), ("scope", "lora"),
+                                         ("out", str(tmp_path / out))))
+
+    reference = run_unlearn(settings("reference"))
+    with pytest.raises(UnlearningCancelled):
+        run_unlearn(settings("resumed"), should_stop=stop_after(1))
+    resumed = run_unlearn(settings("resumed") | {"resume": True})
+    assert resumed["summary"]["steps"] == reference["summary"]["steps"] == 2
+    assert resumed["summary"]["stop_reason"] == reference["summary"]["stop_reason"]
+    after, expected = load_file(resumed["lora"]), load_file(reference["lora"])
+    assert after.keys() == expected.keys() and all(after[key].equal(expected[key]) for key in expected)
