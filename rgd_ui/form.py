@@ -51,7 +51,7 @@ class TabForm:
     retain_list: str = ""  # and its retain twin on the same line number
     neighbours: str = ""  # comma-separated concepts that must stay ("": the preset's own list)
     neighbour_share: float = DEFAULTS["neighbour_share"]
-    stop_ratio: float = STOP_RATIO  # the SD families' target: the tab edits SD checkpoints
+    stop_ratio: float = STOP_RATIO  # SD's target; left at it, a Flux.1 / SD3.x file takes its own (settings_for)
     method: str = DEFAULTS["method"]
     scope: str = LORA_SCOPE
     steps: int = DEFAULTS["steps"]
@@ -135,6 +135,8 @@ def settings_for(form: TabForm, places: Places) -> dict:
         neighbours=form.neighbours.strip() or None,
         family=None if form.family in (AUTO_FAMILY, "", None) else form.family,
         config_folder=form.config_folder.strip() or None,
+        # left at SD's target, the checkpoint's family decides (Flux.1 and SD3.x stop at 7), as the node does
+        stop_ratio=None if form.stop_ratio == STOP_RATIO else form.stop_ratio,
     )
     if form.judge not in (NO_JUDGE, "", None):  # the judge's fields count only with a judge chosen
         settings.update(judge=form.judge, stop_share=form.stop_share,

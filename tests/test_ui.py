@@ -60,6 +60,8 @@ def test_form_maps_to_the_command_line_settings(host, sd1_files):
     assert lora_only["format"] == "none" and lora_only["out"] == str(host.lora_folder)
     assert settings_for(tiny_form(sd1_files), host)["prompt_preset"] is None  # auto: decided from the concept
     assert settings["judge"] is None and settings["judge_clip"] is None  # "none": the loss ratio decides the stop
+    assert settings["stop_ratio"] is None  # left at SD's 5: the checkpoint's family decides (a flow file: 7)
+    assert settings_for(tiny_form(sd1_files, stop_ratio=3.0), host)["stop_ratio"] == 3.0
     judged = settings_for(tiny_form(sd1_files, judge="nudenet", stop_share=0.25, judge_clip="/left/over"), host)
     assert judged["judge"] == "nudenet" and judged["stop_share"] == 0.25 and judged["judge_clip"] is None
     # with no judge chosen its fields are left alone, as a UI keeps them while hidden

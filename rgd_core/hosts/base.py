@@ -170,8 +170,9 @@ def run_unlearning(
     ``on_training(module)`` gets the module being trained and may return a context manager entered around the
     loop (gradient checkpointing, say); checkpointing and resume are the Unlearner's (bit-identical resume).
     ``pair_concepts`` (several concepts in one run: the concept pair i erases, ``PromptSet.pair_concepts``) makes the
-    adaptive stop wait for every concept (and retire each one that is gone); with unpaired batches (``settings.paired`` off) it is not used. ``judge`` (the Unlearner's: the share
-    of a probe of the model's own samples that still shows each concept) decides the stop instead of the loss ratio.
+    adaptive stop wait for every concept (and retire each one that is gone); with unpaired batches
+    (``settings.paired`` off) it is not used. ``judge`` (the Unlearner's: the share of a probe of the model's own
+    samples that still shows each concept) decides the stop instead of the loss ratio.
     """
     phases: dict = {}
     config = settings.config

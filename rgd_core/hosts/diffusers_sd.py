@@ -753,10 +753,11 @@ def unlearn_sd(
     ``resume_from`` are the Unlearner's: the resumable state every N steps and on cancel, and the state to go on
     from (bit-identical to an uninterrupted run). ``phases``, a dict, receives the seconds and UNet evaluations
     of the data and training phases (``hosts.base.phase``). A ``forget_set`` of several concepts (its
-    ``pair_concepts``) makes the adaptive stop wait for (and retire) each. ``watch(module)`` is called with the module being trained before the first step (a host's live previews
-    sample from it). ``precision`` "bf16" trains with the forward (and the probe's) under bfloat16 autocast, the
-    weights and their gradients float32; the data follow ``sampler.precision``. ``judge`` (the Unlearner's) decides
-    the adaptive stop from the UNet's own samples."""
+    ``pair_concepts``) makes the adaptive stop wait for (and retire) each. ``watch(module)`` is called with the
+    module being trained before the first step (a host's live previews sample from it). ``precision`` "bf16"
+    trains with the forward (and the probe's) under bfloat16 autocast, the weights and their gradients float32; the
+    data follow ``sampler.precision``. ``judge`` (the Unlearner's) decides the adaptive stop from the UNet's own
+    samples."""
     config = config or paper_nudity_sd14_config()
     host = DiffusersHost(components, sampler, cache_dir, forget_images, retain_images, precision)
     # the prompts go along with given data too: pairs that data lack are sampled as training goes

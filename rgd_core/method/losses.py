@@ -120,7 +120,7 @@ class Truncation:
     - ``none``: plain mean.
     - ``skip``: if the batch forget loss exceeds ``threshold`` (the paper's m = 1.1 for SD), the ascent is
       skipped for that step: g_f = 0 and the retain gradient passes through unprojected. With several concepts
-      in a run each concept's part of the batch is its own "batch" here (``UnlearnConfig.forget_per_concept``).
+      and ``UnlearnConfig.forget_per_concept``, each concept's part of the batch is its own "batch" here.
     - ``elementwise``: mean of min((D - y)^2, ``threshold``) (the paper's alpha = 0.1 for EDM/CIFAR); elements
       already past alpha give no gradient, so the ascent is bounded.
     """

@@ -54,6 +54,8 @@ LossFn = Callable[[nn.Module, torch.Generator], Tensor]
 Callback = Callable[[dict], None]
 
 CHECKPOINT_FORMAT = "rgd-unlearner-checkpoint-1"
+# resume keys no host (CLI, node, tab) exposes: a checkpoint made with other values came from another default
+HOSTLESS_KEYS = ("forget_per_concept", "retire_erased")
 PROBE_BATCHES = 2  # batches of the fixed probe of the adaptive stop (forget and retain each)
 # The hosts' default target of the adaptive stop (the CLI, the node, the tab): chosen from the shapes calibration,
 # benchmarks/stop_calibration.py (docs/results/stop_calibration_lambda2.txt): at lambda 2 a colour is erased
@@ -158,9 +160,9 @@ class Unlearner:
     ``trainable(name, parameter) -> bool`` picks the parameters to edit (default: all of them). Unless
     ``in_place`` is set, the model passed in is deep-copied first and never changed, whatever happens.
     ``pair_groups(generator) -> names`` (several concepts in one run) names the group of each pair that the loss
-    callables draw with ``generator``: the forget objective is then the sum of each group's own
-    (``UnlearnConfig.forget_per_concept``), and the adaptive stop waits until every group has reached the target,
-    retiring the groups that have (``UnlearnConfig.retire_erased``).
+    callables draw with ``generator``: the forget objective stays one mean over the batch (with
+    ``UnlearnConfig.forget_per_concept``, the sum of each group's own), and the adaptive stop waits until every
+    group has reached the target, retiring the groups that have (``UnlearnConfig.retire_erased``).
     ``judge(model) -> {concept: share}`` (optional) decides the adaptive stop instead of the loss ratio: the share of
     a fixed probe of the model's own samples that still shows each concept (names as ``pair_groups``'), which must
     come to at most ``UnlearnConfig.stop_share``. It is called every ``stop_every`` steps without gradients, its
@@ -513,6 +515,10 @@ class Unlearner:
                 made_with, now = saved.get(key, before), getattr(self.config, key)
                 if made_with == now:
                     continue
+                if key in HOSTLESS_KEYS and key in saved:  # no host exposes these: "the same settings" cannot be
+                    raise RGDInputError(f"checkpoint {path} was made with {key}={made_with!r} (an earlier default), "
+                                        f"this run has {now!r}; start the run again, or resume through the library "
+                                        f"with UnlearnConfig({key}={made_with!r})")
                 if key not in saved:  # a setting newer than the file, which a host may not expose
                     raise RGDInputError(f"checkpoint {path} was made by an older rgd, whose runs had {key}="
                                         f"{made_with!r}; start the run again, or resume through the library with "
