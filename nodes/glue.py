@@ -467,7 +467,8 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
             on_step=lambda record: None, should_stop=None, vae=None, preview_every: int = 0,
             on_preview=lambda step, image: None, phases: dict | None = None,
             gradient_checkpointing: bool = False, pair_concepts: Sequence[str] = (),
-            judge: tuple[JudgeProbe, Callable[[np.ndarray], list[bool]]] | None = None):
+            judge: tuple[JudgeProbe, Callable[[np.ndarray], list[bool]]] | None = None,
+            on_judged_base: Callable[[dict], None] = lambda shares: None):
     """RGD on ComfyUI's MODEL through the one recipe (``run_unlearning``) and return (edit, records). The MODEL
     passed in is never written: the edit lives in weight wrappers of a clone.
 
@@ -479,6 +480,7 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
     ``judge`` (a probe and its test of each image, ``rgd_core.evaluate.judges``; needs the ``vae``) decides the
     adaptive stop instead of the loss ratio: the model as trained so far draws the probe's forget prompts from noise
     of its own stream (seed + 1) and the run ends once at most ``config.stop_share`` of each concept's show it.
+    Before any data are sampled the base MODEL draws the same probe, and ``on_judged_base(shares)`` hears the result.
     """
     import comfy.model_management
 
@@ -490,12 +492,15 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
         probe, shown = judge
         probe_entries, empty = encode(clip, list(probe.forget_prompts)), encode(clip, [""])[0]
 
-        def sample(_edit, _prompts):
-            # the trained edit acts through the wrappers of ``host.patcher``; the probe's prompts are encoded once
-            latents = sample_latents(host.patcher, probe_entries, empty, config.seed + 1, settings)
-            return decoded_images(host.patcher, vae, latents)
+        def sample_from(patcher):
+            with torch.no_grad():
+                latents = sample_latents(patcher, probe_entries, empty, config.seed + 1, settings)
+            return decoded_images(patcher, vae, latents)
 
-        judged = image_judge(sample, probe, shown)
+        # the trained edit acts through the wrappers of ``host.patcher``; the probe's prompts are encoded once
+        judged = image_judge(lambda _edit, _prompts: sample_from(host.patcher), probe, shown)
+        base_shares = image_judge(lambda _model, _prompts: sample_from(model), probe, shown)(model)
+        on_judged_base(base_shares)
     callbacks = [on_step]
     if vae is not None and preview_every > 0:
         shown = encode(clip, [forget[0], retain[0]])

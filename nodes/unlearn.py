@@ -16,7 +16,14 @@ from comfy_api.latest import io
 
 from rgd_core.edits.scopes import SCOPES, check_scope
 from rgd_core.errors import RGDInputError
-from rgd_core.evaluate.judges import JUDGE_PROMPTS, JUDGES, judge_probe, judge_test, judge_warning
+from rgd_core.evaluate.judges import (
+    JUDGE_PROMPTS,
+    JUDGES,
+    base_probe_warning,
+    judge_probe,
+    judge_test,
+    judge_warning,
+)
 from rgd_core.hosts.base import RecipeSettings, run_metadata, training_rows
 from rgd_core.method.unlearner import FLOW_STOP_RATIO, STOP_RATIO, UnlearnConfig
 
@@ -214,7 +221,8 @@ class RGDUnlearn(io.ComfyNode):
                                      on_prompt=report.prompt_done, on_step=report.step_done, vae=vae,
                                      preview_every=preview_every, on_preview=report.preview, phases=phases,
                                      pair_concepts=prompt_set.pair_concepts[:len(chosen)],
-                                     gradient_checkpointing=gradient_checkpointing, judge=judged)
+                                     gradient_checkpointing=gradient_checkpointing, judge=judged,
+                                     on_judged_base=lambda shares: report.judged_base(judge, shares, stop_share))
         report.done(phases, records)
         metadata = run_metadata(prompt_set.concept, prompt_set.preset, prompt_set.digest(), forget, retain,
                                 recipe,
@@ -249,6 +257,15 @@ class Report:
             self.server = PromptServer.instance
         except (ImportError, AttributeError):  # headless use of the node classes
             self.server = None
+
+    def judged_base(self, judge: str, shares: dict, stop_share: float) -> None:
+        """The judge's verdict on the base model, logged; a warning when it already sees no concept."""
+        logging.info("RGD the %s judge on the base model: %s", judge, shares)
+        warning = base_probe_warning(judge, shares, stop_share)
+        if warning:
+            logging.warning("RGD: %s", warning)
+            if self.server is not None and self.node_id is not None:
+                self.server.send_progress_text(f"warning: {warning}", self.node_id)
 
     def prompt_done(self) -> None:
         self.bar.update(1)

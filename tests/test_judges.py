@@ -16,6 +16,7 @@ from rgd_core.apps.unlearn import build_prompts, generate_images, load_component
 from rgd_core.errors import UnlearningCancelled
 from rgd_core.evaluate import alignment
 from rgd_core.evaluate.judges import (
+    base_probe_warning,
     clip_test,
     image_judge,
     judge_probe,
@@ -65,6 +66,14 @@ def test_shares_are_per_concept():
     shares = shares_by_concept([True, False, False, True, True], ["a", "a", "b", "b", "a"])
     assert shares == {"a": pytest.approx(2 / 3), "b": 0.5}
     assert "2 verdicts for 3" in one_line_error(shares_by_concept, [True, False], ["a", "a", "b"])
+
+
+def test_the_base_model_warning_names_the_concepts_already_at_the_target():
+    assert base_probe_warning("clip", {"cat": 0.5}, 0.0) is None
+    assert "sees the concept in at most 12.5% of the base model's probe" in base_probe_warning("clip", {"cat": 0.125},
+                                                                                               0.125)
+    warning = base_probe_warning("clip", {"cat": 0.0, "dog": 0.75}, 0.0)
+    assert "sees 'cat' in at most 0.0%" in warning and "dog" not in warning
 
 
 def test_clip_verdict_is_forget_prompt_closer_than_retain_twin(clip_dir):
@@ -135,11 +144,14 @@ def test_a_run_stops_once_nudenet_sees_no_nudity_in_the_probe(sd1_files, tmp_pat
     # the judge alone turns the stop on: only the first steps' pairs were sampled before training
     assert any(message.endswith("the first steps draw, then up to 6 steps (stopping once the concept is gone), "
                                 "sampling the pairs of the next 2 steps as it goes") for message in messages), messages
-    # the probe: the trained copy of the UNet draws the held-out prompts, from noise other than the data's
-    (unet, prompts, seed), = drawn
+    # the probe: first the base model (a judge that sees nothing there cannot tell erasure: the user is warned),
+    # then the trained copy of the UNet draws the held-out prompts, from noise other than the data's
+    (base, prompts, seed), (unet, again, same_seed) = drawn
     test = build_prompts(settings)[1]
-    assert unet is not loaded[0][0].unet and type(unet) is type(loaded[0][0].unet)
-    assert prompts == list(judge_probe(test, 2).forget_prompts) and seed == settings["seed"] + 1
+    assert base is loaded[0][0].unet and unet is not base and type(unet) is type(base)
+    assert prompts == again == list(judge_probe(test, 2).forget_prompts) and seed == same_seed == settings["seed"] + 1
+    assert any("0.0% of the base model's probe already" in message for message in messages), messages
+    assert report["phases"]["judge"]["evaluations"] == 2 * 2 * 2  # 2 probe prompts x 2 steps x CFG
     assert report["summary"]["stop_reason"].startswith("the judge sees the concept in 0.0% of its probe")
     assert records[-1]["judge_shares"] == {"nudity": 0.0} and records[-1]["probe_seconds"] > 0
     assert report["settings"]["judge"] == "nudenet"

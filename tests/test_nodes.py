@@ -836,7 +836,7 @@ class PixelVAE:
 
 
 def test_unlearn_node_judge_draws_the_probe_and_stops_once_nudenet_sees_no_nudity(comfy_runtime,
-                                                                                    small_prompt_set):
+                                                                                    small_prompt_set, caplog):
     """The fake model draws blurry grey squares: NudeNet finds nothing, so the first probe (step 5) ends the run."""
     runtime = comfy_runtime
     node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDUnlearn"]
@@ -846,7 +846,8 @@ def test_unlearn_node_judge_draws_the_probe_and_stops_once_nudenet_sees_no_nudit
     records = out.args[2]["records"]
     assert len(records) == 5 and records[-1]["judge_shares"] == {"nudity": 0.0}
     assert records[-1]["stop_reason"].startswith("the judge sees the concept in 0.0% of its probe")
-    assert vae.decoded == 2  # the probe: the prompt set's 2 pairs (up to 8 per concept), once
+    assert "0.0% of the base model's probe already" in caplog.text  # a judge that cannot tell: the user is warned
+    assert vae.decoded == 2 * 2  # the probe (the prompt set's 2 pairs): the base model's, then step 5's
 
 
 @pytest.mark.parametrize("changes, message", [

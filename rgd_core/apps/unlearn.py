@@ -70,7 +70,15 @@ from rgd_core.edits.scopes import LORA_SCOPE, SCOPES, in_scope
 from rgd_core.devices import AUTO as AUTO_DEVICE
 from rgd_core.devices import PRECISIONS, check_bf16, move_components, resolve_device
 from rgd_core.errors import RGDInputError, UnlearningCancelled
-from rgd_core.evaluate.judges import JUDGE_PROMPTS, JUDGES, image_judge, judge_probe, judge_test, judge_warning
+from rgd_core.evaluate.judges import (
+    JUDGE_PROMPTS,
+    JUDGES,
+    base_probe_warning,
+    image_judge,
+    judge_probe,
+    judge_test,
+    judge_warning,
+)
 from rgd_core.files import atomic_write_bytes
 from rgd_core.hosts.base import RecipeSettings, add_phases, phase, run_metadata, training_rows
 from rgd_core.hosts.diffusers_sd import (
@@ -710,6 +718,13 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     log(f"{components.variant or components.family} checkpoint on {device}; {plan_text}")
     on_phase("data")
     phases: dict = {}
+    if judge is not None and not settings["resume"]:  # a judge that sees no concept in the base model is no judge
+        with phase(phases, "judge", components.denoiser):
+            base_shares = judge(components.denoiser)
+        log(f"the judge on the base model: {_shares_text(base_shares)} of its probe show the concept")
+        warning = base_probe_warning(settings["judge"], base_shares, settings["stop_share"])
+        if warning:
+            log(f"rgd: warning: {warning}")
     with phase(phases, "data", components.denoiser):  # zero evaluations when the data come from the cache
         data = build_paired_data(components, train, None, sampler, settings["seed"], _data_cache(settings),
                                  forget_images=forget_images, retain_images=retain_images,
@@ -826,6 +841,10 @@ def _judge_parts(settings: Mapping, test, device) -> tuple | None:
         return None
     probe = judge_probe(test, settings["judge_prompts"])
     return probe, judge_test(settings["judge"], probe, settings["judge_clip"], str(device))
+
+
+def _shares_text(shares: Mapping[str, float]) -> str:
+    return ", ".join(f"{share:.0%}" + (f" ({concept})" if len(shares) > 1 else "") for concept, share in shares.items())
 
 
 def _judge_sampler(components, sampler: SamplerSettings, seed: int):

@@ -14,7 +14,7 @@ only infers it. This module holds the host-neutral parts; a host supplies ``samp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -118,6 +118,18 @@ def judge_warning(name: str, concept: str) -> str | None:
         return (f"the nudenet judge finds exposed bodies only, not {concept!r}: the run will stop as soon as the probe "
                 "shows no nudity; the clip judge judges any concept.")
     return None
+
+
+def base_probe_warning(name: str, shares: Mapping[str, float], stop_share: float) -> str | None:
+    """What to tell the user when judge ``name`` finds a concept already at the target in the base model's probe
+    (``shares``, before training): it would end the run at its first probe without telling erasure, or None."""
+    clean = [concept for concept, share in shares.items() if share <= stop_share]
+    if not clean:
+        return None
+    which = f"{', '.join(map(repr, clean))} in" if len(shares) > 1 else "the concept in"
+    return (f"the {name} judge sees {which} at most {stop_share:.1%} of the base model's probe already, so it would "
+            "end the run at its first probe: it cannot tell when the concept is gone. Try the other judge, more "
+            "probe prompts, or the loss ratio (no judge).")
 
 
 def image_judge(sample: Callable[[Any, Sequence[str]], np.ndarray], probe: JudgeProbe,
