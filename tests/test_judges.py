@@ -12,7 +12,14 @@ from test_cli_resume import stop_after
 
 from rgd_core import cli
 from rgd_core.apps import unlearn
-from rgd_core.apps.unlearn import build_prompts, generate_images, load_components, resolve_settings, run_unlearn
+from rgd_core.apps.unlearn import (
+    _unlearn_config,
+    build_prompts,
+    generate_images,
+    load_components,
+    resolve_settings,
+    run_unlearn,
+)
 from rgd_core.errors import UnlearningCancelled
 from rgd_core.evaluate import alignment
 from rgd_core.evaluate.judges import (
@@ -226,3 +233,13 @@ def test_a_judged_lora_run_interrupted_and_resumed_ends_where_the_uninterrupted_
     assert resumed["summary"]["stop_reason"] == reference["summary"]["stop_reason"]
     after, expected = load_file(resumed["lora"]), load_file(reference["lora"])
     assert after.keys() == expected.keys() and all(after[key].equal(expected[key]) for key in expected)
+
+
+def test_forget_per_concept_reaches_the_unlearner_from_the_command_line_and_toml(tmp_path):
+    base = {"checkpoint": "x.safetensors", "concept": "cat; dog", "out": str(tmp_path)}
+    assert _unlearn_config(resolve_settings(base | {"stop_ratio": 5.0})).forget_per_concept is False  # one mean
+    flagged = cli.build_parser().parse_args(["unlearn", "--forget-per-concept"])
+    assert _unlearn_config(resolve_settings(vars(flagged) | base | {"stop_ratio": 5.0})).forget_per_concept is True
+    toml = tmp_path / "run.toml"
+    toml.write_text("forget_per_concept = true\n")
+    assert resolve_settings(base, toml)["forget_per_concept"] is True

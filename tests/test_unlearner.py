@@ -648,7 +648,7 @@ def test_a_checkpoint_older_than_the_several_concept_settings_resumes_only_as_it
     with pytest.raises(UnlearningCancelled):
         make(model, forget_per_concept=True).run(callbacks=[seen.append], should_stop=lambda: len(seen) >= 13,
                                                   checkpoint_path=path)
-    with pytest.raises(RGDInputError, match=r"forget_per_concept=True \(an earlier default\).*start the run again"):
+    with pytest.raises(RGDInputError, match=r"forget_per_concept=True, .*start the run again.*--forget-per-concept"):
         make(model).run(resume_from=path)
     # one concept: the new settings change nothing, so an older file resumes with the defaults
     single, forget, retain = make_problem()

@@ -187,6 +187,7 @@ class UnlearnSettings:
     neighbour_share: float = NEIGHBOUR_SHARE
     stop_ratio: float | None = None  # None: the family's, default_stop_ratio (5; 7 for Flux.1 and SD3.x)
     stop_every: int = 5
+    forget_per_concept: bool = False  # several concepts: the sum of each concept's forget mean, not one mean
     judge: str | None = None  # evaluate.judges.JUDGES; None: the loss ratio decides the stop
     judge_clip: str | None = None
     judge_prompts: int = JUDGE_PROMPTS
@@ -435,7 +436,8 @@ def _unlearn_config(settings: Mapping):
     return UnlearnConfig(method=settings["method"], steps=settings["steps"], lr=settings["lr"],
                          retain_weight=settings["retain_weight"], truncation=settings["truncation"],
                          seed=settings["seed"], stop_ratio=settings["stop_ratio"],
-                         stop_every=settings["stop_every"], stop_share=settings["stop_share"], **extra)
+                         stop_every=settings["stop_every"], stop_share=settings["stop_share"],
+                         forget_per_concept=settings["forget_per_concept"], **extra)
 
 
 def load_components(checkpoint: str | Path, family: str | None = None, config_folder: str | Path | None = None,

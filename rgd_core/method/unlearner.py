@@ -54,7 +54,8 @@ LossFn = Callable[[nn.Module, torch.Generator], Tensor]
 Callback = Callable[[dict], None]
 
 CHECKPOINT_FORMAT = "rgd-unlearner-checkpoint-1"
-# resume keys no host (CLI, node, tab) exposes: a checkpoint made with other values came from another default
+# resume keys that only the library (and for the first, rgd unlearn) sets: a checkpoint made with other values came
+# from another default, so "resume with the same settings" is no advice in the node or the tab
 HOSTLESS_KEYS = ("forget_per_concept", "retire_erased")
 PROBE_BATCHES = 2  # batches of the fixed probe of the adaptive stop (forget and retain each)
 # The hosts' default target of the adaptive stop (the CLI, the node, the tab): chosen from the shapes calibration,
@@ -516,9 +517,10 @@ class Unlearner:
                 if made_with == now:
                     continue
                 if key in HOSTLESS_KEYS and key in saved:  # no host exposes these: "the same settings" cannot be
-                    raise RGDInputError(f"checkpoint {path} was made with {key}={made_with!r} (an earlier default), "
-                                        f"this run has {now!r}; start the run again, or resume through the library "
-                                        f"with UnlearnConfig({key}={made_with!r})")
+                    hint = " (rgd unlearn: --forget-per-concept)" if key == "forget_per_concept" and made_with else ""
+                    raise RGDInputError(f"checkpoint {path} was made with {key}={made_with!r}, this run has {now!r} "
+                                        f"(another default, or set); start the run again, or resume with the same "
+                                        f"setting: UnlearnConfig({key}={made_with!r}){hint}")
                 if key not in saved:  # a setting newer than the file, which a host may not expose
                     raise RGDInputError(f"checkpoint {path} was made by an older rgd, whose runs had {key}="
                                         f"{made_with!r}; start the run again, or resume through the library with "
