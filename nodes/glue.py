@@ -487,9 +487,7 @@ def unlearn(model, clip, forget: Sequence[str], retain: Sequence[str], config: U
     host = ComfyHost(model, clip, settings, on_prompt, gradient_checkpointing)
     judged = None
     if judge is not None:
-        if vae is None:
-            raise RGDInputError("the judge looks at decoded images: connect the model's VAE to the vae input.")
-        probe, shown = judge
+        probe, shown = judge  # the node has checked that a vae comes with it (check_judge)
         probe_entries, empty = encode(clip, list(probe.forget_prompts)), encode(clip, [""])[0]
 
         def sample_from(patcher):

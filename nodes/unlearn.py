@@ -17,8 +17,9 @@ from comfy_api.latest import io
 from rgd_core.edits.scopes import SCOPES, check_scope
 from rgd_core.errors import RGDInputError
 from rgd_core.evaluate.judges import (
+    JUDGE_CHOICES,
     JUDGE_PROMPTS,
-    JUDGES,
+    NO_JUDGE,
     base_probe_warning,
     judge_probe,
     judge_test,
@@ -31,8 +32,6 @@ from .common import CATEGORY, PromptSetType
 
 METHODS = ("rgd", "graddiff", "rgd-adam")
 SAMPLING_CHOICES = ("auto", "widgets")
-NO_JUDGE = "none"
-JUDGE_CHOICES = (NO_JUDGE, *JUDGES)
 
 
 def unlearn_config(method: str, steps: int, retain_weight: float, truncation_m: float, lr: float,
@@ -198,12 +197,14 @@ class RGDUnlearn(io.ComfyNode):
         chosen = prompt_set.pairs[:pairs] if pairs else prompt_set.pairs
         forget, retain = [f for f, _ in chosen], [r for _, r in chosen]
         check_judge(judge, judge_clip, vae, set(prompt_set.pair_concepts) or {prompt_set.concept})
-        warning = judge_warning(judge, prompt_set.concept) if judge != NO_JUDGE else None
-        if warning:
-            logging.warning("RGD: %s", warning)
-        # the node has the training pairs only: the probe takes the first ones with plain twins, from other noise
-        probe = judge_probe(prompt_set) if judge != NO_JUDGE else None
-        judged = (probe, judge_test(judge, probe, judge_clip.strip())) if probe is not None else None
+        judged = None
+        if judge != NO_JUDGE:
+            warning = judge_warning(judge, prompt_set.concept)
+            if warning:
+                logging.warning("RGD: %s", warning)
+            # the node has the training pairs only: the probe takes the first ones with plain twins, from other noise
+            probe = judge_probe(prompt_set)
+            judged = (probe, judge_test(judge, probe, judge_clip.strip()))
         settings = glue.SamplerSettings(sample_steps, cfg, sampler_name, scheduler, width, height,
                                         batch_size=min(batch_size, 8))
         if sampling == "auto":

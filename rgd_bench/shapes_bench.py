@@ -269,8 +269,7 @@ def unlearn(components, method: str, concept: str, config: ShapesBenchConfig, ca
         recipe = RecipeSettings(unlearn_config, config.scope, config.batch_size, data_seed=config.seed)
         # lazy: the pairs of the first steps now, the others as training draws them (run_unlearning samples on
         # demand, and a method that runs longer than the one before it samples only the pairs it adds)
-        rows = training_rows(recipe, len(train), len(train),
-                             steps_to_sample(0, unlearn_config, bool(unlearn_config.stop_ratio or judge)))
+        rows = training_rows(recipe, len(train), len(train), steps_to_sample(0, unlearn_config, judge is not None))
         with phase(phases, "data", components.unet):
             sampled[narrow] = build_paired_data(components, train, None, sampler, config.seed, cache_dir,
                                                 rows=rows if config.lazy_data else None)

@@ -11,12 +11,12 @@ from typing import Callable
 from rgd_core.apps.unlearn import METHODS
 from rgd_core.devices import PRECISIONS
 from rgd_core.edits.scopes import SCOPES
+from rgd_core.evaluate.judges import JUDGE_CHOICES
 from rgd_core.hosts.diffusers_sd import SAMPLERS
 
 from rgd_ui.form import (
     FAMILY_CHOICES,
     FORM_FIELDS,
-    JUDGE_CHOICES,
     PROMPT_PRESET_CHOICES,
     TabForm,
     form_from_values,

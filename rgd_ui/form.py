@@ -16,7 +16,6 @@ from typing import Protocol, Sequence
 from rgd_core.apps.unlearn import (
     CLI_FAMILIES,
     DEFAULTS,
-    JUDGES,
     SD_SAMPLING,
     default_prompt_preset,
     output_name,
@@ -24,14 +23,13 @@ from rgd_core.apps.unlearn import (
 )
 from rgd_core.edits.scopes import LORA_SCOPE
 from rgd_core.errors import RGDInputError
+from rgd_core.evaluate.judges import NO_JUDGE
 from rgd_core.files import atomic_write_bytes
 from rgd_core.method.unlearner import STOP_RATIO
 from rgd_core.prompts import HOST_PRESETS, LISTS_PRESET, prompt_lines, prompt_sets_from_inputs
 
 AUTO_PRESET = "auto"  # nudity for nudity-like concepts, else object: the command line's rule
 PROMPT_PRESET_CHOICES = (AUTO_PRESET, *HOST_PRESETS)
-NO_JUDGE = "none"
-JUDGE_CHOICES = (NO_JUDGE, *JUDGES)
 AUTO_FAMILY = "auto"  # from the checkpoint's keys
 FAMILY_CHOICES = (AUTO_FAMILY, *CLI_FAMILIES)
 PAIRS_SHOWN = 4

@@ -713,10 +713,9 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     # only the pairs training will draw are sampled (user images are all used as given), and with the adaptive stop
     # only those of the first steps now: the rest as training goes (the host's before_step), so a run that stops
     # early never samples the pairs of the steps it did not run
-    adaptive = bool(config.stop_ratio or judge)
-    rows = (training_rows(recipe, len(train), len(train), steps_to_sample(0, config, adaptive))
+    rows = (training_rows(recipe, len(train), len(train), steps_to_sample(0, config, judge is not None))
             if forget_images is None and retain_images is None else None)
-    plan_text = _data_plan(train, forget_images, retain_images, rows, config, adaptive)
+    plan_text = _data_plan(train, forget_images, retain_images, rows, config, judge is not None)
     log(f"{components.variant or components.family} checkpoint on {device}; {plan_text}")
     on_phase("data")
     phases: dict = {}
@@ -969,8 +968,9 @@ def user_images(settings: Mapping) -> tuple[list | None, list | None]:
     return forget, retain
 
 
-def _data_plan(train, forget_images, retain_images, rows, config, adaptive: bool) -> str:
+def _data_plan(train, forget_images, retain_images, rows, config, judged: bool) -> str:
     """What the training data will be made of, and how long training goes, for the log."""
+    adaptive = bool(config.stop_ratio) or judged
     if adaptive:
         steps = f"up to {config.steps} steps (stopping once the concept is gone)"
     else:
@@ -978,7 +978,7 @@ def _data_plan(train, forget_images, retain_images, rows, config, adaptive: bool
     if forget_images is None and retain_images is None:
         if rows is None or len(rows) == len(train):
             return f"sampling {len(train)} prompt pairs, then {steps}"
-        if adaptive and config.steps > steps_to_sample(0, config, adaptive):
+        if adaptive and config.steps > steps_to_sample(0, config, judged):
             return (f"sampling the {len(rows)} pairs (of {len(train)}) the first steps draw, then {steps}, "
                     f"sampling the pairs of the next {config.stop_every} steps as it goes")
         return f"sampling {len(rows)} of {len(train)} prompt pairs (the ones training draws), then {steps}"

@@ -25,6 +25,9 @@ from rgd_core.prompts.sets import PromptSet, find_concept_word
 from rgd_core.prompts.word_lists import NUDITY_CONCEPTS
 
 JUDGES = ("clip", "nudenet")
+# what the node's and the tab's judge choice offer besides them: the loss ratio decides the stop
+NO_JUDGE = "none"
+JUDGE_CHOICES = (NO_JUDGE, *JUDGES)
 # probe images per concept: each probe samples this many per concept, so a share moves in steps of 1/8
 JUDGE_PROMPTS = 8
 

@@ -179,13 +179,12 @@ def run_unlearning(
     # checked before any sampling: a mismatch is a caller's bug, and minutes of data should not precede it
     pair_groups = _pair_groups(pair_concepts, len(forget_prompts) if forget_prompts is not None else len(data),
                                  settings)
-    adaptive = bool(config.stop_ratio or judge)  # the run may end at a probe: sample as it goes
     on_demand = (getattr(host, "samples_while_training", False) and forget_prompts is not None
                  and (data is None or len(data) == len(forget_prompts)))
     if data is None:
         with phase(phases, "data", host.evaluated_module):
             rows = training_rows(settings, len(forget_prompts), len(retain_prompts),
-                                 steps_to_sample(0, config, adaptive) if on_demand else None)
+                                 steps_to_sample(0, config, judge is not None) if on_demand else None)
             data = host.paired_data(forget_prompts, retain_prompts, settings.data_seed, rows=rows)
     with host.training(settings.scope, settings.lora_rank, settings.lora_alpha, config.seed) as trainee:
         forget_loss, retain_loss = batched_losses(trainee.predict, data, host.noise_schedule, host.prediction_type,
@@ -194,7 +193,7 @@ def run_unlearning(
                               in_place=trainee.in_place, pair_groups=pair_groups, judge=judge)
         training_module = trainee.evaluated or unlearner.model
         sample_ahead = (_sampler_ahead(host, forget_prompts, retain_prompts, settings, data, phases, training_module,
-                                       adaptive)
+                                       judge is not None)
                         if on_demand and data.sampled is not None else None)
         extra = on_training(unlearner.model) if on_training is not None else None
         with extra if extra is not None else contextlib.nullcontext():
@@ -216,7 +215,7 @@ def _pair_groups(pair_concepts: Sequence[str], count: int, settings: RecipeSetti
 
 
 def _sampler_ahead(host: Host, forget_prompts, retain_prompts, settings: RecipeSettings, data: PairedData,
-                   phases: dict, training_module: nn.Module, adaptive: bool) -> Callable[[int], None]:
+                   phases: dict, training_module: nn.Module, judged: bool) -> Callable[[int], None]:
     """``before_step`` for sampling on demand: before step k, the host samples the pairs of the steps up to
     ``steps_to_sample(k)`` that ``data`` lacks and they are merged in. Their time and evaluations are the "data"
     phase's, taken out of the training phase whose clock (and, were it the same module, hook) saw them."""
@@ -224,7 +223,7 @@ def _sampler_ahead(host: Host, forget_prompts, retain_prompts, settings: RecipeS
     covered = {"steps": 0}  # the steps whose pairs are in ``data`` already: nothing to work out until the next chunk
 
     def before_step(step: int) -> None:
-        through = steps_to_sample(step, settings.config, adaptive)
+        through = steps_to_sample(step, settings.config, judged)
         if through <= covered["steps"]:
             return
         covered["steps"] = through

@@ -88,14 +88,14 @@ def drawn_pairs(seed: int, steps: int, count: int, batch_size: int) -> list[int]
     return sorted(drawn)
 
 
-def steps_to_sample(step: int, config: UnlearnConfig, adaptive: bool | None = None) -> int:
+def steps_to_sample(step: int, config: UnlearnConfig, judged: bool = False) -> int:
     """How many steps' pairs must be sampled before step ``step`` runs, when a host samples on demand.
 
-    With the adaptive stop (``adaptive``: by default whether ``config.stop_ratio`` is on; a judge turns it on too)
-    the run may end at any probe, so the pairs are sampled one probe interval ahead (the first chunk also holds the
-    probe's own batches): a run that stops has sampled at most the pairs of the steps up to the probe that stopped
-    it. With fixed steps every step runs, so all of them are sampled at once."""
-    if not (bool(config.stop_ratio) if adaptive is None else adaptive):
+    With the adaptive stop (``config.stop_ratio``, or a judge: ``judged``) the run may end at any probe, so the
+    pairs are sampled one probe interval ahead (the first chunk also holds the probe's own batches): a run that
+    stops has sampled at most the pairs of the steps up to the probe that stopped it. With fixed steps every step
+    runs, so all of them are sampled at once."""
+    if not (config.stop_ratio or judged):
         return config.steps
     chunk_end = (step // config.stop_every + 1) * config.stop_every
     return min(config.steps, max(chunk_end, PROBE_BATCHES))

@@ -54,9 +54,9 @@ LossFn = Callable[[nn.Module, torch.Generator], Tensor]
 Callback = Callable[[dict], None]
 
 CHECKPOINT_FORMAT = "rgd-unlearner-checkpoint-1"
-# resume keys that only the library (and for the first, rgd unlearn) sets: a checkpoint made with other values came
-# from another default, so "resume with the same settings" is no advice in the node or the tab
-HOSTLESS_KEYS = ("forget_per_concept", "retire_erased")
+# resume keys the node and the tab cannot set (rgd unlearn only forget_per_concept): a checkpoint made with other
+# values came from another default or the library, so "resume with the same settings" needs saying how
+LIBRARY_KEYS = ("forget_per_concept", "retire_erased")
 PROBE_BATCHES = 2  # batches of the fixed probe of the adaptive stop (forget and retain each)
 # The hosts' default target of the adaptive stop (the CLI, the node, the tab): chosen from the shapes calibration,
 # benchmarks/stop_calibration.py (docs/results/stop_calibration_lambda2.txt): at lambda 2 a colour is erased
@@ -516,7 +516,7 @@ class Unlearner:
                 made_with, now = saved.get(key, before), getattr(self.config, key)
                 if made_with == now:
                     continue
-                if key in HOSTLESS_KEYS and key in saved:  # no host exposes these: "the same settings" cannot be
+                if key in LIBRARY_KEYS and key in saved:
                     hint = " (rgd unlearn: --forget-per-concept)" if key == "forget_per_concept" and made_with else ""
                     raise RGDInputError(f"checkpoint {path} was made with {key}={made_with!r}, this run has {now!r} "
                                         f"(another default, or set); start the run again, or resume with the same "
