@@ -33,6 +33,7 @@ from rgd_bench.worlds import shapes, shapes_model
 from rgd_bench.worlds.shapes_prompts import concept_attribute, joint_prompt_sets, shape_prompt_sets
 from rgd_core.baselines.esd import ESDConfig, run_esd
 from rgd_core.errors import RGDInputError
+from rgd_core.evaluate.judges import JudgeProbe, image_judge
 from rgd_core.evaluate.plots import loss_curves, sample_grid
 from rgd_core.hosts.base import RecipeSettings, phase, training_rows
 from rgd_core.hosts.diffusers_sd import SamplerSettings, build_paired_data, unlearn_sd
@@ -282,23 +283,24 @@ def classifier_judge(components, classifier, train: PromptSet, config: ShapesBen
     """The Unlearner's judge for the shapes world: the UNet being trained samples the first ``JUDGE_PROBE`` forget
     prompts of the training set (fixed noise, the evaluation's sampler) and the classifier says which share of each
     concept's images still show it."""
-    prompts = list(train.forget_prompts[:JUDGE_PROBE])
-    groups = list(train.pair_concepts[:JUDGE_PROBE]) or [train.concept] * len(prompts)
+    prompts = tuple(train.forget_prompts[:JUDGE_PROBE])
+    groups = tuple(train.pair_concepts[:JUDGE_PROBE]) or (train.concept,) * len(prompts)
     if set(groups) != set(train.pair_concepts or [train.concept]):  # the pairs are interleaved: each is among them
         raise RGDInputError(f"the judge's {JUDGE_PROBE} probe prompts miss a concept of {train.concept!r}")
-    wanted = {group: concept_attribute(group) for group in groups}
+    # in training order (the probe's noise is per prompt index), not regrouped as judge_probe would
+    probe = JudgeProbe(prompts, tuple(train.retain_prompts[:JUDGE_PROBE]), groups)
+    wanted = [concept_attribute(group) for group in groups]
 
-    def judge(unet) -> dict[str, float]:
-        images = shapes_model.sample_images(components, prompts, seed=config.seed, steps=config.sample_steps,
-                                            guidance_scale=config.guidance, unet=unet)
+    def sample(unet, asked):
+        return shapes_model.sample_images(components, asked, seed=config.seed, steps=config.sample_steps,
+                                          guidance_scale=config.guidance, unet=unet)
+
+    def shown(images) -> list[bool]:
         predicted = classifier.predict(images)
-        shares = {}
-        for group, (attribute, value) in wanted.items():
-            rows = [i for i, name in enumerate(groups) if name == group]
-            shares[group] = float(np.mean(predicted[attribute][rows] == shapes.VALUES[attribute].index(value)))
-        return shares
+        return [bool(predicted[attribute][i] == shapes.VALUES[attribute].index(value))
+                for i, (attribute, value) in enumerate(wanted)]
 
-    return judge
+    return image_judge(sample, probe, shown)
 
 
 def run_shapes_bench(
