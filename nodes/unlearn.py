@@ -26,7 +26,14 @@ from rgd_core.evaluate.judges import (
     judge_warning,
 )
 from rgd_core.hosts.base import RecipeSettings, run_metadata, training_rows
-from rgd_core.method.unlearner import FLOW_STOP_RATIO, STOP_RATIO, UnlearnConfig
+from rgd_core.method.unlearner import (
+    FLOW_STOP_RATIO,
+    FORGET_OBJECTIVES,
+    PER_CONCEPT_FROM,
+    STOP_RATIO,
+    UnlearnConfig,
+    forget_objective_for,
+)
 
 from .common import CATEGORY, PromptSetType
 
@@ -35,19 +42,25 @@ SAMPLING_CHOICES = ("auto", "widgets")
 
 
 def unlearn_config(method: str, steps: int, retain_weight: float, truncation_m: float, lr: float,
-                   seed: int, stop_ratio: float = STOP_RATIO, stop_share: float = 0.0) -> UnlearnConfig:
-    """The node's widgets as rgd_core's config: Adam, the paper's skip-ascent truncation at m (0 turns it off), and
-    the adaptive stop at ``stop_ratio`` (0: always ``steps``), or with a judge at ``stop_share``."""
+                   seed: int, stop_ratio: float = STOP_RATIO, stop_share: float = 0.0,
+                   forget_objective: str = "auto") -> UnlearnConfig:
+    """The node's widgets as rgd_core's config: Adam, the paper's skip-ascent truncation at m (0 turns it off), the
+    adaptive stop at ``stop_ratio`` (0: always ``steps``), or with a judge at ``stop_share``, and the forget
+    objective of several concepts (``FORGET_OBJECTIVES``)."""
     if truncation_m < 0:
         raise RGDInputError(f"truncation m must be >= 0 (0 = no truncation), not {truncation_m}.")
+    if forget_objective not in FORGET_OBJECTIVES:
+        raise RGDInputError(f"forget_objective must be one of {', '.join(FORGET_OBJECTIVES)}, not "
+                            f"{forget_objective!r}.")
     truncation = ("skip", truncation_m) if truncation_m > 0 else ("none", math.inf)
     return UnlearnConfig(method=method, steps=steps, retain_weight=retain_weight, lr=lr, optimizer="adam",
                          truncation=truncation[0], truncation_threshold=truncation[1], seed=seed,
-                         stop_ratio=stop_ratio, stop_share=stop_share)
+                         stop_ratio=stop_ratio, stop_share=stop_share,
+                         forget_per_concept=FORGET_OBJECTIVES[forget_objective])
 
 
 def check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank, pairs,
-                   width, height, stop_ratio=STOP_RATIO, stop_share=0.0) -> UnlearnConfig:
+                   width, height, stop_ratio=STOP_RATIO, stop_share=0.0, forget_objective="auto") -> UnlearnConfig:
     """The widgets checked when the node runs, one message per problem naming the widget. In the editor ComfyUI
     checks each widget's own range first (so the node declares no validate_inputs: ComfyUI would repeat one
     message under every input it declares); this catches what a hand-written API prompt can still send."""
@@ -56,7 +69,8 @@ def check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, 
                                  ("pairs", pairs, 0), ("width", width, 8), ("height", height, 8)):
         if value < minimum:
             raise RGDInputError(f"{name} must be at least {minimum}, not {value}.")
-    return unlearn_config(method, steps, retain_weight, truncation_m, lr, seed, stop_ratio, stop_share)
+    return unlearn_config(method, steps, retain_weight, truncation_m, lr, seed, stop_ratio, stop_share,
+                          forget_objective)
 
 
 def check_judge(judge: str, judge_clip: str, vae, concepts: set[str]) -> None:
@@ -173,6 +187,11 @@ class RGDUnlearn(io.ComfyNode):
                 io.Float.Input("stop_share", default=0.0, min=0.0, max=0.99, step=0.05, optional=True,
                                tooltip="with a judge: stop once at most this share of each concept's probe images "
                                        "shows it (0: none)"),
+                io.Combo.Input("forget_objective", options=list(FORGET_OBJECTIVES), default="auto", optional=True,
+                               tooltip="a prompt set of several concepts: one-mean ascends one forget mean over the "
+                                       "batch (each concept a share of it), per-concept the sum of each concept's own "
+                                       f"mean; auto: per-concept from {PER_CONCEPT_FROM} concepts on, one-mean below "
+                                       "(measured on the shapes bench)"),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL"),
@@ -186,16 +205,18 @@ class RGDUnlearn(io.ComfyNode):
     def execute(cls, model, clip, prompt_set, method, scope, steps, retain_weight, truncation_m, lr, batch_size,
                 seed, lora_rank, pairs, sample_steps, cfg, sampler_name, scheduler, width, height, preview_every=0,
                 vae=None, sampling="auto", gradient_checkpointing=False, stop_ratio=STOP_RATIO, judge=NO_JUDGE,
-                judge_clip="", stop_share=0.0) -> io.NodeOutput:
+                judge_clip="", stop_share=0.0, forget_objective="auto") -> io.NodeOutput:
         from . import glue
 
         config = check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank,
-                                pairs, width, height, stop_ratio, stop_share)
+                                pairs, width, height, stop_ratio, stop_share, forget_objective)
         if sampling not in SAMPLING_CHOICES:
             raise RGDInputError(f"sampling must be one of {', '.join(SAMPLING_CHOICES)}, not {sampling!r}.")
         width, height = latent_size(width, height)
         chosen = prompt_set.pairs[:pairs] if pairs else prompt_set.pairs
         forget, retain = [f for f, _ in chosen], [r for _, r in chosen]
+        pair_concepts = prompt_set.pair_concepts[:len(chosen)]
+        config = forget_objective_for(config, len(set(pair_concepts)))  # decided here for the edit's metadata
         check_judge(judge, judge_clip, vae, set(prompt_set.pair_concepts) or {prompt_set.concept})
         judged = None
         if judge != NO_JUDGE:
@@ -221,7 +242,7 @@ class RGDUnlearn(io.ComfyNode):
         edit, records = glue.unlearn(model, clip, forget, retain, config, scope, batch_size, lora_rank, settings,
                                      on_prompt=report.prompt_done, on_step=report.step_done, vae=vae,
                                      preview_every=preview_every, on_preview=report.preview, phases=phases,
-                                     pair_concepts=prompt_set.pair_concepts[:len(chosen)],
+                                     pair_concepts=pair_concepts,
                                      gradient_checkpointing=gradient_checkpointing, judge=judged,
                                      on_judged_base=lambda shares: report.judged_base(judge, shares, stop_share))
         report.done(phases, records)

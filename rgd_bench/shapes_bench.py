@@ -47,12 +47,15 @@ METHODS = ("RGD", "GradDiff", "RGD (narrow retain)", "ESD")
 MODELS = {"v_prediction": shapes_model.MODEL_PATH, "flow": shapes_model.FLOW_MODEL_PATH}
 FLOW_METHODS = tuple(m for m in METHODS if m != "ESD")  # this ESD samples DDIM trajectories: epsilon/v models only
 # several concepts in one run, the ablations: every concept ascended until the last has reached the stop's target
-# (UnlearnConfig.retire_erased off), and the forget objective as the sum of each concept's own mean instead of one
-# mean over the batch (forget_per_concept on; the default until 2026-12-01, whose results call the other
-# "RGD (one forget mean)")
+# (UnlearnConfig.retire_erased off), and each forget objective whatever the number of concepts ("RGD" takes the
+# default: the per-concept sum from three concepts on, one mean below). Results of 2026-12-01 call one mean "RGD"
+# (the default then at any number), and those of the day before call it "RGD (one forget mean)" beside a "RGD" that
+# was the per-concept sum.
 NO_RETIRING = "RGD (no retiring)"
 PER_CONCEPT_MEANS = "RGD (per-concept means)"
-JOINT_ABLATIONS = {NO_RETIRING: dict(retire_erased=False), PER_CONCEPT_MEANS: dict(forget_per_concept=True)}
+ONE_FORGET_MEAN = "RGD (one forget mean)"
+JOINT_ABLATIONS = {NO_RETIRING: dict(retire_erased=False), PER_CONCEPT_MEANS: dict(forget_per_concept=True),
+                   ONE_FORGET_MEAN: dict(forget_per_concept=False)}
 # RGD whose adaptive stop asks the classifier, on the model's own samples of training prompts, whether the concept is
 # still drawn (UnlearnConfig.stop_share), instead of comparing losses
 JUDGE_STOP = "RGD (judge stop)"

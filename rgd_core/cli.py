@@ -24,7 +24,7 @@ from rgd_core.edits.scopes import SCOPES
 from rgd_core.errors import NonFiniteError, RGDError, RGDInputError, UnlearningCancelled
 from rgd_core.files import atomic_write_bytes
 from rgd_core.hosts.diffusers_sd import SAMPLERS
-from rgd_core.method.unlearner import FLOW_STOP_RATIO, STOP_RATIO
+from rgd_core.method.unlearner import FLOW_STOP_RATIO, FORGET_OBJECTIVES, PER_CONCEPT_FROM, STOP_RATIO
 from rgd_core.preflight import check_not_existing, check_numbers, check_output_folder
 
 EXIT_INPUT, EXIT_FAILURE, EXIT_INTERRUPT = 2, 1, 130
@@ -370,9 +370,10 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
         f"times the retain loss (for every concept, when several are given), --steps being the cap; 0: always --steps "
         f"(default {STOP_RATIO:g}; {FLOW_STOP_RATIO:g} for Flux.1 and SD3.x)")
     add("--stop-every", type=int, help=f"probe every N steps for the adaptive stop (default {d['stop_every']})")
-    add("--forget-per-concept", action="store_true", default=None, help="with several --concept: ascend the sum of "
-        "each concept's own forget mean instead of one mean over the batch (measured on the shapes bench: one mean "
-        "is better for two concepts, the sum for three, above all with --judge; README, 'Several concepts')")
+    add("--forget-objective", choices=tuple(FORGET_OBJECTIVES), help="with several --concept: one-mean ascends "
+        "one forget mean over the batch, per-concept the sum of each concept's own mean; auto (default): per-concept "
+        f"from {PER_CONCEPT_FROM} concepts on, one-mean below (measured on the shapes bench; README, 'Several "
+        "concepts')")
     add("--judge", choices=unlearn.JUDGES, help="let a judge of the model's own images decide the adaptive stop "
         "instead of the loss ratio: every --stop-every steps the model draws --judge-prompts held-out forget prompts "
         "per concept, and the run ends once at most --stop-share of them show it (--steps still caps it). clip: the "

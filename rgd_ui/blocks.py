@@ -13,6 +13,7 @@ from rgd_core.devices import PRECISIONS
 from rgd_core.edits.scopes import SCOPES
 from rgd_core.evaluate.judges import JUDGE_CHOICES
 from rgd_core.hosts.diffusers_sd import SAMPLERS
+from rgd_core.method.unlearner import FORGET_OBJECTIVES, PER_CONCEPT_FROM
 
 from rgd_ui.form import (
     FAMILY_CHOICES,
@@ -54,6 +55,9 @@ def build_blocks(host, run: Callable, interrupt: Callable[[], None], webui: bool
                                                        "preset's own; several concepts: separate them with ;)")
                     c["neighbour_share"] = gr.Number(value=d.neighbour_share,
                                                      label="Share of retain prompts naming a neighbour (0: none)")
+                    c["forget_objective"] = gr.Dropdown(
+                        choices=list(FORGET_OBJECTIVES), value=d.forget_objective,
+                        label=f"Several concepts: forget objective (auto: per-concept from {PER_CONCEPT_FROM} on)")
                 with gr.Accordion("Custom template (prompt preset: custom)", open=False):
                     c["custom_template"] = gr.Textbox(label="Forget-prompt template",
                                                       placeholder="a photo of {concept} {place}")

@@ -77,6 +77,7 @@ class TabForm:
     judge: str = NO_JUDGE  # or one of JUDGES: the model's probe images decide the stop instead of the loss ratio
     judge_clip: str = ""  # the CLIP folder of the clip judge
     stop_share: float = DEFAULTS["stop_share"]
+    forget_objective: str = DEFAULTS["forget_objective"]  # several concepts: FORGET_OBJECTIVES
 
 
 FORM_FIELDS = tuple(field.name for field in fields(TabForm))
@@ -118,7 +119,7 @@ def settings_for(form: TabForm, places: Places) -> dict:
     settings = {key: getattr(form, key) for key in (
         "concept", "method", "scope", "steps", "retain_weight", "truncation_threshold", "lr", "batch_size", "seed",
         "lora_rank", "train_prompts", "sample_steps", "guidance", "sampler", "overwrite", "resume", "save_lora",
-        "neighbour_share", "stop_ratio", "precision", "gradient_checkpointing")}
+        "neighbour_share", "stop_ratio", "precision", "gradient_checkpointing", "forget_objective")}
     settings.update(
         checkpoint=str(checkpoint),
         concept=form.concept.strip(),

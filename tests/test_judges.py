@@ -20,7 +20,7 @@ from rgd_core.apps.unlearn import (
     resolve_settings,
     run_unlearn,
 )
-from rgd_core.errors import UnlearningCancelled
+from rgd_core.errors import RGDInputError, UnlearningCancelled
 from rgd_core.evaluate import alignment
 from rgd_core.evaluate.judges import (
     base_probe_warning,
@@ -179,7 +179,9 @@ def test_a_clip_judge_reports_every_concept_of_a_joint_run(sd1_files, tmp_path, 
     records = []
     settings = resolve_settings(run_args(sd1_files, tmp_path, ("concept", "cat; dog"), ("judge", "clip"),
                                          ("judge_clip", str(clip_dir)), ("steps", 2)))
-    report = run_unlearn(settings, callbacks=[records.append])
+    logs = []
+    report = run_unlearn(settings, log=logs.append, callbacks=[records.append])
+    assert "2 concepts: forget objective one-mean (--forget-objective auto)" in logs  # what the default chose
     shares = records[1]["judge_shares"]
     assert set(shares) == {"cat", "dog"} and all(share in (0.0, 0.5, 1.0) for share in shares.values())
     assert "judge_shares" not in records[0]  # the probe runs every --stop-every steps
@@ -235,11 +237,15 @@ def test_a_judged_lora_run_interrupted_and_resumed_ends_where_the_uninterrupted_
     assert after.keys() == expected.keys() and all(after[key].equal(expected[key]) for key in expected)
 
 
-def test_forget_per_concept_reaches_the_unlearner_from_the_command_line_and_toml(tmp_path):
-    base = {"checkpoint": "x.safetensors", "concept": "cat; dog", "out": str(tmp_path)}
-    assert _unlearn_config(resolve_settings(base | {"stop_ratio": 5.0})).forget_per_concept is False  # one mean
-    flagged = cli.build_parser().parse_args(["unlearn", "--forget-per-concept"])
-    assert _unlearn_config(resolve_settings(vars(flagged) | base | {"stop_ratio": 5.0})).forget_per_concept is True
+def test_the_forget_objective_reaches_the_unlearner_from_the_command_line_and_toml(tmp_path):
+    base = {"checkpoint": "x.safetensors", "concept": "cat; dog", "out": str(tmp_path), "stop_ratio": 5.0}
+    assert _unlearn_config(resolve_settings(base)).forget_per_concept is None  # auto: decided by the concept count
+    for name, value in (("one-mean", False), ("per-concept", True)):
+        flagged = cli.build_parser().parse_args(["unlearn", "--forget-objective", name])
+        assert _unlearn_config(resolve_settings(vars(flagged) | base)).forget_per_concept is value
     toml = tmp_path / "run.toml"
-    toml.write_text("forget_per_concept = true\n")
-    assert resolve_settings(base, toml)["forget_per_concept"] is True
+    toml.write_text('forget_objective = "per-concept"\n')
+    assert resolve_settings({k: v for k, v in base.items() if k != "stop_ratio"}, toml)["forget_objective"] == \
+        "per-concept"
+    with pytest.raises(RGDInputError, match="--forget-objective must be one of auto, one-mean, per-concept"):
+        resolve_settings(base | {"forget_objective": "sum"})

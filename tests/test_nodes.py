@@ -173,6 +173,7 @@ def unlearn_widgets(**changes):
     (dict(lora_rank=0), "lora_rank must be at least 1"),
     (dict(pairs=-1), "pairs must be at least 0"),
     (dict(width=4), "width must be at least 8"),
+    (dict(forget_objective="sum"), "forget_objective must be one of auto, one-mean, per-concept"),
 ])
 def test_unlearn_refuses_bad_settings_with_one_line_per_problem(pack, changes, message):
     """What a hand-written API prompt can still send past ComfyUI's own widget checks: one line naming the widget."""
@@ -209,6 +210,15 @@ def test_the_truncation_widget_maps_to_skip_ascent_and_zero_turns_it_off(pack):
     config = module.unlearn_config("rgd", 100, 1.6, 1.1, 1e-5, 3)
     assert (config.truncation, config.truncation_threshold, config.retain_weight, config.seed) == ("skip", 1.1, 1.6, 3)
     assert module.unlearn_config("graddiff", 1, 1.0, 0.0, 1e-5, 0).truncation == "none"
+
+
+def test_the_forget_objective_widget_reaches_the_config(pack):
+    module = sys.modules["rgd_pack_under_test.nodes.unlearn"]
+    widget = inputs_of(schema(pack, "RGDUnlearn"))["forget_objective"]
+    assert widget.options["default"] == "auto"
+    chosen = {name: module.check_settings(**unlearn_widgets(forget_objective=name)).forget_per_concept
+              for name in ("auto", "one-mean", "per-concept")}
+    assert chosen == {"auto": None, "one-mean": False, "per-concept": True}  # auto: the recipe decides by count
 
 
 def test_prompt_set_node_returns_what_rgd_core_builds(pack):

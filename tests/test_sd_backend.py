@@ -267,6 +267,23 @@ def test_sdxl_smoke(prompts):
     assert changed and all("attn2" in key for key in changed)
 
 
+@pytest.mark.parametrize("concepts, per_concept", [("Van Gogh; Monet", False), ("Van Gogh; Monet; Klimt", True)])
+def test_the_default_forget_objective_follows_the_number_of_concepts(sd1, concepts, per_concept):
+    """Left to the default, the recipe ascends one forget mean for two concepts and the per-concept sum from three:
+    the same weights, to the bit, as asking for that objective, and other weights than the other one."""
+    train, _ = prompt_sets_from_inputs(concepts, "art-style", train_count=9, test_count=1, seed=0)
+    data = build_paired_data(sd1, train, settings=FAST, seed=0)
+
+    def trained(objective):
+        config = dataclasses.replace(QUICK, forget_per_concept=objective)
+        edited, _ = unlearn_sd(sd1, train, config=config, scope="cross-attn", batch_size=6, data=data)
+        return edited.state_dict()
+
+    default, same, other = trained(None), trained(per_concept), trained(not per_concept)
+    assert all(torch.equal(default[key], same[key]) for key in default)
+    assert not all(torch.equal(default[key], other[key]) for key in default)
+
+
 def test_a_run_of_several_concepts_probes_each_of_them(sd1):
     train, _ = prompt_sets_from_inputs("Van Gogh; Monet", "art-style", train_count=8, test_count=2, seed=0)
     # a target never reached, probed every step: the records carry each concept's ratio

@@ -61,6 +61,8 @@ def test_form_maps_to_the_command_line_settings(host, sd1_files):
     assert settings_for(tiny_form(sd1_files), host)["prompt_preset"] is None  # auto: decided from the concept
     assert settings["judge"] is None and settings["judge_clip"] is None  # "none": the loss ratio decides the stop
     assert settings["stop_ratio"] is None  # left at SD's 5: the checkpoint's family decides (a flow file: 7)
+    assert settings["forget_objective"] == "auto"
+    assert settings_for(tiny_form(sd1_files, forget_objective="one-mean"), host)["forget_objective"] == "one-mean"
     assert settings_for(tiny_form(sd1_files, stop_ratio=3.0), host)["stop_ratio"] == 3.0
     judged = settings_for(tiny_form(sd1_files, judge="nudenet", stop_share=0.25, judge_clip="/left/over"), host)
     assert judged["judge"] == "nudenet" and judged["stop_share"] == 0.25 and judged["judge_clip"] is None
@@ -79,6 +81,7 @@ def test_form_maps_to_the_command_line_settings(host, sd1_files):
     (dict(prompt_preset="custom"), "needs --custom-template"),
     (dict(prompt_preset="my lists", forget_list="a nude man", retain_list=""), "one retain prompt per forget"),
     (dict(judge="clip"), "--judge clip needs --judge-clip"),
+    (dict(forget_objective="sum"), "--forget-objective must be one of"),
 ])
 def test_bad_input_is_one_line_and_runs_nothing(host, sd1_files, changes, message):
     monitor = RunMonitor()

@@ -644,11 +644,11 @@ def test_a_checkpoint_older_than_the_several_concept_settings_resumes_only_as_it
     with pytest.raises(RGDInputError, match="older rgd.*forget_per_concept=False"):
         make(model, forget_per_concept=True, retire_erased=False).run(resume_from=path)
     assert len(make(model, **old).run(resume_from=path).records) == 20
-    # a file made under another default of these settings (no host exposes them): start again, or the library
+    # a file made under another default of these settings: start again, or resume with the setting it was made with
     with pytest.raises(UnlearningCancelled):
         make(model, forget_per_concept=True).run(callbacks=[seen.append], should_stop=lambda: len(seen) >= 13,
                                                   checkpoint_path=path)
-    with pytest.raises(RGDInputError, match=r"forget_per_concept=True, .*start the run again.*--forget-per-concept"):
+    with pytest.raises(RGDInputError, match=r"forget_per_concept=True, .*start the run again.*--forget-objective per-concept"):
         make(model).run(resume_from=path)
     # one concept: the new settings change nothing, so an older file resumes with the defaults
     single, forget, retain = make_problem()

@@ -92,7 +92,14 @@ from rgd_core.hosts.diffusers_sd import (
 from rgd_core.image_data import find_images, images_digest
 from rgd_core.method.losses import TRUNCATION_MODES as TRUNCATIONS
 from rgd_core.method.paired_data import steps_to_sample
-from rgd_core.method.unlearner import UnlearnConfig, default_stop_ratio, summarize
+from rgd_core.method.unlearner import (
+    FORGET_OBJECTIVES,
+    UnlearnConfig,
+    default_stop_ratio,
+    forget_objective_for,
+    objective_name,
+    summarize,
+)
 from rgd_core.method.update_rules import UPDATE_RULES
 from rgd_core.preflight import (
     check_free_space,
@@ -187,7 +194,7 @@ class UnlearnSettings:
     neighbour_share: float = NEIGHBOUR_SHARE
     stop_ratio: float | None = None  # None: the family's, default_stop_ratio (5; 7 for Flux.1 and SD3.x)
     stop_every: int = 5
-    forget_per_concept: bool = False  # several concepts: the sum of each concept's forget mean, not one mean
+    forget_objective: str = "auto"  # several concepts: FORGET_OBJECTIVES (auto: the per-concept sum from three)
     judge: str | None = None  # evaluate.judges.JUDGES; None: the loss ratio decides the stop
     judge_clip: str | None = None
     judge_prompts: int = JUDGE_PROMPTS
@@ -347,7 +354,7 @@ def _check_settings(settings: dict) -> None:
             raise RGDInputError(f"{option_flag(key)} is required (on the command line or in the --config file).")
     choices = {"method": METHODS, "truncation": TRUNCATIONS, "family": CLI_FAMILIES, "lora_format": LORA_FORMATS,
                "prompt_preset": PROMPT_PRESETS, "format": MODEL_FORMATS, "scope": SCOPES, "sampler": tuple(SAMPLERS),
-               "precision": PRECISIONS, "judge": JUDGES}
+               "precision": PRECISIONS, "judge": JUDGES, "forget_objective": tuple(FORGET_OBJECTIVES)}
     for key, allowed in choices.items():
         if settings[key] is not None and settings[key] not in allowed:
             raise RGDInputError(f"{option_flag(key)} must be one of {', '.join(allowed)}, not {settings[key]!r}.")
@@ -437,7 +444,7 @@ def _unlearn_config(settings: Mapping):
                          retain_weight=settings["retain_weight"], truncation=settings["truncation"],
                          seed=settings["seed"], stop_ratio=settings["stop_ratio"],
                          stop_every=settings["stop_every"], stop_share=settings["stop_share"],
-                         forget_per_concept=settings["forget_per_concept"], **extra)
+                         forget_per_concept=FORGET_OBJECTIVES[settings["forget_objective"]], **extra)
 
 
 def load_components(checkpoint: str | Path, family: str | None = None, config_folder: str | Path | None = None,
@@ -693,6 +700,11 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     train, test, prompt_preset = build_prompts(settings)
     for warning in input_warnings(settings, train, forget_images, retain_images):
         log(f"rgd: warning: {warning}")
+    concepts = len(set(train.pair_concepts))
+    config = forget_objective_for(config, concepts)  # decided here, so that the report and the file's metadata say it
+    if concepts > 1:
+        log(f"{concepts} concepts: forget objective {objective_name(config.forget_per_concept)} (--forget-objective "
+            f"{settings['forget_objective']})")
     judge_parts = _judge_parts(settings, test, device)
 
     on_phase("load")

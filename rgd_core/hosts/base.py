@@ -44,7 +44,7 @@ from rgd_core.edits.scopes import LORA_SCOPE, check_scope
 from rgd_core.errors import RGDInputError
 from rgd_core.method.paired_data import (PairedData, batch_indices, batched_losses, drawn_pairs, merge_rows,
                                         sampled_rows, steps_to_sample)
-from rgd_core.method.unlearner import UnlearnConfig, Unlearner, summarize
+from rgd_core.method.unlearner import UnlearnConfig, Unlearner, forget_objective_for, summarize
 
 # predict(module, x_t, t, cond) -> the model's epsilon or v at DDPM timestep t (its velocity at noise level sigma for
 # flow models), with the edit being trained applied
@@ -170,15 +170,16 @@ def run_unlearning(
     ``on_training(module)`` gets the module being trained and may return a context manager entered around the
     loop (gradient checkpointing, say); checkpointing and resume are the Unlearner's (bit-identical resume).
     ``pair_concepts`` (several concepts in one run: the concept pair i erases, ``PromptSet.pair_concepts``) makes the
-    adaptive stop wait for every concept (and retire each one that is gone); with unpaired batches
+    adaptive stop wait for every concept (and retire each one that is gone), and decides a default forget objective
+    by how many there are (``forget_objective_for``); with unpaired batches
     (``settings.paired`` off) it is not used. ``judge`` (the Unlearner's: the share of a probe of the model's own
     samples that still shows each concept) decides the stop instead of the loss ratio.
     """
     phases: dict = {}
-    config = settings.config
     # checked before any sampling: a mismatch is a caller's bug, and minutes of data should not precede it
     pair_groups = _pair_groups(pair_concepts, len(forget_prompts) if forget_prompts is not None else len(data),
                                  settings)
+    config = forget_objective_for(settings.config, len(set(pair_concepts)) if pair_groups is not None else 1)
     on_demand = (getattr(host, "samples_while_training", False) and forget_prompts is not None
                  and (data is None or len(data) == len(forget_prompts)))
     if data is None:

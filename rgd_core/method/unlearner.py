@@ -13,13 +13,12 @@ probe (the same pairs, noise and timesteps every time, no gradient), and the run
 risen to ``stop_ratio`` times the retain loss. The model's own samples of the concept start out as easy to denoise
 as their concept-free twins (ratio about 1); the ratio climbs as the concept is unlearned, while the retain loss is
 held. ``steps`` is then the cap. The last record says why the run ended (``stop_reason``). With several concepts in
-one run (``pair_groups``), the forget objective is one mean over the batch's pairs (``forget_per_concept`` makes it
-the sum of each concept's own mean instead), the ratio is taken per concept and the run ends once the lowest has
-reached the target. Until then a concept already at the
-target is *retired* (``retire_erased``): its pairs leave the forget objective, so the ascent goes on only for the
-concepts still there and the erased ones are not pushed further at the retain set's expense while the slowest
-catches up. Each probe decides afresh: a retired concept whose ratio has fallen back below the target is ascended
-again.
+one run (``pair_groups``), the forget objective is one mean over the batch's pairs, or the sum of each concept's
+own mean (``forget_per_concept``; by default the sum from three concepts on), the ratio is taken per concept and
+the run ends once the lowest has reached the target. Until then a concept already at the target is *retired*
+(``retire_erased``): its pairs leave the forget objective, so the ascent goes on only for the concepts still there
+and the erased ones are not pushed further at the retain set's expense while the slowest catches up. Each probe
+decides afresh: a retired concept whose ratio has fallen back below the target is ascended again.
 
 A judge (``judge``: the shapes classifier in the benchmark world, a detector for SD) may decide instead of the loss
 ratio: on the same probe steps it reports which share of a fixed probe of the model's own samples still shows each
@@ -36,7 +35,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -54,8 +53,8 @@ LossFn = Callable[[nn.Module, torch.Generator], Tensor]
 Callback = Callable[[dict], None]
 
 CHECKPOINT_FORMAT = "rgd-unlearner-checkpoint-1"
-# resume keys the node and the tab cannot set (rgd unlearn only forget_per_concept): a checkpoint made with other
-# values came from another default or the library, so "resume with the same settings" needs saying how
+# resume keys whose value may have come from a default that has since changed (forget_per_concept: the hosts'
+# forget objective; retire_erased: the library's alone), so "resume with the same settings" needs saying how
 LIBRARY_KEYS = ("forget_per_concept", "retire_erased")
 PROBE_BATCHES = 2  # batches of the fixed probe of the adaptive stop (forget and retain each)
 # The hosts' default target of the adaptive stop (the CLI, the node, the tab): chosen from the shapes calibration,
@@ -67,6 +66,16 @@ STOP_RATIO = 5.0
 # drawn (triangle 14%, red 7.8% left); at 7 they are erased (2.1%, 1.6%; striped 0 at both) with retain within 2
 # points of the original (README, "The flow shapes model"; docs/results/bench_shapes_flow_*stop7.json).
 FLOW_STOP_RATIO = 7.0
+
+
+# Several concepts: from this many on, the default forget objective is the sum of each concept's own mean, below it
+# one mean over the batch. Measured on the shapes bench (README, "Which forget objective is the default"): at two
+# concepts one mean erased as fully (5 seeds) with 1-6 points more retain, in-prompt and collateral; at three the sum
+# erased more (with the judge stop: all three <= 1.6% against 3-9% left, and less retain lost).
+PER_CONCEPT_FROM = 3
+# The hosts' names of the forget objective (rgd unlearn --forget-objective, the node's and the tab's choice), as
+# ``UnlearnConfig.forget_per_concept``.
+FORGET_OBJECTIVES = {"auto": None, "one-mean": False, "per-concept": True}
 
 
 def default_stop_ratio(flow: bool) -> float:
@@ -92,10 +101,10 @@ class UnlearnConfig:
     # again (False: every concept is ascended to the end). Measured: README, "Several concepts in one run".
     retire_erased: bool = True
     # several concepts: True makes the forget objective the sum of each concept's own mean, each ascended as hard as
-    # in a run of its own against the same retain pull; False (default): one mean over the batch, each concept 1/K of
-    # it. Measured (README, "Several concepts"): one mean erased two concepts as fully in 5 seeds with 1-6 points more
-    # retain, in-prompt and collateral; the sum erased three somewhat more at 4-7 points of retain
-    forget_per_concept: bool = False
+    # in a run of its own against the same retain pull; False: one mean over the batch, each concept 1/K of it; None
+    # (default): decided by the number of concepts, ``forget_objective_for`` (run_unlearning does; an Unlearner given
+    # pair_groups alone, which sees batches and not how many concepts there are, takes one mean)
+    forget_per_concept: bool | None = None
     # with a judge (Unlearner's ``judge``): a concept is gone once at most this share of the judge's probe shows it
     stop_share: float = 0.0
 
@@ -118,6 +127,19 @@ class UnlearnConfig:
             Truncation(self.truncation, self.truncation_threshold)
         except ValueError as error:
             raise RGDInputError(str(error)) from None
+
+
+def forget_objective_for(config: UnlearnConfig, concepts: int) -> UnlearnConfig:
+    """``config`` with the forget objective decided for a run of ``concepts`` concepts when it was left to the default
+    (``forget_per_concept`` None): the per-concept sum from ``PER_CONCEPT_FROM`` concepts on, else one mean."""
+    if config.forget_per_concept is not None:
+        return config
+    return replace(config, forget_per_concept=concepts >= PER_CONCEPT_FROM)
+
+
+def objective_name(per_concept: bool) -> str:
+    """The hosts' name (``FORGET_OBJECTIVES``) of a decided forget objective: "one-mean" or "per-concept"."""
+    return next(name for name, value in FORGET_OBJECTIVES.items() if value is per_concept)
 
 
 @dataclass
@@ -182,7 +204,8 @@ class Unlearner:
         pair_groups: Callable[[torch.Generator], list[str]] | None = None,
         judge: Callable[[nn.Module], Mapping[str, float]] | None = None,
     ) -> None:
-        self.config = config or UnlearnConfig()
+        # not told how many concepts pair_groups names, a default objective is one mean (see forget_per_concept)
+        self.config = forget_objective_for(config or UnlearnConfig(), 1)
         self.pair_groups = pair_groups
         self.judge = judge
         self.retired: set[str] = set()  # the groups the last probe found at the target: out of the forget objective
@@ -517,7 +540,8 @@ class Unlearner:
                 if made_with == now:
                     continue
                 if key in LIBRARY_KEYS and key in saved:
-                    hint = " (rgd unlearn: --forget-per-concept)" if key == "forget_per_concept" and made_with else ""
+                    hint = (f" (rgd unlearn --forget-objective {objective_name(made_with)}, or the node's or the "
+                            "tab's forget objective)" if key == "forget_per_concept" else "")
                     raise RGDInputError(f"checkpoint {path} was made with {key}={made_with!r}, this run has {now!r} "
                                         f"(another default, or set); start the run again, or resume with the same "
                                         f"setting: UnlearnConfig({key}={made_with!r}){hint}")
