@@ -89,6 +89,16 @@ def check_judge(judge: str, judge_clip: str, vae, concepts: set[str]) -> None:
                             "judge clip.")
 
 
+def check_probe_set(probe_set, prompt_set) -> None:
+    """A probe set must name the concepts the prompt set erases (best: the same Prompt Set node's test output)."""
+    if probe_set is None:
+        return
+    training, probed = (set(p.pair_concepts) or {p.concept} for p in (prompt_set, probe_set))
+    if probed != training:
+        raise RGDInputError(f"probe_set erases {', '.join(sorted(probed))}, the prompt set "
+                            f"{', '.join(sorted(training))}: connect the same Prompt Set node's test output.")
+
+
 def family_stop_ratio(stop_ratio: float, sampling: str, flow: bool) -> float:
     """The stop target a run uses: with ``sampling`` auto, a flow model whose widget is left at the SD default takes
     the flow default (``FLOW_STOP_RATIO``), as it takes its family's sampler settings; any other value is the user's."""
@@ -184,6 +194,9 @@ class RGDUnlearn(io.ComfyNode):
                 io.String.Input("judge_clip", default="", optional=True,
                                 tooltip="for judge clip: the path of a local transformers CLIP folder (config.json + "
                                         "model.safetensors)"),
+                PromptSetType.Input("probe_set", optional=True,
+                                    tooltip="for the judge: held-out prompts to probe (connect the Prompt Set's test "
+                                            "output); without it the judge probes the first training pairs"),
                 io.Float.Input("stop_share", default=0.0, min=0.0, max=0.99, step=0.05, optional=True,
                                tooltip="with a judge: stop once at most this share of each concept's probe images "
                                        "shows it (0: none)"),
@@ -205,7 +218,7 @@ class RGDUnlearn(io.ComfyNode):
     def execute(cls, model, clip, prompt_set, method, scope, steps, retain_weight, truncation_m, lr, batch_size,
                 seed, lora_rank, pairs, sample_steps, cfg, sampler_name, scheduler, width, height, preview_every=0,
                 vae=None, sampling="auto", gradient_checkpointing=False, stop_ratio=STOP_RATIO, judge=NO_JUDGE,
-                judge_clip="", stop_share=0.0, forget_objective="auto") -> io.NodeOutput:
+                judge_clip="", stop_share=0.0, forget_objective="auto", probe_set=None) -> io.NodeOutput:
         from . import glue
 
         config = check_settings(method, scope, steps, retain_weight, truncation_m, lr, seed, batch_size, lora_rank,
@@ -220,11 +233,12 @@ class RGDUnlearn(io.ComfyNode):
         check_judge(judge, judge_clip, vae, set(prompt_set.pair_concepts) or {prompt_set.concept})
         judged = None
         if judge != NO_JUDGE:
+            check_probe_set(probe_set, prompt_set)
             warning = judge_warning(judge, prompt_set.concept)
             if warning:
                 logging.warning("RGD: %s", warning)
-            # the node has the training pairs only: the probe takes the first ones with plain twins, from other noise
-            probe = judge_probe(prompt_set)
+            # held-out prompts when a probe set is connected, else the first training pairs (from other noise)
+            probe = judge_probe(probe_set if probe_set is not None else prompt_set)
             judged = (probe, judge_test(judge, probe, judge_clip.strip()))
         settings = glue.SamplerSettings(sample_steps, cfg, sampler_name, scheduler, width, height,
                                         batch_size=min(batch_size, 8))

@@ -845,19 +845,23 @@ class PixelVAE:
         return image.repeat(1, 3, 1, 1).permute(0, 2, 3, 1)  # ComfyUI's (B, H, W, C)
 
 
+@pytest.mark.parametrize("held_out", [False, True])
 def test_unlearn_node_judge_draws_the_probe_and_stops_once_nudenet_sees_no_nudity(comfy_runtime,
-                                                                                    small_prompt_set, caplog):
-    """The fake model draws blurry grey squares: NudeNet finds nothing, so the first probe (step 5) ends the run."""
+                                                                                    small_prompt_set, caplog, held_out):
+    """The fake model draws blurry grey squares: NudeNet finds nothing, so the first probe (step 5) ends the run.
+    The probe is the training pairs, or the held-out prompts of a connected probe set."""
     runtime = comfy_runtime
     node = sys.modules["rgd_pack_under_test"].NODE_CLASS_MAPPINGS["RGDUnlearn"]
     vae = PixelVAE()
+    probe_set = build_prompt_sets("nudity", train_count=2, test_count=3, seed=0)[1] if held_out else None
     out = node.execute(runtime.model, runtime.clip, small_prompt_set,
-                       **_unlearn_node_args(small_prompt_set, steps=8, vae=vae, judge="nudenet"))
+                       **_unlearn_node_args(small_prompt_set, steps=8, vae=vae, judge="nudenet", probe_set=probe_set))
     records = out.args[2]["records"]
     assert len(records) == 5 and records[-1]["judge_shares"] == {"nudity": 0.0}
     assert records[-1]["stop_reason"].startswith("the judge sees the concept in 0.0% of its probe")
     assert "0.0% of the base model's probe already" in caplog.text  # a judge that cannot tell: the user is warned
-    assert vae.decoded == 2 * 2  # the probe (the prompt set's 2 pairs): the base model's, then step 5's
+    probed = 3 if held_out else 2  # the probe set's 3 test prompts, or the prompt set's 2 pairs
+    assert vae.decoded == 2 * probed  # the base model's probe, then step 5's
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -865,6 +869,8 @@ def test_unlearn_node_judge_draws_the_probe_and_stops_once_nudenet_sees_no_nudit
     (dict(judge="nudenet"), "connect the model's VAE"),
     (dict(judge="llava", vae=PixelVAE()), "judge must be one of"),
     (dict(judge="clip", vae=PixelVAE(), judge_clip="/no/such/clip"), "CLIP model not found"),
+    (dict(judge="nudenet", vae=PixelVAE(), probe_set=build_prompt_sets("church", "object", 1, 2, seed=0)[1]),
+     "probe_set erases church, the prompt set nudity: connect the same Prompt Set node's test output"),
 ])
 def test_unlearn_node_refuses_a_bad_judge_before_sampling(comfy_runtime, small_prompt_set, changes, message,
                                                          monkeypatch):
