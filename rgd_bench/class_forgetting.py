@@ -100,7 +100,8 @@ class ModelSamples:
     """One model's samples: ``samples_per_class`` images generated for each label 0..9."""
 
     labels: np.ndarray
-    predicted: np.ndarray
+    predicted: np.ndarray  # 0..9 or class_metrics.NOT_A_DIGIT
+    forced: np.ndarray  # the classifier's digit when it may not answer NOT_A_DIGIT (DigitClassifier.forced_choice)
     features: np.ndarray
     images: Tensor
 
@@ -109,7 +110,8 @@ def sample_model(model, classifier: DigitClassifier, config: EvalConfig) -> Mode
     wanted = torch.arange(digits.NUM_CLASSES).repeat_interleave(config.samples_per_class)
     images = digits.sample(model, wanted, seed=config.seed, num_steps=config.sampling_steps, guidance=config.guidance)
     pixels = digits.to_pixels(images)
-    return ModelSamples(wanted.numpy(), classifier.predict(pixels), classifier.features(pixels), images)
+    return ModelSamples(wanted.numpy(), classifier.predict(pixels), classifier.forced_choice(pixels),
+                        classifier.features(pixels), images)
 
 
 @dataclass
@@ -119,6 +121,8 @@ class Scores:
     fd: float  # Frechet distance to real images of the other classes (lower: better quality)
     forget_class_accuracy: float  # 1 - UA
     per_class_accuracy: list[float] = field(default_factory=list)
+    # UA as a ten-way classifier reads it: a forget-class sample counts as drawn unless it looks likelier another digit
+    ua_forced: float = 0.0
 
 
 def score(samples: ModelSamples, forget_class: int, real_features: np.ndarray, real_labels: np.ndarray) -> Scores:
@@ -127,7 +131,7 @@ def score(samples: ModelSamples, forget_class: int, real_features: np.ndarray, r
     ra = remaining_accuracy(samples.predicted[~forget], samples.labels[~forget])
     fd = frechet_distance(samples.features[~forget], real_features[real_labels != forget_class])
     per_class = [float(np.mean(samples.predicted[samples.labels == c] == c)) for c in range(digits.NUM_CLASSES)]
-    return Scores(ua, ra, fd, 1.0 - ua, per_class)
+    return Scores(ua, ra, fd, 1.0 - ua, per_class, unlearning_accuracy(samples.forced[forget], forget_class))
 
 
 @dataclass

@@ -31,6 +31,7 @@ class Row:
     fd: float
     seconds: float  # unlearning time (training only)
     steps: int = 0  # where the run ended (the adaptive stop, or the fixed steps)
+    ua_forced: float = 0.0  # UA read by the classifier forced to name a digit (Scores.ua_forced)
 
 
 def run_demo(
@@ -45,7 +46,8 @@ def run_demo(
     out_dir = Path(out_dir)
     base = digits.load_base_model()
     evaluator = Evaluator.build(eval_config)
-    log(f"classifier held-out accuracy {evaluator.classifier.held_out_accuracy:.3f}")
+    log(f"classifier held-out accuracy {evaluator.classifier.held_out_accuracy:.3f} (real digits), "
+        f"{evaluator.classifier.non_digit_accuracy:.3f} (images of no digit)")
     samples = {"original": evaluator.samples(base)}
     rows = [_row("original", evaluator.score(samples["original"], config.forget_class), 0.0)]
     histories = {}
@@ -68,6 +70,7 @@ def run_demo(
         "forget_class": config.forget_class,
         "rows": [asdict(r) for r in rows],
         "classifier_accuracy": evaluator.classifier.held_out_accuracy,
+        "classifier_non_digit_accuracy": evaluator.classifier.non_digit_accuracy,
         "config": asdict(config),
         "eval": asdict(eval_config),
         "figures": [str(grid), str(curves)],
@@ -99,20 +102,21 @@ def run_bench(
             row = _row(name, evaluator.score(evaluator.samples(result.model), forget_class), seconds,
                        len(result.records))
             per_method[name].append(row)
-            log(f"digit {forget_class}  {name:20s} UA {row.ua:.3f}  RA {row.ra:.3f}  FD {row.fd:.2f}  "
-                f"{row.steps} steps")
+            log(f"digit {forget_class}  {name:20s} UA {row.ua:.3f} (forced {row.ua_forced:.3f})  RA {row.ra:.3f}  "
+                f"FD {row.fd:.2f}  {row.steps} steps")
     summary = {}
     for name, rows in per_method.items():
         summary[name] = {
             key: {"mean": float(np.mean([getattr(r, key) for r in rows])),
                   "std": float(np.std([getattr(r, key) for r in rows]))}
-            for key in ("ua", "ra", "fd", "seconds", "steps")
+            for key in ("ua", "ra", "fd", "seconds", "steps", "ua_forced")
         }
     return {
         "classes": list(classes),
         "summary": summary,
         "runs": {name: [asdict(r) for r in rows] for name, rows in per_method.items()},
         "classifier_accuracy": evaluator.classifier.held_out_accuracy,
+        "classifier_non_digit_accuracy": evaluator.classifier.non_digit_accuracy,
         "config": asdict(config),
         "eval": asdict(eval_config),
         "wall_seconds": time.perf_counter() - start,
@@ -120,7 +124,7 @@ def run_bench(
 
 
 def _row(name: str, scores: Scores, seconds: float, steps: int = 0) -> Row:
-    return Row(name, scores.ua, scores.ra, scores.fd, seconds, steps)
+    return Row(name, scores.ua, scores.ra, scores.fd, seconds, steps, scores.ua_forced)
 
 
 def _first_per_class(samples, per_class: int) -> np.ndarray:
@@ -137,13 +141,15 @@ def format_demo_table(report: dict) -> str:
 
 
 def format_bench_table(report: dict) -> str:
-    lines = [f"forget each of digits {report['classes']}; mean ± std over the runs",
-             f"{'method':22s} {'UA':>13s} {'RA':>13s} {'FD':>13s} {'seconds':>8s} {'steps':>6s}"]
+    lines = [f"forget each of digits {report['classes']}; mean ± std over the runs (UA forced: the classifier made "
+             "to name a digit)",
+             f"{'method':22s} {'UA':>13s} {'RA':>13s} {'FD':>13s} {'seconds':>8s} {'steps':>6s} {'UA forced':>13s}"]
     for name, s in report["summary"].items():
         cells = " ".join(f"{s[k]['mean']:6.3f}±{s[k]['std']:.3f}" for k in ("ua", "ra"))
         steps = s.get("steps", {}).get("mean", 0.0)
+        forced = f"{s['ua_forced']['mean']:6.3f}±{s['ua_forced']['std']:.3f}" if "ua_forced" in s else ""
         lines.append(f"{name:22s} {cells} {s['fd']['mean']:6.2f}±{s['fd']['std']:5.2f} {s['seconds']['mean']:8.1f} "
-                     f"{steps:6.1f}")
+                     f"{steps:6.1f} {forced}")
     return "\n".join(lines)
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from rgd_bench.class_forgetting import ClassForgettingConfig, EvalConfig, Evaluator, run_forgetting
+from rgd_bench.class_forgetting import ClassForgettingConfig, EvalConfig, Evaluator, ModelSamples, run_forgetting, score
+from rgd_bench.class_metrics import NOT_A_DIGIT
 from rgd_bench.worlds import digits
 
 pytestmark = pytest.mark.usefixtures("single_thread_torch")
@@ -34,6 +35,25 @@ def original(evaluator, base):
 
 def test_classifier_is_accurate_on_held_out_real_digits(evaluator):
     assert evaluator.classifier.held_out_accuracy > 0.97
+
+
+def test_the_classifier_says_no_digit_for_noise_where_a_ten_way_one_names_a_digit(evaluator):
+    classifier = evaluator.classifier
+    assert classifier.non_digit_accuracy > 0.95
+    noise = np.random.default_rng(1).uniform(0.0, 16.0, (200, 64))
+    assert np.mean(classifier.predict(noise) == NOT_A_DIGIT) > 0.9
+    forced = classifier.forced_choice(noise)
+    assert forced.min() >= 0 and forced.max() <= 9 and np.bincount(forced).max() > 50  # mostly one digit
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the per-class means of the digits with no sample
+def test_a_forget_class_drawn_as_no_digit_counts_as_forgotten_and_elsewhere_as_wrong(evaluator):
+    labels = np.array([4, 4, 4, 4, 1, 1])
+    predicted = np.array([NOT_A_DIGIT, NOT_A_DIGIT, NOT_A_DIGIT, 4, 1, NOT_A_DIGIT])
+    forced = np.array([4, 4, 4, 4, 1, 7])
+    samples = ModelSamples(labels, predicted, forced, evaluator.real_features[:6], torch.zeros(6, 1, 8, 8))
+    scores = score(samples, 4, evaluator.real_features, evaluator.real_labels)
+    assert scores.ua == 0.75 and scores.ua_forced == 0.0 and scores.ra == 0.5
 
 
 def test_base_model_follows_its_labels(evaluator, original):

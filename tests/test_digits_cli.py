@@ -62,7 +62,7 @@ def test_bench_digits_table_has_every_method_and_rgd_forgets(tmp_path, capsys):
 
     assert list(table) == ["original", "GradDiff", "RGD", "RGD (narrow retain)", "RGD, Adam metric"]
     for method, row in table.items():
-        keys = ROW_KEYS | {"steps"}
+        keys = ROW_KEYS | {"steps", "ua_forced"}
         assert set(row) == keys | {f"{key}_std" for key in keys}, method
         assert all(row[f"{key}_std"] == 0.0 for key in ROW_KEYS)  # one digit: no spread
     assert table["original"]["ua"] <= 0.2
