@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/seeds_table.py runs/flow_*.json [--json docs/results/bench_shapes_flow.json]
 
 Rows are (concept, method) in the order of the first report; every report must hold the same rows. With --json, the
-per-seed rows and the summary are written together. Prints the table, asserts nothing.
+per-seed rows and the summary are written together. ``--rename 'RGD=RGD (one forget mean)'`` renames a method in
+every report, for reports made while the default it ran had another name. Prints the table, asserts nothing.
 """
 
 from __future__ import annotations
@@ -54,8 +55,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+")
     parser.add_argument("--json", default=None, help="write the per-seed rows and the summary here")
+    parser.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
+                        help="call method OLD NEW in every report (repeatable)")
     args = parser.parse_args()
+    names = dict(pair.split("=", 1) for pair in args.rename)
     reports = [json.loads(Path(path).read_text()) for path in args.reports]
+    for report in reports:
+        for row in report["rows"]:
+            row["method"] = names.get(row["method"], row["method"])
     summary = summarize(reports)
     print(format_summary(summary))
     if args.json:

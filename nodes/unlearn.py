@@ -203,8 +203,8 @@ class RGDUnlearn(io.ComfyNode):
                 io.Combo.Input("forget_objective", options=list(FORGET_OBJECTIVES), default="auto", optional=True,
                                tooltip="a prompt set of several concepts: one-mean ascends one forget mean over the "
                                        "batch (each concept a share of it), per-concept the sum of each concept's own "
-                                       f"mean; auto: per-concept from {PER_CONCEPT_FROM} concepts on, one-mean below "
-                                       "(measured on the shapes bench)"),
+                                       f"mean; auto: per-concept with a judge and {PER_CONCEPT_FROM} concepts or "
+                                       "more, else one-mean (measured on the shapes bench)"),
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL"),
@@ -229,7 +229,8 @@ class RGDUnlearn(io.ComfyNode):
         chosen = prompt_set.pairs[:pairs] if pairs else prompt_set.pairs
         forget, retain = [f for f, _ in chosen], [r for _, r in chosen]
         pair_concepts = prompt_set.pair_concepts[:len(chosen)]
-        config = forget_objective_for(config, len(set(pair_concepts)))  # decided here for the edit's metadata
+        # decided here for the edit's metadata
+        config = forget_objective_for(config, len(set(pair_concepts)), judged=judge != NO_JUDGE)
         check_judge(judge, judge_clip, vae, set(prompt_set.pair_concepts) or {prompt_set.concept})
         judged = None
         if judge != NO_JUDGE:

@@ -372,8 +372,8 @@ def _add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     add("--stop-every", type=int, help=f"probe every N steps for the adaptive stop (default {d['stop_every']})")
     add("--forget-objective", choices=tuple(FORGET_OBJECTIVES), help="with several --concept: one-mean ascends "
         "one forget mean over the batch, per-concept the sum of each concept's own mean; auto (default): per-concept "
-        f"from {PER_CONCEPT_FROM} concepts on, one-mean below (measured on the shapes bench; README, 'Several "
-        "concepts')")
+        f"with --judge and {PER_CONCEPT_FROM} concepts or more, else one-mean (measured on the shapes bench; README, "
+        "'Several concepts')")
     add("--judge", choices=unlearn.JUDGES, help="let a judge of the model's own images decide the adaptive stop "
         "instead of the loss ratio: every --stop-every steps the model draws --judge-prompts held-out forget prompts "
         "per concept, and the run ends once at most --stop-share of them show it (--steps still caps it). clip: the "

@@ -57,7 +57,8 @@ def build_blocks(host, run: Callable, interrupt: Callable[[], None], webui: bool
                                                      label="Share of retain prompts naming a neighbour (0: none)")
                     c["forget_objective"] = gr.Dropdown(
                         choices=list(FORGET_OBJECTIVES), value=d.forget_objective,
-                        label=f"Several concepts: forget objective (auto: per-concept from {PER_CONCEPT_FROM} on)")
+                        label=f"Several concepts: forget objective (auto: per-concept with a judge and "
+                              f"{PER_CONCEPT_FROM}+ concepts)")
                 with gr.Accordion("Custom template (prompt preset: custom)", open=False):
                     c["custom_template"] = gr.Textbox(label="Forget-prompt template",
                                                       placeholder="a photo of {concept} {place}")

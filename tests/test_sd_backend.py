@@ -267,16 +267,20 @@ def test_sdxl_smoke(prompts):
     assert changed and all("attn2" in key for key in changed)
 
 
-@pytest.mark.parametrize("concepts, per_concept", [("Van Gogh; Monet", False), ("Van Gogh; Monet; Klimt", True)])
-def test_the_default_forget_objective_follows_the_number_of_concepts(sd1, concepts, per_concept):
-    """Left to the default, the recipe ascends one forget mean for two concepts and the per-concept sum from three:
-    the same weights, to the bit, as asking for that objective, and other weights than the other one."""
+@pytest.mark.parametrize("concepts, judged, per_concept", [
+    ("Van Gogh; Monet", True, False), ("Van Gogh; Monet; Klimt", False, False), ("Van Gogh; Monet; Klimt", True, True),
+])
+def test_the_default_forget_objective_follows_the_concepts_and_the_stop(sd1, concepts, judged, per_concept):
+    """Left to the default, the recipe ascends the per-concept sum for three concepts or more when a judge decides the
+    stop, else one forget mean: the same weights, to the bit, as asking for that objective, and other weights than
+    the other one."""
     train, _ = prompt_sets_from_inputs(concepts, "art-style", train_count=9, test_count=1, seed=0)
     data = build_paired_data(sd1, train, settings=FAST, seed=0)
+    judge = (lambda module: dict.fromkeys(set(train.pair_concepts), 1.0)) if judged else None  # never sees it gone
 
     def trained(objective):
         config = dataclasses.replace(QUICK, forget_per_concept=objective)
-        edited, _ = unlearn_sd(sd1, train, config=config, scope="cross-attn", batch_size=6, data=data)
+        edited, _ = unlearn_sd(sd1, train, config=config, scope="cross-attn", batch_size=6, data=data, judge=judge)
         return edited.state_dict()
 
     default, same, other = trained(None), trained(per_concept), trained(not per_concept)

@@ -194,7 +194,7 @@ class UnlearnSettings:
     neighbour_share: float = NEIGHBOUR_SHARE
     stop_ratio: float | None = None  # None: the family's, default_stop_ratio (5; 7 for Flux.1 and SD3.x)
     stop_every: int = 5
-    forget_objective: str = "auto"  # several concepts: FORGET_OBJECTIVES (auto: the per-concept sum from three)
+    forget_objective: str = "auto"  # several concepts: FORGET_OBJECTIVES (auto: per-concept from three, judged)
     judge: str | None = None  # evaluate.judges.JUDGES; None: the loss ratio decides the stop
     judge_clip: str | None = None
     judge_prompts: int = JUDGE_PROMPTS
@@ -701,7 +701,8 @@ def run_unlearn(settings: Mapping, log: Callable[[str], None] = lambda message: 
     for warning in input_warnings(settings, train, forget_images, retain_images):
         log(f"rgd: warning: {warning}")
     concepts = len(set(train.pair_concepts))
-    config = forget_objective_for(config, concepts)  # decided here, so that the report and the file's metadata say it
+    # decided here, so that the log and the file's metadata say it
+    config = forget_objective_for(config, concepts, judged=bool(settings["judge"]))
     if concepts > 1:
         log(f"{concepts} concepts: forget objective {objective_name(config.forget_per_concept)} (--forget-objective "
             f"{settings['forget_objective']})")

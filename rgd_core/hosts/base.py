@@ -171,7 +171,7 @@ def run_unlearning(
     loop (gradient checkpointing, say); checkpointing and resume are the Unlearner's (bit-identical resume).
     ``pair_concepts`` (several concepts in one run: the concept pair i erases, ``PromptSet.pair_concepts``) makes the
     adaptive stop wait for every concept (and retire each one that is gone), and decides a default forget objective
-    by how many there are (``forget_objective_for``); with unpaired batches
+    by how many there are and whether ``judge`` is given (``forget_objective_for``); with unpaired batches
     (``settings.paired`` off) it is not used. ``judge`` (the Unlearner's: the share of a probe of the model's own
     samples that still shows each concept) decides the stop instead of the loss ratio.
     """
@@ -179,7 +179,8 @@ def run_unlearning(
     # checked before any sampling: a mismatch is a caller's bug, and minutes of data should not precede it
     pair_groups = _pair_groups(pair_concepts, len(forget_prompts) if forget_prompts is not None else len(data),
                                  settings)
-    config = forget_objective_for(settings.config, len(set(pair_concepts)) if pair_groups is not None else 1)
+    config = forget_objective_for(settings.config, len(set(pair_concepts)) if pair_groups is not None else 1,
+                                  judged=judge is not None)
     on_demand = (getattr(host, "samples_while_training", False) and forget_prompts is not None
                  and (data is None or len(data) == len(forget_prompts)))
     if data is None:

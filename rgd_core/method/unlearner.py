@@ -68,10 +68,12 @@ STOP_RATIO = 5.0
 FLOW_STOP_RATIO = 7.0
 
 
-# Several concepts: from this many on, the default forget objective is the sum of each concept's own mean, below it
-# one mean over the batch. Measured on the shapes bench (README, "Which forget objective is the default"): at two
-# concepts one mean erased as fully (5 seeds) with 1-6 points more retain, in-prompt and collateral; at three the sum
-# erased more (with the judge stop: all three <= 1.6% against 3-9% left, and less retain lost).
+# Several concepts: with a judge deciding the stop and this many concepts or more, the default forget objective is the
+# sum of each concept's own mean; otherwise one mean over the batch. Measured on the shapes bench (README, "Which
+# forget objective is the default"): at two concepts one mean erased as fully (5 seeds) with 1-6 points more retain,
+# in-prompt and collateral; at three and four with the loss ratio's stop the sum left 1-5 points less of the worst
+# concept but cost 5-10 points of retain; at three with the judge's stop it was ahead on both (all three <= 1.6%
+# left against 3-9%, retain 3-5 points below the original against 8-10).
 PER_CONCEPT_FROM = 3
 # The hosts' names of the forget objective (rgd unlearn --forget-objective, the node's and the tab's choice), as
 # ``UnlearnConfig.forget_per_concept``.
@@ -102,8 +104,8 @@ class UnlearnConfig:
     retire_erased: bool = True
     # several concepts: True makes the forget objective the sum of each concept's own mean, each ascended as hard as
     # in a run of its own against the same retain pull; False: one mean over the batch, each concept 1/K of it; None
-    # (default): decided by the number of concepts, ``forget_objective_for`` (run_unlearning does; an Unlearner given
-    # pair_groups alone, which sees batches and not how many concepts there are, takes one mean)
+    # (default): decided by the number of concepts and the stop, ``forget_objective_for`` (run_unlearning does; an
+    # Unlearner given pair_groups alone, which sees batches and not how many concepts there are, takes one mean)
     forget_per_concept: bool | None = None
     # with a judge (Unlearner's ``judge``): a concept is gone once at most this share of the judge's probe shows it
     stop_share: float = 0.0
@@ -129,12 +131,13 @@ class UnlearnConfig:
             raise RGDInputError(str(error)) from None
 
 
-def forget_objective_for(config: UnlearnConfig, concepts: int) -> UnlearnConfig:
-    """``config`` with the forget objective decided for a run of ``concepts`` concepts when it was left to the default
-    (``forget_per_concept`` None): the per-concept sum from ``PER_CONCEPT_FROM`` concepts on, else one mean."""
+def forget_objective_for(config: UnlearnConfig, concepts: int, judged: bool = False) -> UnlearnConfig:
+    """``config`` with the forget objective decided for a run of ``concepts`` concepts, ``judged`` when a judge decides
+    its stop, if it was left to the default (``forget_per_concept`` None): the per-concept sum for a judged run of
+    ``PER_CONCEPT_FROM`` concepts or more, else one mean."""
     if config.forget_per_concept is not None:
         return config
-    return replace(config, forget_per_concept=concepts >= PER_CONCEPT_FROM)
+    return replace(config, forget_per_concept=judged and concepts >= PER_CONCEPT_FROM)
 
 
 def objective_name(per_concept: bool) -> str:
