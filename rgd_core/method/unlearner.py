@@ -14,7 +14,7 @@ risen to ``stop_ratio`` times the retain loss. The model's own samples of the co
 as their concept-free twins (ratio about 1); the ratio climbs as the concept is unlearned, while the retain loss is
 held. ``steps`` is then the cap. The last record says why the run ended (``stop_reason``). With several concepts in
 one run (``pair_groups``), the forget objective is one mean over the batch's pairs, or the sum of each concept's
-own mean (``forget_per_concept``; by default the sum from three concepts on), the ratio is taken per concept and
+own mean (``forget_per_concept``; by default the sum for three or more with a judge), the ratio is taken per concept and
 the run ends once the lowest has reached the target. Until then a concept already at the target is *retired*
 (``retire_erased``): its pairs leave the forget objective, so the ascent goes on only for the concepts still there
 and the erased ones are not pushed further at the retain set's expense while the slowest catches up. Each probe
