@@ -249,3 +249,6 @@ def test_the_forget_objective_reaches_the_unlearner_from_the_command_line_and_to
         "per-concept"
     with pytest.raises(RGDInputError, match="--forget-objective must be one of auto, one-mean, per-concept"):
         resolve_settings(base | {"forget_objective": "sum"})
+    toml.write_text("forget_per_concept = true\n")  # the key of the release before
+    with pytest.raises(RGDInputError, match='is now forget_objective \\("per-concept" for true'):
+        resolve_settings({k: v for k, v in base.items() if k != "stop_ratio"}, toml)

@@ -221,6 +221,9 @@ def _setting_types() -> dict[str, type]:
 DEFAULTS: dict = asdict(UnlearnSettings())
 SETTING_TYPES: dict[str, type] = _setting_types()
 
+# TOML keys of earlier releases -> what to write now
+RENAMED_KEYS = {"forget_per_concept": "forget_objective (\"per-concept\" for true, \"one-mean\" for false)"}
+
 # Settings that may differ between an interrupted run and its --resume: they change neither the data nor the steps
 # already taken (``steps`` may grow to train on).
 RESUME_FREE = ("steps", "overwrite", "resume", "checkpoint_every", "format", "name", "out", "cache_dir", "lora_out",
@@ -285,6 +288,8 @@ def read_toml(path: str | Path) -> dict:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise RGDInputError(f"config file {path} is not valid TOML ({error}).") from None
     for key, value in data.items():
+        if key in RENAMED_KEYS:
+            raise RGDInputError(f"config file {path}: {key!r} is now {RENAMED_KEYS[key]}.")
         if key not in DEFAULTS:
             raise RGDInputError(f"config file {path}: unknown key {key!r}; keys are the long option names "
                                 "with underscores, e.g. retain_weight.")
