@@ -47,10 +47,10 @@ METHODS = ("RGD", "GradDiff", "RGD (narrow retain)", "ESD")
 MODELS = {"v_prediction": shapes_model.MODEL_PATH, "flow": shapes_model.FLOW_MODEL_PATH}
 FLOW_METHODS = tuple(m for m in METHODS if m != "ESD")  # this ESD samples DDIM trajectories: epsilon/v models only
 # several concepts in one run, the ablations: every concept ascended until the last has reached the stop's target
-# (UnlearnConfig.retire_erased off), and each forget objective whatever the number of concepts ("RGD" takes the
-# default: the per-concept sum from three concepts on, one mean below). Results of 2026-12-01 call one mean "RGD"
-# (the default then at any number), and those of the day before call it "RGD (one forget mean)" beside a "RGD" that
-# was the per-concept sum.
+# (UnlearnConfig.retire_erased off), and each forget objective whatever the number of concepts and the stop ("RGD"
+# takes the default, forget_objective_for: one mean; "RGD (judge stop)" the per-concept sum from three concepts).
+# Results of 2026-12-01 call one mean "RGD" (the default then at any number), and those of the day before call it
+# "RGD (one forget mean)" beside a "RGD" that was the per-concept sum.
 NO_RETIRING = "RGD (no retiring)"
 PER_CONCEPT_MEANS = "RGD (per-concept means)"
 ONE_FORGET_MEAN = "RGD (one forget mean)"

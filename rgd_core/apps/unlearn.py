@@ -194,7 +194,7 @@ class UnlearnSettings:
     neighbour_share: float = NEIGHBOUR_SHARE
     stop_ratio: float | None = None  # None: the family's, default_stop_ratio (5; 7 for Flux.1 and SD3.x)
     stop_every: int = 5
-    forget_objective: str = "auto"  # several concepts: FORGET_OBJECTIVES (auto: per-concept from three, judged)
+    forget_objective: str = "auto"  # several concepts: FORGET_OBJECTIVES (auto: forget_objective_for decides)
     judge: str | None = None  # evaluate.judges.JUDGES; None: the loss ratio decides the stop
     judge_clip: str | None = None
     judge_prompts: int = JUDGE_PROMPTS
